@@ -1,0 +1,57 @@
+"""Backends: who does the two heavy operations of the model, matmul and attention.
+
+The model is written once. Everything it computes goes through plain NumPy except
+`linear` (x @ W + b, ~all of the FLOPs) and `attention` (softmax(QK^T/sqrt(d) + M) V),
+which it asks its backend for. The "numpy" backend is the readable reference; "numba" and
+"cuda" run the kernels in `minillm.kernels`, each tested against that reference.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+
+from minillm import layers
+from minillm.attention import causal_attention
+
+
+class NumpyBackend:
+    """The reference: BLAS matmul through `@`, attention exactly as written in attention.py."""
+
+    name = "numpy"
+
+    def linear(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        """(..., in) @ (in, out) + (out,) -> (..., out)"""
+        return layers.linear(x, weight, bias)
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  key_valid: np.ndarray | None = None) -> np.ndarray:
+        """q: (B,H,Tq,d), k, v: (B,H,Tk,d), key_valid: (B,Tk) bool or None -> (B,H,Tq,d)"""
+        return causal_attention(q, k, v, key_valid)
+
+
+# name -> "module:class"; imported on first use so numba/CUDA load only when asked for.
+_BACKENDS = {
+    "numpy": "minillm.backends:NumpyBackend",
+    "numba": "minillm.kernels.backend:NumbaBackend",
+    "cuda": "minillm.kernels.backend:CudaBackend",
+}
+
+
+def available_backends() -> list[str]:
+    return list(_BACKENDS)
+
+
+def get_backend(backend) -> object:
+    """A backend instance from its name (or an instance, returned as is)."""
+    if not isinstance(backend, str):
+        return backend
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {available_backends()}")
+    module_name, class_name = _BACKENDS[backend].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()
+
+
+def cuda_simulator_enabled() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"

@@ -1,0 +1,150 @@
+"""GPT-2: token + position embeddings, n_layer pre-LayerNorm transformer blocks, tied LM head.
+
+    x_0 = wte[ids] + wpe[positions]                              (B, T, C)
+    for each block:
+        x = x + Attn(LN_1(x))                                    (B, T, C)
+        x = x + MLP(LN_2(x))       MLP(h) = GELU(h W_fc + b) W_proj + b
+    logits = LN_f(x) @ wte^T                                     (B, T, V)
+
+Shapes: B batch, T tokens this call, C = n_embd, H = n_head, d = C / H, V = vocab_size.
+The two heavy operations (linear layers and attention) go through `self.backend`; everything
+else is plain NumPy, float32 throughout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minillm.attention import merge_heads, split_heads
+from minillm.backends import get_backend
+from minillm.config import GPT2Config
+from minillm.kv_cache import KVCache
+from minillm.layers import gelu, layer_norm
+from minillm.params import BlockParams, GPT2Params
+
+
+@dataclass
+class ForwardOutput:
+    logits: np.ndarray                       # (B, T, V) or (T, V) for 1-D input
+    hidden_states: list[np.ndarray] | None   # n_layer + 1 arrays, shaped like the input + (C,)
+
+
+class GPT2:
+    def __init__(self, config: GPT2Config, params: GPT2Params, backend="numpy"):
+        self.config = config
+        self.params = params
+        self.backend = get_backend(backend)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, backend="numpy") -> "GPT2":
+        """Load a GPT-2 checkpoint: a directory with model.safetensors (+ config.json), a
+        .safetensors file, or a released model name (gpt2, gpt2-medium, ...) already downloaded."""
+        from minillm.weights import load_checkpoint, resolve_model_path
+
+        config, params = load_checkpoint(resolve_model_path(path))
+        return cls(config, params, backend=backend)
+
+    def set_backend(self, backend) -> None:
+        """Switch the kernels used from now on: "numpy", "numba" or "cuda"."""
+        self.backend = get_backend(backend)
+
+    def __call__(self, ids, **kwargs) -> np.ndarray:
+        """Logits for every position: (T,) ids -> (T, V); (B, T) ids -> (B, T, V)."""
+        return self.forward(ids, **kwargs).logits
+
+    # ----------------------------------------------------------------------------------------
+    def forward(self, ids, *, attention_mask=None, cache: KVCache | None = None,
+                output_hidden_states: bool = False) -> ForwardOutput:
+        """Run the model on `ids`, continuing after `cache.length` cached positions if given.
+
+        attention_mask: (B, past + T), 1 for real tokens and 0 for (left) padding, covering
+        the cached positions too (HF's convention). Positions count real tokens only, so a
+        left-padded prompt gets the same positions, and logits, as the prompt alone.
+        hidden_states follow HF: the embeddings, the input of each later block, and the
+        final LayerNorm's output (n_layer + 1 arrays).
+        """
+        ids_2d, squeeze = self._check_ids(ids)
+        B, T = ids_2d.shape
+        past = 0 if cache is None else cache.length
+        key_valid, positions = self._positions(B, T, past, attention_mask, cache)
+
+        p = self.params
+        x = p.wte[ids_2d] + p.wpe[positions]                       # (B, T, C)
+        hidden = [x]
+        for layer, block in enumerate(p.blocks):
+            x = self._block(x, block, layer, cache, key_valid)     # (B, T, C)
+            hidden.append(x)
+        x = layer_norm(x, p.ln_f_gain, p.ln_f_bias, self.config.layer_norm_epsilon)  # (B, T, C)
+        hidden[-1] = x
+        logits = self.backend.linear(x, p.wte.T)                   # (B, T, V): tied LM head
+        if cache is not None:
+            cache.advance(T)
+
+        if squeeze:
+            logits, hidden = logits[0], [h[0] for h in hidden]
+        return ForwardOutput(logits, hidden if output_hidden_states else None)
+
+    def _block(self, x: np.ndarray, p: BlockParams, layer: int,
+               cache: KVCache | None, key_valid: np.ndarray | None) -> np.ndarray:
+        """One pre-LayerNorm transformer block.  x: (B, T, C) -> (B, T, C)"""
+        eps = self.config.layer_norm_epsilon
+        H = self.config.n_head
+
+        h = layer_norm(x, p.ln_1_gain, p.ln_1_bias, eps)                  # (B, T, C)
+        qkv = self.backend.linear(h, p.attn_qkv_weight, p.attn_qkv_bias)  # (B, T, 3C)
+        q, k, v = np.split(qkv, 3, axis=-1)                               # 3 x (B, T, C)
+        q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)  # 3 x (B, H, T, d)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)                              # (B, H, past+T, d)
+        heads = self.backend.attention(q, k, v, key_valid)                # (B, H, T, d)
+        attn = self.backend.linear(merge_heads(heads), p.attn_proj_weight, p.attn_proj_bias)
+        x = x + attn                                                      # (B, T, C)
+
+        h = layer_norm(x, p.ln_2_gain, p.ln_2_bias, eps)                  # (B, T, C)
+        h = gelu(self.backend.linear(h, p.mlp_fc_weight, p.mlp_fc_bias))  # (B, T, 4C)
+        return x + self.backend.linear(h, p.mlp_proj_weight, p.mlp_proj_bias)  # (B, T, C)
+
+    # ----------------------------------------------------------------------------------------
+    def _check_ids(self, ids) -> tuple[np.ndarray, bool]:
+        """Validate token ids; return them as (B, T) int64 and whether the input was 1-D."""
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+        if ids.ndim not in (1, 2) or ids.shape[-1] == 0:
+            raise ValueError(f"token ids must have shape (T,) or (B, T) with T >= 1, got {ids.shape}")
+        bad = (ids < 0) | (ids >= self.config.vocab_size)
+        if bad.any():
+            raise ValueError(f"token id {ids[bad].flat[0]} out of range: "
+                             f"ids must be in [0, {self.config.vocab_size})")
+        squeeze = ids.ndim == 1
+        return (ids[None, :] if squeeze else ids).astype(np.int64), squeeze
+
+    def _positions(self, B: int, T: int, past: int, attention_mask, cache: KVCache | None):
+        """Key padding mask (B, past+T) bool or None, and the (B, T) position of each new token."""
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"cache holds {cache.batch_size} sequences but ids have batch size {B}")
+        if past + T > self.config.n_positions:
+            raise ValueError(f"sequence of {past + T} tokens ({past} cached + {T} new) is longer "
+                             f"than the model's context of {self.config.n_positions}")
+        if attention_mask is None:
+            return None, np.broadcast_to(np.arange(past, past + T), (B, T))
+        key_valid = np.asarray(attention_mask).astype(bool)
+        if key_valid.shape != (B, past + T):
+            raise ValueError(f"attention_mask must have shape (batch, cached + new) = "
+                             f"{(B, past + T)}, got {key_valid.shape}")
+        # Position = number of real tokens before this one; padding positions are never read.
+        positions = np.cumsum(key_valid, axis=1)[:, past:] - 1    # (B, T)
+        return key_valid, np.maximum(positions, 0)
+
+    # ----------------------------------------------------------------------------------------
+    def generate(self, ids, max_new_tokens: int, **kwargs) -> np.ndarray:
+        """Prompt + new ids; see minillm.generate.generate for the arguments (HF's meanings)."""
+        from minillm.generate import generate
+        return generate(self, ids, max_new_tokens, **kwargs)
+
+    def stream(self, ids, max_new_tokens: int, **kwargs):
+        """Yield new token ids one at a time; see minillm.generate.stream."""
+        from minillm.generate import stream
+        return stream(self, ids, max_new_tokens, **kwargs)
