@@ -15,21 +15,22 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported, so each subcommand loads what it needs."""
     parser = argparse.ArgumentParser(prog="minillm", description="GPT-2 from scratch in NumPy.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(module=module_name)
-        # Import lazily-declared arguments only for the subcommand being parsed would need a
-        # two-pass parse; the modules are light to import, so declare them all up front.
-        importlib.import_module(module_name).add_arguments(sub)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return importlib.import_module(args.module).run(args) or 0
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
 
 
 if __name__ == "__main__":

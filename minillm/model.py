@@ -56,7 +56,7 @@ class GPT2:
 
     # ----------------------------------------------------------------------------------------
     def forward(self, ids, *, attention_mask=None, cache: KVCache | None = None,
-                output_hidden_states: bool = False) -> ForwardOutput:
+                output_hidden_states: bool = False, last_only: bool = False) -> ForwardOutput:
         """Run the model on `ids`, continuing after `cache.length` cached positions if given.
 
         attention_mask: (B, past + T), 1 for real tokens and 0 for (left) padding, covering
@@ -64,6 +64,8 @@ class GPT2:
         left-padded prompt gets the same positions, and logits, as the prompt alone.
         hidden_states follow HF: the embeddings, the input of each later block, and the
         final LayerNorm's output (n_layer + 1 arrays).
+        last_only: compute logits for the last position only, (B, 1, V) — all that choosing
+        the next token needs, and it skips (T - 1) / T of the LM head's work.
         """
         ids_2d, squeeze = self._check_ids(ids)
         B, T = ids_2d.shape
@@ -78,6 +80,8 @@ class GPT2:
             hidden.append(x)
         x = layer_norm(x, p.ln_f_gain, p.ln_f_bias, self.config.layer_norm_epsilon)  # (B, T, C)
         hidden[-1] = x
+        if last_only:
+            x = x[:, -1:]                                          # (B, 1, C)
         logits = self.backend.linear(x, p.wte.T)                   # (B, T, V): tied LM head
         if cache is not None:
             cache.advance(T)
