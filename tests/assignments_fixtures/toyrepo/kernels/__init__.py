@@ -1,0 +1,1 @@
+"""Shipped as toypkg.kernels (see pyproject's package-dir), like minillm.kernels."""

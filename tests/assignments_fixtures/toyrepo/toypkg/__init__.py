@@ -1,0 +1,1 @@
+"""A toy package whose solution regions the assignments tests release and grade."""

@@ -1,0 +1,10 @@
+"""Assignment 3 of the toy course: a generator, graded through the manifest (no marker)."""
+
+
+def countdown(n):
+    """Yield n, n - 1, ..., 1."""
+    ### BEGIN SOLUTION a3: the countdown loop
+    while n > 0:
+        yield n
+        n -= 1
+    ### END SOLUTION

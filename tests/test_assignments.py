@@ -1,0 +1,570 @@
+"""The assignments machinery: solution markers, the student release, the grader, the round trip.
+
+Most tests work on tests/assignments_fixtures/toyrepo, a tiny repository laid out like minillm
+(a package, a relocated `kernels/` subpackage with a numba kernel, a notebook, tests marked
+with assignments), copied to a temporary directory first.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import inspect
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from minillm import assignments
+from minillm.assignments import (AssignmentError, Manifest, RunResult, allocate_points,
+                                 check_release, format_report, load_manifest, release,
+                                 render, scan_repository, scan_source, score_run,
+                                 verify_round_trip)
+
+FIXTURE = Path(__file__).parent / "assignments_fixtures" / "toyrepo"
+REPO = Path(__file__).resolve().parents[1]
+nbformat = pytest.importorskip("nbformat")
+
+
+def copy_fixture(destination: Path) -> Path:
+    return Path(shutil.copytree(FIXTURE, destination, ignore=shutil.ignore_patterns("__pycache__")))
+
+
+@pytest.fixture
+def toy(tmp_path) -> Path:
+    return copy_fixture(tmp_path / "toy")
+
+
+@pytest.fixture(scope="module")
+def released_a1(tmp_path_factory) -> Path:
+    """A release of assignment 1 only, without the pytest collection check (fast)."""
+    source = copy_fixture(tmp_path_factory.mktemp("src") / "toy")
+    return release(source, tmp_path_factory.mktemp("out") / "student", [1], collect=False).out
+
+
+def run_cli(*argv) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="minillm assignments")
+    assignments.add_arguments(parser)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = assignments.run(parser.parse_args([str(a) for a in argv]))
+    return code, out.getvalue()
+
+
+def import_file(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------- markers
+def scan(source: str, **kwargs):
+    return scan_source(textwrap.dedent(source), "pkg/mod.py", known={1, 2}, **kwargs)
+
+
+def problems_of(source: str, **kwargs) -> str:
+    regions, problems = scan(source, **kwargs)
+    return "\n".join(problems)
+
+
+def test_a_valid_region_is_found_with_its_tag_description_and_indentation():
+    regions, problems = scan('''\
+        def softmax(x):
+            """doc"""
+            ### BEGIN SOLUTION a2: numerically stable softmax
+            return x
+            ### END SOLUTION
+        ''')
+    assert problems == []
+    (region,) = regions
+    assert (region.begin, region.end, region.number, region.what, region.indent) == \
+        (3, 5, 2, "numerically stable softmax", "    ")
+
+
+def test_marker_text_inside_strings_is_not_a_marker():
+    regions, problems = scan('''\
+        DOC = """
+        ### BEGIN SOLUTION a1: not a marker, just text
+        """
+        ''')
+    assert regions == [] and problems == []
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("def f():\n    ### BEGIN SOLUTION a1: x\n    return 1\n",
+     "pkg/mod.py:2: BEGIN SOLUTION is never closed"),
+    ("def f():\n    return 1\n    ### END SOLUTION\n",
+     "pkg/mod.py:3: END SOLUTION without a BEGIN SOLUTION"),
+    ("def f():\n    ### BEGIN SOLUTION a1: x\n    ### BEGIN SOLUTION a1: y\n    return 1\n"
+     "    ### END SOLUTION\n", "pkg/mod.py:3: BEGIN SOLUTION inside the region opened at line 2"),
+    ("def f():\n    ### BEGIN SOLUTION a7: x\n    return 1\n    ### END SOLUTION\n",
+     "pkg/mod.py:2: unknown assignment tag 'a7' (the manifest defines a1, a2)"),
+    ("def f():\n    ### BEGIN SOLUTION: x\n    return 1\n    ### END SOLUTION\n",
+     "pkg/mod.py:2: BEGIN SOLUTION needs an assignment tag"),
+    ("def f():\n    ## BEGIN SOLUTION a1: x\n    return 1\n    ### END SOLUTION\n",
+     "pkg/mod.py:2: malformed solution marker"),
+    ("def f():\n    x = 1  ### BEGIN SOLUTION a1: x\n    return x\n    ### END SOLUTION\n",
+     "pkg/mod.py:2: a solution marker must be on a line of its own"),
+    ("def f():\n    ### BEGIN SOLUTION a1: x\n    return 1\n    ### END SOLUTION a2\n",
+     "pkg/mod.py:4: END SOLUTION a2 closes the a1 region opened at line 2"),
+    ("def f():\n    ### BEGIN SOLUTION a1: x\n    return 1\n  ### END SOLUTION\n",
+     "pkg/mod.py:4: END SOLUTION is indented differently"),
+])
+def test_marker_errors_name_file_and_line(source, expected):
+    assert expected in problems_of(source)
+
+
+def test_module_and_class_level_regions_are_refused_in_python_files():
+    module_level = "### BEGIN SOLUTION a1: x\nTABLE = 1\n### END SOLUTION\n"
+    assert "pkg/mod.py:1: a region at module level would break `import`" in problems_of(module_level)
+    class_level = "class C:\n    ### BEGIN SOLUTION a1: x\n    size = 1\n    ### END SOLUTION\n"
+    assert "pkg/mod.py:2: a region in the body of class C" in problems_of(class_level)
+    assert problems_of(module_level, allow_top_level=True) == ""   # as in a notebook cell
+
+
+def test_regions_hold_whole_statements_of_one_block():
+    crossing = '''\
+        def f(x):
+            ### BEGIN SOLUTION a1: part of an if
+            if x:
+                return 1
+            ### END SOLUTION
+            else:
+                return 2
+        '''
+    assert "pkg/mod.py:3: the statement on lines 3-7 crosses the boundary" in problems_of(crossing)
+    shallow = '''\
+        def f(x):
+            for item in x:
+                ### BEGIN SOLUTION a1: loop and after
+                item += 1
+            return x
+                ### END SOLUTION
+        '''
+    assert "pkg/mod.py:5: less indented than the BEGIN SOLUTION marker at line 3" in problems_of(shallow)
+    misplaced = "def f():\n### BEGIN SOLUTION a1: x\n    return 1\n### END SOLUTION\n"
+    assert "the marker is indented 0 but the region's first statement" in problems_of(misplaced)
+    empty = "def f():\n    ### BEGIN SOLUTION a1: x\n    # nothing\n    ### END SOLUTION\n    return 1\n"
+    assert "pkg/mod.py:2: empty solution region" in problems_of(empty)
+
+
+def test_regions_in_methods_nested_functions_and_loop_bodies_are_allowed():
+    regions, problems = scan('''\
+        class C:
+            def method(self, xs):
+                def inner(x):
+                    ### BEGIN SOLUTION a1: inner
+                    return x + 1
+                    ### END SOLUTION
+                for x in xs:
+                    if x:
+                        ### BEGIN SOLUTION a2: loop body
+                        total = inner(x)
+                        print(total)
+                        ### END SOLUTION
+                return xs
+        ''')
+    assert problems == [] and [r.number for r in regions] == [1, 2]
+
+
+def test_a_generator_stays_a_generator_once_stubbed():
+    source = textwrap.dedent('''\
+        def countdown(n):
+            """doc"""
+            ### BEGIN SOLUTION a1: the loop
+            while n:
+                yield n
+                n -= 1
+            ### END SOLUTION
+        ''')
+    regions, problems = scan_source(source, "gen.py", known={1})
+    assert problems == [] and regions[0].has_yield
+    stubbed = render(source.splitlines(keepends=True), regions, {1}, toy_manifest())
+    namespace = {}
+    exec(compile(stubbed, "gen.py", "exec"), namespace)
+    assert inspect.isgeneratorfunction(namespace["countdown"])
+    with pytest.raises(NotImplementedError, match="Assignment 1"):
+        next(namespace["countdown"](3))
+
+
+def test_a_yield_in_a_nested_function_does_not_make_a_generator():
+    regions, problems = scan('''\
+        def f():
+            ### BEGIN SOLUTION a1: x
+            def helper():
+                yield 1
+            return list(helper())
+            ### END SOLUTION
+        ''')
+    assert problems == [] and not regions[0].has_yield
+
+
+def test_numba_specific_rules():
+    jit_generator = '''\
+        @njit
+        def gen(n):
+            ### BEGIN SOLUTION a1: x
+            yield n
+            ### END SOLUTION
+        '''
+    assert "numba cannot compile the stub of a region with `yield`" in problems_of(jit_generator)
+    cuda_kernel = '''\
+        @cuda.jit
+        def kernel(x):
+            ### BEGIN SOLUTION a1: x
+            x[0] = 1
+            ### END SOLUTION
+        '''
+    assert "@cuda.jit kernel, where a raised exception is not reported" in problems_of(cuda_kernel)
+    name_used_after = '''\
+        @njit(cache=True)
+        def total(x):
+            for i in range(x.shape[0]):
+                ### BEGIN SOLUTION a1: x
+                acc = x[i]
+                ### END SOLUTION
+                x[i] = acc
+            return acc
+        '''
+    # `x[i] = acc` right after the region is dead code after the stub; `return acc` is not.
+    assert "acc bound only inside the region but used after it in jitted total" in \
+        problems_of(name_used_after)
+    assert problems_of(name_used_after.replace("            return acc\n", "")) == ""
+
+
+def test_render_keeps_indentation_and_line_endings_and_drops_unselected_markers():
+    source = ("def f(x):\r\n\t'''doc'''\r\n\t### BEGIN SOLUTION a1: the thing\r\n\treturn x\r\n"
+              "\t### END SOLUTION\r\n\r\ndef g(x):\r\n\t### BEGIN SOLUTION a2: other\r\n"
+              "\treturn -x\r\n\t### END SOLUTION\r\n")
+    regions, problems = scan_source(source, "m.py", known={1, 2})
+    assert problems == []
+    assert render(source.splitlines(keepends=True), regions, {1}, toy_manifest()) == (
+        "def f(x):\r\n\t'''doc'''\r\n\traise NotImplementedError(\"Assignment 1 (basics): "
+        "implement the thing — see assignments/01-basics.md\")\r\n\r\ndef g(x):\r\n\treturn -x\r\n")
+
+
+def test_notebook_magics_do_not_hide_regions_or_shift_lines():
+    view = assignments.python_view("%time x = 1\n!ls\ny = !pwd\n### BEGIN SOLUTION a1: z\nz = 1\n"
+                                   "### END SOLUTION\n")
+    regions, problems = scan_source(view, "n.ipynb", known={1}, cell=2, allow_top_level=True)
+    assert problems == [] and regions[0].location == "n.ipynb[cell 2]:4"
+    assert assignments.python_view("%%bash\necho hi\n") is None
+
+
+def toy_manifest() -> Manifest:
+    return load_manifest(FIXTURE)
+
+
+# ---------------------------------------------------------------------------- release
+def test_release_stubs_the_selected_assignment_and_keeps_the_others(released_a1):
+    mathops = (released_a1 / "toypkg/mathops.py").read_text(encoding="utf-8")
+    assert ('def softmax(x, axis=-1):\n    """exp(x - max) / sum(exp(x - max)) along axis."""\n'
+            '    raise NotImplementedError("Assignment 1 (basics): implement numerically stable '
+            'softmax — see assignments/01-basics.md")\n\n\nclass RunningMean:') in mathops
+    assert ('    for value in values:\n        raise NotImplementedError("Assignment 1 (basics): '
+            'implement the loop body of the prefix sum') in mathops
+    assert '    def scale(x):\n        raise NotImplementedError(' in mathops
+    kernel = (released_a1 / "kernels/fast.py").read_text(encoding="utf-8")
+    assert "        square = x[i] * x[i]\n        total += square\n    return total" in kernel
+    original = (FIXTURE / "toypkg/streams.py").read_text(encoding="utf-8")
+    assert (released_a1 / "toypkg/streams.py").read_text(encoding="utf-8") == \
+        "".join(line for line in original.splitlines(keepends=True) if "SOLUTION" not in line)
+
+
+def test_release_leaves_no_marker_and_compiles(released_a1):
+    assert check_release(released_a1, collect=False) == []
+    for path in released_a1.rglob("*.py"):
+        assert "### BEGIN SOLUTION" not in path.read_text(encoding="utf-8"), path
+
+
+def test_release_notebook_cells_are_stubbed_and_outputs_dropped(released_a1):
+    notebook = nbformat.read(released_a1 / "notebooks/demo.ipynb", as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
+    assert code[1].source == ('raise NotImplementedError("Assignment 1 (basics): implement the '
+                              'probabilities of the scores — see assignments/01-basics.md")\nprobs')
+    assert code[2].source.startswith('def double(x):\n    """Twice x."""\n    raise NotImplementedError(')
+    assert code[0].source.startswith("%precision 3\n")
+
+
+def test_release_of_a_generator_region_keeps_a_generator(tmp_path, toy):
+    out = release(toy, tmp_path / "out", [3], collect=False).out
+    streams = import_file(out / "toypkg/streams.py", "released_streams")
+    assert inspect.isgeneratorfunction(streams.countdown)
+    with pytest.raises(NotImplementedError, match=r"Assignment 3 \(generators\)"):
+        list(streams.countdown(2))
+
+
+def test_release_copies_the_repository_files_only(tmp_path, toy):
+    (toy / "debug.log").write_text("ignored by .gitignore\n")
+    (toy / "toypkg/__pycache__").mkdir()
+    (toy / "toypkg/__pycache__/mathops.cpython-311.pyc").write_bytes(b"\0")
+    result = release(toy, tmp_path / "out", collect=False)
+    copied = {p.relative_to(result.out).as_posix() for p in result.out.rglob("*") if p.is_file()}
+    assert "data/values.csv" in copied and "assignments/assignments.toml" in copied
+    assert not {"debug.log", "secret_notes.txt"} & copied          # .gitignore, manifest exclude
+    assert not any("__pycache__" in path for path in copied)
+    assert result.stubbed == {1: 6, 2: 1, 3: 1} and result.warnings == []
+
+
+def test_release_of_a_git_checkout_copies_what_git_would(tmp_path, toy):
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    subprocess.run(["git", "init", "-q", str(toy)], check=True)
+    subprocess.run(["git", "-C", str(toy), "add", "toypkg", "kernels", "tests", "assignments"], check=True)
+    (toy / "scratch").mkdir()
+    (toy / "scratch/notes.py").write_text("x = 1\n")              # ignored by .gitignore
+    out = release(toy, tmp_path / "out", [2], collect=False).out
+    assert (out / "kernels/fast.py").is_file()
+    assert (out / "notebooks/demo.ipynb").is_file()               # untracked, not ignored
+    assert not (out / "scratch").exists() and not (out / ".git").exists()
+
+
+def test_release_refuses_a_non_empty_output_directory(tmp_path, toy):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/keep.txt").write_text("mine\n")
+    with pytest.raises(AssignmentError, match="already exists and is not empty"):
+        release(toy, tmp_path / "out", collect=False)
+
+
+def test_release_reports_every_marker_problem_before_writing(tmp_path, toy):
+    (toy / "toypkg/broken.py").write_text(
+        "def f():\n    ### BEGIN SOLUTION a9: nothing\n    return 1\n    ### END SOLUTION\n\n"
+        "def g():\n    ### BEGIN SOLUTION a1: unlisted file\n    return 2\n    ### END SOLUTION\n")
+    with pytest.raises(AssignmentError) as error:
+        release(toy, tmp_path / "out", collect=False)
+    assert error.value.problems == [
+        "toypkg/broken.py:2: unknown assignment tag 'a9' (the manifest defines a1, a2, a3)",
+        "toypkg/broken.py:7: a1 region in a file that [assignments.a1] files in "
+        "assignments/assignments.toml does not list"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_release_refuses_an_assignment_without_regions(tmp_path, toy):
+    with open(toy / "assignments/assignments.toml", "a", encoding="utf-8") as f:
+        f.write('\n[assignments.a4]\nname = "empty"\nfiles = []\n')
+    with pytest.raises(AssignmentError, match="a4: no solution region in the source"):
+        release(toy, tmp_path / "out", [4], collect=False)
+
+
+def test_check_release_finds_leftover_markers_and_syntax_errors(tmp_path):
+    (tmp_path / "left.py").write_text("def f():\n    ### END SOLUTION\n    return 1\n")
+    (tmp_path / "bad.py").write_text("def f(:\n")
+    assert check_release(tmp_path, collect=False) == [
+        "bad.py:1: does not compile: invalid syntax",
+        "left.py:2: solution marker left in the release"]
+
+
+# ---------------------------------------------------------------------------- grading
+def test_grading_imports_the_graded_tree_not_the_installed_package(tmp_path):
+    """minillm is installed in editable mode from the main checkout, and its finder maps
+    minillm.kernels to that checkout's kernels/; a graded copy must use its own."""
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    for package in ("minillm", "kernels"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    manifest = Manifest(assignments={}, exclude=(), test_paths=("tests",))
+    with assignments._test_environment(tmp_path, manifest, []) as (env, _):
+        found = subprocess.run(
+            [sys.executable, "-c", "import minillm, minillm.kernels as k; print(minillm.__file__); "
+                                   "print(k.__file__)"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert found == [str(tmp_path.resolve() / "minillm/__init__.py"),
+                     str(tmp_path.resolve() / "kernels/__init__.py")]
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+def test_a_timed_out_run_is_stopped_with_the_processes_it_started(tmp_path):
+    child = ("import subprocess, sys, time\n"
+             "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+             "print(helper.pid, flush=True)\n"
+             "time.sleep(60)\n")
+    started = time.monotonic()
+    output, _, timed_out = assignments._run_with_timeout(
+        [sys.executable, "-c", child], tmp_path, dict(os.environ), timeout=2)
+    assert timed_out and time.monotonic() - started < 30
+    helper = int(output.split()[0])
+    for _ in range(50):   # the helper was killed with its group
+        if not is_running(helper):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"process {helper} outlived the timeout")
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")   # a killed process nobody has reaped yet is a zombie
+    return not (stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_points_split_per_test_per_prefix_and_evenly():
+    manifest = toy_manifest()
+    kernel_tests = ["tests/check_kernel.py::test_norm_of_ones",
+                    "tests/check_kernel.py::test_sum_of_squares_matches_numpy[1]",
+                    "tests/check_kernel.py::test_sum_of_squares_matches_numpy[2]"]
+    assert allocate_points(manifest.assignments[2], kernel_tests) == {
+        kernel_tests[0]: 2.0, kernel_tests[1]: 2.0, kernel_tests[2]: 2.0}
+    assert allocate_points(manifest.assignments[3], ["a", "b"]) == {"a": 1.0, "b": 1.0}
+
+
+def test_score_table_tells_not_implemented_from_wrong():
+    run = RunResult(tests={
+        "tests/check_kernel.py::test_norm_of_ones": {
+            "assignment": 2, "uses": [], "outcome": "failed", "message": "assert 1.0 == 2.0"},
+        "tests/check_kernel.py::test_sum_of_squares_matches_numpy": {
+            "assignment": 2, "uses": [], "outcome": "not_implemented",
+            "message": "NotImplementedError: Assignment 2 (kernel): ..."},
+        "tests/check_streams.py::test_countdown": {
+            "assignment": 3, "uses": [], "outcome": "passed", "message": None},
+    }, collection_errors=[], exit_status=1, output="")
+    report = score_run(FIXTURE, run, toy_manifest(), [2, 3])
+    table = format_report(report)
+    assert "  failed                0 / 2      tests/check_kernel.py::test_norm_of_ones" in table
+    assert "  not implemented       0 / 4      tests/check_kernel.py::test_sum_of_squares" in table
+    assert "  passed                1 / 1      tests/check_streams.py::test_countdown" in table
+    assert table.splitlines()[-1].split()[-3:] == ["1", "/", "7"]
+
+
+@pytest.fixture(scope="module")
+def graded_a2_release(tmp_path_factory):
+    """The CLI's --json grade of a release of assignment 2 alone (with the collection check)."""
+    source = copy_fixture(tmp_path_factory.mktemp("src") / "toy")
+    out = tmp_path_factory.mktemp("out") / "student"
+    assert run_cli("release", "--out", out, "--only", "2", "--source", source)[0] == 0
+    return run_cli("grade", out, "--json")
+
+
+def test_grade_json_reports_points_and_outcomes_per_test(graded_a2_release):
+    code, stdout = graded_a2_release
+    report = json.loads(stdout)
+    assert code == 1     # points were lost
+    assert set(report) == {"schema", "root", "earned", "possible", "assignments", "collection_errors",
+                           "timed_out"}
+    assert report["timed_out"] is False
+    assert (report["earned"], report["possible"]) == (12.0, 18.0)
+    by_number = {a["assignment"]: a for a in report["assignments"]}
+    assert {n: (a["earned"], a["possible"]) for n, a in by_number.items()} == \
+        {1: (10.0, 10.0), 2: (0.0, 6.0), 3: (2.0, 2.0)}
+    kernel = by_number[2]
+    assert set(kernel) == {"assignment", "tag", "name", "title", "earned", "possible", "counts",
+                           "errors", "tests"}
+    assert kernel["counts"]["not_implemented"] == 3 and kernel["errors"] == []
+    assert {t["nodeid"]: t["points"] for t in kernel["tests"]} == {
+        "tests/check_kernel.py::test_norm_of_ones": 1.0,
+        "tests/check_kernel.py::test_norm_of_softmax_is_at_most_one": 1.0,
+        "tests/check_kernel.py::test_sum_of_squares_matches_numpy": 4.0}
+    for test in kernel["tests"]:
+        assert set(test) == {"nodeid", "outcome", "points", "earned", "message"}
+        assert test["outcome"] == "not_implemented" and test["earned"] == 0.0
+        assert test["message"].startswith("NotImplementedError: Assignment 2 (kernel)")
+    assert all(t["outcome"] == "passed" for t in by_number[1]["tests"])
+    assert by_number[3]["tests"][0]["nodeid"] == "tests/check_streams.py::test_countdown"  # manifest
+    assert "tests/check_mathops.py::test_empty_running_mean_is_zero" not in stdout   # unmarked
+
+
+def test_grade_with_reference_tests_ignores_the_submissions_own(tmp_path, toy):
+    submission = release(toy, tmp_path / "student", collect=False).out
+    # The student rewrites a test to pass and breaks a module so that a test file cannot import.
+    (submission / "tests/check_mathops.py").write_text(
+        "import pytest\n\n@pytest.mark.assignment(1)\ndef test_softmax_rows_sum_to_one():\n    pass\n")
+    (submission / "toypkg/streams.py").write_text("def countdown(n:\n")
+    report = assignments.grade(submission, tests_from=toy)
+    scores = {s.assignment.number: s for s in report.scores}
+    assert {t.outcome for t in scores[1].tests} == {"not_implemented"}
+    assert len(scores[1].tests) == 5
+    notebook = next(t for t in scores[1].tests if "check_notebook" in t.nodeid)
+    assert "CellError: NotImplementedError: Assignment 1" in notebook.message   # known by name
+    assert scores[3].earned == 0 and scores[3].tests == []
+    assert scores[3].errors[0].startswith("tests/check_streams.py could not be collected:")
+    assert scores[1].errors == [] and scores[2].errors == []
+    assert report.root == submission.resolve()
+
+
+def test_check_subcommand_lists_regions(toy, monkeypatch):
+    monkeypatch.chdir(toy / "toypkg")   # the repository is found above the working directory
+    code, stdout = run_cli("check")
+    assert code == 0
+    assert "toypkg/mathops.py:7: a1: numerically stable softmax" in stdout
+    assert "notebooks/demo.ipynb[cell 4]:3: a1: doubling" in stdout
+    assert stdout.splitlines()[-1] == "8 solution regions in 4 files; markers valid"
+
+
+def test_test_subcommand_runs_one_assignment_with_pytest_output(toy, capfd):
+    code, _ = run_cli("test", "--dir", toy, "3", "-v")
+    output = capfd.readouterr().out
+    assert code == 0
+    assert "tests/check_streams.py::test_countdown PASSED" in output
+    assert "check_mathops" not in output   # other assignments' tests are deselected
+
+
+# ---------------------------------------------------------------------------- round trip
+@pytest.mark.slow
+def test_round_trip_on_the_fixture(toy):
+    report = verify_round_trip(toy)
+    assert report.ok, str(report)
+    assert report.released == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_round_trip_reports_tests_that_disagree_with_the_regions(toy):
+    (toy / "tests/check_more.py").write_text(textwrap.dedent('''\
+        import numpy as np
+        import pytest
+
+        from toypkg.kernels.fast import norm, sum_of_squares
+
+
+        @pytest.mark.assignment(2)
+        def test_kernel_is_callable():
+            assert callable(sum_of_squares)
+
+
+        @pytest.mark.assignment(1)
+        def test_norm_without_declaring_it():
+            assert norm(np.ones(1)) == 1.0
+        '''))
+    report = verify_round_trip(toy, [2])
+    assert not report.ok
+    assert report.problems == [
+        "release of a2: tests/check_more.py::test_kernel_is_callable still passes: "
+        "no a2 region covers what it checks",
+        "release of a2: tests/check_more.py::test_norm_without_declaring_it (a1) not implemented: "
+        "NotImplementedError: Assignment 2 (kernel): implement the square-and-accumulate step — "
+        "see assignments/02-kernel.md; it runs a2's code: declare "
+        "@pytest.mark.assignment(1, uses=[2]) or make it independent"]
+
+
+# ---------------------------------------------------------------------------- the real repository
+def test_the_course_manifest_is_complete():
+    manifest = load_manifest(REPO)
+    assert sorted(manifest.assignments) == [1, 2, 3, 4, 5]
+    assert sum(a.points for a in manifest.assignments.values()) == 100
+    for assignment in manifest.assignments.values():
+        assert (REPO / assignment.handout).is_file(), assignment.handout
+    assert "tests/assignments_fixtures" in manifest.exclude
+
+
+def test_the_course_markers_are_valid():
+    scan_repository(REPO)   # raises AssignmentError listing every problem, with file:line
+
+
+@pytest.mark.slow
+def test_the_course_round_trip():
+    regions = scan_repository(REPO)
+    if not regions:
+        pytest.skip("no solution markers in the source yet")
+    marked = sorted({region.number for found in regions.values() for region in found})
+    report = verify_round_trip(REPO, marked)
+    assert report.ok, str(report)
