@@ -1,4 +1,5 @@
 """Shared pytest fixtures."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,3 +25,63 @@ def reference() -> dict:
 def reference_model():
     from minillm.model import GPT2
     return GPT2.from_pretrained(REFERENCE_DIR)
+
+
+# --- the tokenizer: GPT-2's vocabulary, tiktoken as the reference, a mixed-text corpus -------
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def gpt2_mergeable_ranks(vocab_dir: Path) -> dict[bytes, int]:
+    """GPT-2's tokens as raw bytes -> rank, parsed from vocab.bpe independently of minillm.
+
+    This is tiktoken's reading of the files: bytes that print as themselves come first, the
+    rest are spelled chr(256 + k); single bytes take ranks 0-255 and each merge the next rank.
+    """
+    visible = [byte for byte in range(256) if chr(byte).isprintable() and chr(byte) != " "]
+    byte_order = visible + [byte for byte in range(256) if byte not in visible]
+    symbol_byte = {chr(byte): byte for byte in visible}
+    symbol_byte |= {chr(256 + k): byte for k, byte in enumerate(byte_order[len(visible) :])}
+    ranks = {bytes([byte]): rank for rank, byte in enumerate(byte_order)}
+    merge_lines = (vocab_dir / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:-1]
+    for first, second in (line.split() for line in merge_lines):
+        ranks[bytes(symbol_byte[symbol] for symbol in first + second)] = len(ranks)
+    encoder = json.loads((vocab_dir / "encoder.json").read_text(encoding="utf-8"))
+    for token, token_id in encoder.items():
+        if token != "<|endoftext|>":
+            assert ranks[bytes(symbol_byte[symbol] for symbol in token)] == token_id
+    return ranks
+
+
+@pytest.fixture(scope="session")
+def tiktoken_gpt2():
+    """tiktoken's GPT-2 encoding, built from the repository's vocabulary files (no download)."""
+    import tiktoken
+
+    from minillm.tokenizer import GPT2_SPLIT_PATTERN, default_vocab_dir
+
+    return tiktoken.Encoding(
+        name="gpt2_local",
+        pat_str=GPT2_SPLIT_PATTERN,
+        mergeable_ranks=gpt2_mergeable_ranks(default_vocab_dir()),
+        special_tokens={"<|endoftext|>": 50256},
+    )
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """The readable GPT-2 tokenizer."""
+    from minillm.tokenizer import Tokenizer
+    return Tokenizer.gpt2(fast=False)
+
+
+@pytest.fixture(scope="session")
+def gpt2_fast_tokenizer():
+    from minillm.tokenizer import Tokenizer
+    return Tokenizer.gpt2(fast=True)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_corpus() -> str:
+    """Mixed text: prose, code, many scripts, emoji, numbers and unusual whitespace."""
+    with open(DATA_DIR / "tokenizer_corpus.txt", encoding="utf-8", newline="") as file:
+        return file.read()

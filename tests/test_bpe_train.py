@@ -1,0 +1,164 @@
+"""BPE training: hand-checked merges, and the incremental counts against a naive recount."""
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minillm.bpe_train import BpeTrainer, count_pieces, merge_ids, train_bpe
+from minillm.tokenizer import ENDOFTEXT, Tokenizer, bytes_to_unicode
+from minillm.tokenizer_fast import FastTokenizer
+
+
+def naive_merges(texts, n_merges, special_tokens=()):
+    """Reference trainer: recount every pair from scratch before each merge."""
+    byte_ids = {byte: i for i, byte in enumerate(bytes_to_unicode())}
+    token_bytes = [bytes([byte]) for byte in bytes_to_unicode()]
+    piece_counts = count_pieces(texts, special_tokens)
+    pieces = [[byte_ids[byte] for byte in piece.encode()] for piece in piece_counts]
+    merges = []
+    for _ in range(n_merges):
+        counts = naive_pair_counts(pieces, list(piece_counts.values()))
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], token_bytes[p[0]], token_bytes[p[1]]))
+        token_bytes.append(token_bytes[best[0]] + token_bytes[best[1]])
+        pieces = [merge_ids(piece, best, len(token_bytes) - 1) for piece in pieces]
+        merges.append(best)
+    return merges
+
+
+def naive_pair_counts(pieces, piece_counts):
+    counts = Counter()
+    for piece, count in zip(pieces, piece_counts):
+        for pair in zip(piece, piece[1:]):
+            counts[pair] += count
+    return counts
+
+
+def naive_pieces_with_pair(pieces):
+    index = {}
+    for i, piece in enumerate(pieces):
+        for pair in zip(piece, piece[1:]):
+            index.setdefault(pair, set()).add(i)
+    return index
+
+
+def test_wikipedia_example():
+    # "aaabdaaabac" is one piece. Pairs: aa 4 (overlapping pairs count), ab 2, the rest 1.
+    # 1. (a, a) -> aa, a, b, d, aa, a, b, a, c: now (aa, a) 2 and (a, b) 2 tie;
+    #    b"a" sorts before b"aa", so
+    # 2. (a, b) -> aa, ab, d, aa, ab, a, c: (aa, ab) 2
+    # 3. (aa, ab) -> aaab, d, aaab, a, c: every pair 1; (a, c) sorts first
+    # 4. (a, c)
+    tokenizer = train_bpe(["aaabdaaabac"], vocab_size=256 + 4, special_tokens=())
+    assert tokenizer.merges == [("a", "a"), ("a", "b"), ("aa", "ab"), ("a", "c")]
+    ids = tokenizer.encode("aaabdaaabac")
+    assert ids == [tokenizer.vocab[token] for token in ["aaab", "d", "aaab", "ac"]]
+
+
+def test_pairs_are_counted_within_pieces_weighted_by_frequency():
+    # Pieces: "ab" x1, " ab" x2, " ba" x1 (a space is spelled Ġ).
+    # Pairs: (a, b) 1 + 2 = 3, (Ġ, a) 2, (Ġ, b) 1, (b, a) 1. The pair (b, Ġ) straddles two
+    # pieces and is never counted, though "b " occurs three times in the text.
+    # 1. (a, b);  2. (Ġ, ab) 2;  3. (Ġ, b) and (b, a) tie at 1, b" " < b"b";  4. (Ġb, a)
+    tokenizer = train_bpe(["ab ab ab ba"], vocab_size=256 + 4, special_tokens=())
+    assert tokenizer.merges == [("a", "b"), ("Ġ", "ab"), ("Ġ", "b"), ("Ġb", "a")]
+
+
+@pytest.mark.parametrize("texts", [["ab", "cd"], ["cd", "ab"], ["ba", "ab", "cd", "dc"]])
+def test_ties_go_to_the_pair_whose_bytes_sort_first(texts):
+    assert train_bpe(texts, vocab_size=257, special_tokens=()).merges == [("a", "b")]
+
+
+def test_count_beats_byte_order():
+    assert train_bpe(["zz", "zz", "ab"], vocab_size=257, special_tokens=()).merges == [("z", "z")]
+
+
+def test_incremental_counts_equal_a_full_recount_after_every_merge(tokenizer_corpus):
+    trainer = BpeTrainer(count_pieces([tokenizer_corpus]))
+    for _ in range(150):
+        assert trainer.pair_counts == naive_pair_counts(trainer.pieces, trainer.piece_counts)
+        assert trainer.pieces_with_pair == naive_pieces_with_pair(trainer.pieces)
+        trainer.merge(trainer.best_pair())
+
+
+def test_merges_equal_the_naive_trainer(tokenizer_corpus):
+    tokenizer = train_bpe([tokenizer_corpus], vocab_size=256 + 200, special_tokens=())
+    expected = naive_merges([tokenizer_corpus], 200)
+    symbol = bytes_to_unicode()
+    token_bytes = [bytes([byte]) for byte in bytes_to_unicode()]
+    for left, right in expected:
+        token_bytes.append(token_bytes[left] + token_bytes[right])
+    spell = lambda token_id: "".join(symbol[byte] for byte in token_bytes[token_id])  # noqa: E731
+    assert tokenizer.merges == [(spell(left), spell(right)) for left, right in expected]
+
+
+@settings(max_examples=50, deadline=None)
+@given(texts=st.lists(st.text(st.sampled_from("ab c\n'sé我"), max_size=40), max_size=5))
+def test_random_texts_match_the_naive_trainer(texts):
+    trainer = BpeTrainer(count_pieces(texts))
+    while (pair := trainer.best_pair()) is not None and len(trainer.merges) < 30:
+        trainer.merge(pair)
+    assert trainer.merges == naive_merges(texts, 30)
+
+
+def test_training_is_deterministic(tokenizer_corpus):
+    lines = tokenizer_corpus.split("\n")
+    first = train_bpe(lines, vocab_size=400)
+    assert train_bpe(lines, vocab_size=400).merges == first.merges
+    assert train_bpe(lines[::-1], vocab_size=400).merges == first.merges
+
+
+def test_vocabulary_layout(tokenizer_corpus, gpt2_tokenizer):
+    tokenizer = train_bpe([tokenizer_corpus], vocab_size=300, special_tokens=(ENDOFTEXT, "<|pad|>"))
+    assert tokenizer.n_vocab == 300
+    assert len(tokenizer.merges) == 300 - 256 - 2
+    assert tokenizer.special_tokens == {ENDOFTEXT: 298, "<|pad|>": 299}
+    assert tokenizer.eot_token == 298
+    # ids 0-255 are the bytes in GPT-2's order
+    for symbol in bytes_to_unicode().values():
+        assert tokenizer.vocab[symbol] == gpt2_tokenizer.vocab[symbol]
+    assert tokenizer.encode("a<|pad|>", allowed_special="all") == [tokenizer.vocab["a"], 299]
+
+
+def test_special_tokens_are_not_learned_from():
+    tokenizer = train_bpe(["hello<|endoftext|>" * 50], vocab_size=300)
+    learned = {first + second for first, second in tokenizer.merges}
+    assert "hello" in learned
+    assert not any(symbol in token for token in learned for symbol in "<|>")
+
+
+def test_training_stops_when_nothing_is_left_to_merge():
+    tokenizer = train_bpe(["ab"], vocab_size=1000)
+    assert tokenizer.merges == [("a", "b")]
+    assert tokenizer.n_vocab == 256 + 1 + 1
+
+
+@pytest.mark.parametrize(
+    ("vocab_size", "special_tokens"), [(255, ()), (256, (ENDOFTEXT,)), (300, ("x", "x"))]
+)
+def test_bad_arguments_raise(vocab_size, special_tokens):
+    with pytest.raises(ValueError):
+        train_bpe(["ab"], vocab_size=vocab_size, special_tokens=special_tokens)
+
+
+def test_save_and_load_round_trip(tokenizer_corpus, tmp_path):
+    tokenizer = train_bpe([tokenizer_corpus], vocab_size=500)
+    tokenizer.save(tmp_path)
+    reloaded = Tokenizer.from_pretrained(tmp_path)
+    fast = FastTokenizer.from_pretrained(tmp_path)
+    assert (reloaded.vocab, reloaded.merges, reloaded.special_tokens) == (
+        tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
+    unseen = "Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich."
+    text = tokenizer_corpus + ENDOFTEXT + unseen
+    ids = tokenizer.encode(text, allowed_special="all")
+    assert reloaded.encode(text, allowed_special="all") == ids
+    assert fast.encode(text, allowed_special="all") == ids
+    assert reloaded.decode(ids) == text
+
+
+def test_progress_bar(capsys):
+    train_bpe(["ab ab"], vocab_size=260, progress=True)
+    assert "BPE merges" in capsys.readouterr().err
