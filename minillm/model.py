@@ -143,12 +143,12 @@ class GPT2:
         return key_valid, np.maximum(positions, 0)
 
     # ----------------------------------------------------------------------------------------
-    def generate(self, ids, max_new_tokens: int, **kwargs) -> np.ndarray:
+    def generate(self, ids, max_new_tokens: int | None = None, **kwargs) -> np.ndarray:
         """Prompt + new ids; see minillm.generate.generate for the arguments (HF's meanings)."""
         from minillm.generate import generate
         return generate(self, ids, max_new_tokens, **kwargs)
 
-    def stream(self, ids, max_new_tokens: int, **kwargs):
+    def stream(self, ids, max_new_tokens: int | None = None, **kwargs):
         """Yield new token ids one at a time; see minillm.generate.stream."""
         from minillm.generate import stream
         return stream(self, ids, max_new_tokens, **kwargs)

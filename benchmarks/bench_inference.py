@@ -1,0 +1,117 @@
+"""Inference speed of the 124M GPT-2 shape (random weights): prefill, and decoding with the KV
+cache against recomputing the whole sequence for every token.
+
+    python benchmarks/bench_inference.py                    # numpy backend
+    python benchmarks/bench_inference.py --backend numba    # once the numba kernels exist
+    python benchmarks/bench_inference.py --quick            # smaller run, for a smoke test
+
+Prefill = one forward pass over a T-token prompt into an empty cache, logits of the last position
+only. Decode = tokens/s after the first token (greedy), 16-token prompt + 128 new tokens by
+default. The baseline runs the same loop with use_cache=False: every step re-runs the prompt and
+all tokens so far through every layer. Times are the best of --repeats runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from minillm.backends import get_backend
+from minillm.config import GPT2_SIZES
+from minillm.generate import generate_steps
+from minillm.kv_cache import KVCache
+from minillm.model import GPT2
+from minillm.params import random_params
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def prefill_seconds(model: GPT2, T: int, repeats: int) -> float:
+    ids = np.random.default_rng(T).integers(0, model.config.vocab_size, (1, T))
+
+    def prefill():
+        cache = KVCache.for_model(model.config, 1, T)
+        model.forward(ids, cache=cache, last_only=True)
+
+    return best_time(prefill, repeats)
+
+
+def lm_head_seconds(model: GPT2, T: int, repeats: int) -> float:
+    """What computing logits for all T prompt positions would add to a prefill."""
+    x = np.random.default_rng(0).standard_normal((1, T, model.config.n_embd)).astype(np.float32)
+    return best_time(lambda: model.backend.linear(x, model.params.wte.T), repeats)
+
+
+def decode_tokens_per_second(model: GPT2, prompt_len: int, n_new: int, use_cache: bool, repeats: int) -> float:
+    """Greedy tokens/s after the first token (which the prefill produces)."""
+    prompt = np.random.default_rng(1).integers(0, model.config.vocab_size, prompt_len)
+
+    def decode():
+        steps = generate_steps(model, prompt, n_new, use_cache=use_cache)
+        next(steps)                                     # prefill + first token: not timed
+        decode.start = time.perf_counter()
+        for _ in steps:
+            pass
+
+    def timed():
+        decode()
+        return time.perf_counter() - decode.start
+
+    return (n_new - 1) / min(timed() for _ in range(repeats))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="numpy", help="numpy (default), numba or cuda")
+    parser.add_argument("--size", default="gpt2", choices=list(GPT2_SIZES))
+    parser.add_argument("--prefill", type=int, nargs="+", default=[64, 256, 1024], metavar="T")
+    parser.add_argument("--prompt", type=int, default=16, help="decode: prompt tokens (default 16)")
+    parser.add_argument("--new", type=int, default=128, help="decode: new tokens (default 128)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the slow full-recompute run")
+    parser.add_argument("--quick", action="store_true", help="T = 64, 256; 16 + 32 tokens; 1 repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.prefill, args.new, args.repeats = [64, 256], 32, 1
+
+    try:
+        backend = get_backend(args.backend)
+    except (ImportError, AttributeError) as error:
+        print(f"backend {args.backend!r} is not available: {error}", file=sys.stderr)
+        return 2
+    config = GPT2_SIZES[args.size]
+    model = GPT2(config, random_params(config, seed=0), backend=backend)
+    print(f"{args.size} shape ({config.n_params() / 1e6:.0f}M parameters, {config.n_layer} layers, "
+          f"width {config.n_embd}), random weights, backend {args.backend}, batch 1, "
+          f"{os.cpu_count()} CPUs")
+    decode_tokens_per_second(model, 4, 3, True, 1)     # warm-up: first-touch of the weights
+
+    print("prefill (prompt -> logits of the last position):")
+    for T in args.prefill:
+        seconds = prefill_seconds(model, T, args.repeats)
+        head = lm_head_seconds(model, T, args.repeats)
+        print(f"  T = {T:5d}: {seconds * 1e3:8.1f} ms  ({T / seconds:6.0f} tokens/s); the LM head on all "
+              f"{T} positions would add {head * 1e3:.1f} ms")
+
+    print(f"decode ({args.prompt}-token prompt + {args.new} new tokens, greedy, tokens/s after the first):")
+    cached = decode_tokens_per_second(model, args.prompt, args.new, True, args.repeats)
+    print(f"  KV cache:        {cached:7.1f} tokens/s  ({1e3 / cached:6.1f} ms/token)")
+    if not args.no_baseline:
+        full = decode_tokens_per_second(model, args.prompt, args.new, False, 1)
+        print(f"  full recompute:  {full:7.1f} tokens/s  ({1e3 / full:6.1f} ms/token)")
+        print(f"  the cache is {cached / full:.1f}x faster")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

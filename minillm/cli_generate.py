@@ -1,0 +1,94 @@
+"""`minillm generate`: continue a prompt, streaming the text as it is generated.
+
+    minillm generate --model gpt2 --do-sample --max-length 50 --top-k 50 "我喜欢吃"
+
+The prompt is printed, then each new piece of text as soon as it forms whole characters, then
+a timing line on stderr. Flags mean what HF's generate arguments mean; generation stops at
+<|endoftext|> unless --ignore-eos.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+DEFAULT_MAX_NEW_TOKENS = 50
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("prompt", help="the text to continue")
+    parser.add_argument("--model", default="gpt2", metavar="NAME_OR_PATH",
+                        help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (after `minillm download`), or a "
+                             "folder with model.safetensors + config.json (default: gpt2)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help=f"how many tokens to generate (default: {DEFAULT_MAX_NEW_TOKENS})")
+    length.add_argument("--max-length", type=int, metavar="N",
+                        help="total length, prompt tokens included (HF's max_length)")
+    parser.add_argument("--do-sample", action="store_true",
+                        help="sample the next token instead of taking the most likely one")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="with --do-sample: divide the logits by this; 0 = greedy (default: 1.0)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="with --do-sample: keep only the K most likely tokens "
+                             "(HF's generate uses 50 unless told otherwise; here: no limit)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="with --do-sample: keep the fewest most likely tokens whose "
+                             "probabilities add up to at least P")
+    parser.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="keep going after <|endoftext|> instead of stopping there")
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "numba", "cuda"],
+                        help="kernels for matmul and attention (default: numpy)")
+
+
+def run(args) -> int:
+    from minillm.generate import stream
+    from minillm.model import GPT2
+    from minillm.streaming import TextStreamer
+    from minillm.tokenizer import Tokenizer
+
+    try:
+        model = GPT2.from_pretrained(args.model, backend=args.backend)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        print(f"minillm generate: {error}", file=sys.stderr)
+        return 1
+    tokenizer = Tokenizer.gpt2()
+    ids = tokenizer.encode(args.prompt, allowed_special="all")   # <|endoftext|> may start a prompt
+    if args.do_sample is False and (args.temperature != 1.0 or args.top_k or args.top_p):
+        print("minillm generate: note: --temperature/--top-k/--top-p only apply with --do-sample",
+              file=sys.stderr)
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None and args.max_length is None:
+        max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+    try:
+        tokens = stream(model, ids, max_new_tokens, max_length=args.max_length,
+                        do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=args.seed,
+                        eos_token_id=None if args.ignore_eos else tokenizer.eot_token)
+    except ValueError as error:
+        print(f"minillm generate: {error}", file=sys.stderr)
+        return 2
+    _print_streamed(args.prompt, tokens, TextStreamer(tokenizer), len(ids))
+    return 0
+
+
+def _print_streamed(prompt: str, tokens, streamer, prompt_len: int) -> None:
+    """Write the prompt, then every piece of text as soon as it is complete; timing to stderr."""
+    out = sys.stdout
+    out.write(prompt)
+    out.flush()
+    start = time.perf_counter()
+    first_token_s, n_tokens = 0.0, 0
+    for token_id in tokens:
+        if n_tokens == 0:
+            first_token_s = time.perf_counter() - start      # prefill + first step
+        n_tokens += 1
+        out.write(streamer.put(token_id))
+        out.flush()
+    out.write(streamer.end() + "\n")
+    out.flush()
+    total_s = time.perf_counter() - start
+    decode_rate = (n_tokens - 1) / (total_s - first_token_s) if n_tokens > 1 else float("nan")
+    print(f"[{n_tokens} tokens in {total_s:.2f} s: {n_tokens / total_s:.1f} tokens/s overall, "
+          f"{decode_rate:.1f} tokens/s after the first; prompt of {prompt_len} tokens + first token "
+          f"in {first_token_s:.2f} s]", file=sys.stderr, flush=True)

@@ -1,0 +1,254 @@
+"""Autoregressive generation with a KV cache: prefill the prompt once, then one token per step.
+
+    prefill:  logits = model(prompt, cache)          all T prompt positions in one pass; the cache
+                                                     now holds every layer's keys and values
+    decode:   repeat: pick a token from the last logits (greedy or sampled, see sampling.py),
+              logits = model(token, cache)           1 position per step, attending to the cache
+
+Arguments mean what they mean in Hugging Face's `model.generate`: max_new_tokens / max_length
+(prompt + new, counting left padding), do_sample, temperature, top_k, top_p, eos_token_id,
+pad_token_id, attention_mask. Differences: `seed` replaces torch's global RNG; temperature 0
+means greedy; top_k defaults to None (HF silently uses top_k=50 when sampling: pass top_k=50
+to sample like HF); eos_token_id defaults to None (never stop early; HF reads GPT-2's 50256 from
+the model's generation config).
+
+The context limit: len(prompt) + max_new_tokens may not exceed config.n_positions. Longer
+requests raise ValueError up front, naming both numbers; nothing is truncated or slid.
+
+Batches: prompts of different lengths are left-padded (see `pad_batch`) with an attention mask;
+each row then generates exactly what it would alone. A row that emits EOS is finished: later
+positions get pad_token_id (default: the EOS id), and generation stops once every row is done.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from minillm.kv_cache import KVCache
+from minillm.sampling import TokenChooser
+
+
+@dataclass
+class Step:
+    """One decoding step: the token chosen for each row and the logits it was chosen from."""
+    token_ids: np.ndarray     # (B,) int64; pad_token_id for rows that had already finished
+    logits: np.ndarray        # (B, V) float32, the model's raw next-token logits
+
+
+@dataclass
+class _Request:
+    """Validated inputs of one generate call."""
+    ids: np.ndarray                  # (B, T) int64 prompt, left-padded
+    mask: np.ndarray | None          # (B, T) int64 attention mask, None when nothing is padded
+    squeeze: bool                    # the prompt was 1-D: return 1-D
+    max_new_tokens: int
+    choose: TokenChooser
+    eos_ids: np.ndarray | None       # (n_eos,) int64 stop tokens, or None
+    pad_token_id: int
+    use_cache: bool
+
+
+# ------------------------------------------------------------------------------------------------
+def generate(model, ids, max_new_tokens: int | None = None, *, max_length: int | None = None,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, seed: int | None = None,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+             attention_mask=None, use_cache: bool = True) -> np.ndarray:
+    """Prompt + generated ids: (T,) -> (T + n,), (B, T) -> (B, T + n), int64.
+
+    n is max_new_tokens, or fewer if every row reached eos_token_id. Pass max_new_tokens or
+    max_length (= T + max_new_tokens, HF's meaning), not both.
+    """
+    request = _prepare(model, ids, max_new_tokens, max_length, do_sample, temperature, top_k,
+                       top_p, seed, eos_token_id, pad_token_id, attention_mask, use_cache)
+    new_ids = [step.token_ids for step in _decode(model, request)]
+    out = np.concatenate([request.ids, np.stack(new_ids, axis=1)], axis=1)
+    return out[0] if request.squeeze else out
+
+
+def stream(model, ids, max_new_tokens: int | None = None, **kwargs) -> Iterator:
+    """Yield the new tokens one step at a time: an int for a 1-D prompt, a (B,) array for a
+    batch. Same arguments as `generate`; they are checked before the first token is computed."""
+    request = _prepare_kwargs(model, ids, max_new_tokens, kwargs)
+    if request.squeeze:
+        return (int(step.token_ids[0]) for step in _decode(model, request))
+    return (step.token_ids for step in _decode(model, request))
+
+
+def generate_steps(model, ids, max_new_tokens: int | None = None, **kwargs) -> Iterator[Step]:
+    """Like `stream`, but each step also carries the (B, V) logits the tokens were chosen from."""
+    return _decode(model, _prepare_kwargs(model, ids, max_new_tokens, kwargs))
+
+
+def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad prompts of different lengths into one batch.
+
+    Returns ids (B, T_max) int64 and attention_mask (B, T_max) int64, 0 on padding. Padding
+    goes on the left so every row's last position is a real token: the next token is
+    predicted from there.
+    """
+    if len(prompts) == 0:
+        raise ValueError("pad_batch needs at least one prompt, got none")
+    lengths = [len(p) for p in prompts]
+    if min(lengths) == 0:
+        raise ValueError(f"prompt {lengths.index(0)} is empty; every prompt needs at least one token")
+    width = max(lengths)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+# ------------------------------------------------------------------------------------------------
+def _decode(model, request: _Request) -> Iterator[Step]:
+    """Prefill, then one forward pass of one token per step; no work after the last token."""
+    B, T = request.ids.shape
+    total = T + request.max_new_tokens
+    mask = None
+    if request.mask is not None:
+        # The mask for every step, allocated once: new tokens are always real (HF appends 1s).
+        mask = np.ones((B, total), dtype=np.int64)
+        mask[:, :T] = request.mask
+    cache = KVCache.for_model(model.config, B, max_len=total) if request.use_cache else None
+    if cache is None:                          # the full-recompute baseline keeps the sequence
+        sequence = np.empty((B, total), dtype=np.int64)
+        sequence[:, :T] = request.ids
+    logits = _last_logits(model, request.ids, _upto(mask, T), cache)
+
+    unfinished = np.ones(B, dtype=bool)
+    for step in range(request.max_new_tokens):
+        token_ids = request.choose(logits)                                   # (B,)
+        if request.eos_ids is not None:
+            token_ids = np.where(unfinished, token_ids, request.pad_token_id)
+            unfinished &= ~np.isin(token_ids, request.eos_ids)
+        yield Step(token_ids, logits)
+        if step == request.max_new_tokens - 1 or not unfinished.any():
+            return
+        length = T + step + 1
+        if cache is not None:
+            logits = _last_logits(model, token_ids[:, None], _upto(mask, length), cache)
+        else:
+            sequence[:, length - 1] = token_ids
+            logits = _last_logits(model, sequence[:, :length], _upto(mask, length), None)
+
+
+def _upto(mask: np.ndarray | None, length: int) -> np.ndarray | None:
+    return None if mask is None else mask[:, :length]
+
+
+def _last_logits(model, ids: np.ndarray, mask: np.ndarray | None, cache: KVCache | None) -> np.ndarray:
+    """Logits of the last position of each row: (B, V) float32. Only that position's logits
+    choose the next token, so the LM head (a (T, C) x (C, V) matmul) runs on it alone."""
+    return model.forward(ids, attention_mask=mask, cache=cache, last_only=True).logits[:, -1]
+
+
+# ------------------------------------------------------------------------------------------------
+_SETTINGS = ("max_length", "do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id",
+             "pad_token_id", "attention_mask", "use_cache")
+
+
+def _prepare_kwargs(model, ids, max_new_tokens, kwargs: dict) -> _Request:
+    unknown = set(kwargs) - set(_SETTINGS)
+    if unknown:
+        raise TypeError(f"unexpected argument(s) {sorted(unknown)}; expected some of {list(_SETTINGS)}")
+    settings = {"max_length": None, "do_sample": False, "temperature": 1.0, "top_k": None,
+                "top_p": None, "seed": None, "eos_token_id": None, "pad_token_id": None,
+                "attention_mask": None, "use_cache": True, **kwargs}
+    return _prepare(model, ids, max_new_tokens, *(settings[name] for name in _SETTINGS))
+
+
+def _prepare(model, ids, max_new_tokens, max_length, do_sample, temperature, top_k, top_p, seed,
+             eos_token_id, pad_token_id, attention_mask, use_cache) -> _Request:
+    """Check every argument (ValueError naming the value and what was expected)."""
+    config = model.config
+    ids_2d, squeeze = _check_prompt(ids, config.vocab_size)
+    T = ids_2d.shape[1]
+    n_new = _check_length(T, max_new_tokens, max_length, config.n_positions)
+    mask = _check_mask(attention_mask, ids_2d.shape, squeeze)
+    choose = TokenChooser(do_sample, temperature, top_k, top_p, seed)
+    eos_ids = _check_token_list("eos_token_id", eos_token_id, config.vocab_size)
+    if pad_token_id is None:
+        pad_token_id = int(eos_ids[0]) if eos_ids is not None else 0
+    else:
+        pad_token_id = int(_check_token_list("pad_token_id", pad_token_id, config.vocab_size)[0])
+    return _Request(ids_2d, mask, squeeze, n_new, choose, eos_ids, pad_token_id, bool(use_cache))
+
+
+def _check_prompt(ids, vocab_size: int) -> tuple[np.ndarray, bool]:
+    """(T,) or (B, T) integer ids in [0, vocab_size) -> (B, T) int64, and whether it was 1-D."""
+    try:
+        array = np.asarray(ids)
+    except ValueError as error:       # ragged nested lists
+        raise ValueError(f"prompts of different lengths must be padded first (see pad_batch): {error}") from None
+    if array.dtype == object:
+        raise ValueError("prompts of different lengths must be padded first (see pad_batch)")
+    if array.size == 0:
+        raise ValueError(f"the prompt is empty (shape {array.shape}); generation needs at least one "
+                         f"token to start from (e.g. <|endoftext|>, id 50256 for GPT-2)")
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers, got dtype {array.dtype}")
+    if array.ndim not in (1, 2):
+        raise ValueError(f"ids must have shape (T,) or (B, T), got {array.shape}")
+    bad = (array < 0) | (array >= vocab_size)
+    if bad.any():
+        raise ValueError(f"token id {array[bad].flat[0]} is out of range: ids must be in [0, {vocab_size})")
+    squeeze = array.ndim == 1
+    return (array[None, :] if squeeze else array).astype(np.int64), squeeze
+
+
+def _check_length(prompt_len: int, max_new_tokens, max_length, n_positions: int) -> int:
+    """The number of new tokens, from max_new_tokens or max_length, checked against the context."""
+    if (max_new_tokens is None) == (max_length is None):
+        raise ValueError("pass exactly one of max_new_tokens (new tokens) or max_length (prompt + new "
+                         f"tokens), got max_new_tokens={max_new_tokens!r}, max_length={max_length!r}")
+    if max_length is not None:
+        if not _is_int(max_length) or max_length <= prompt_len:
+            raise ValueError(f"max_length={max_length!r} counts the prompt too, so it must be an int "
+                             f"greater than the prompt length {prompt_len}")
+        max_new_tokens = max_length - prompt_len
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if prompt_len > n_positions:
+        raise ValueError(f"the prompt has {prompt_len} tokens but the model's context is "
+                         f"{n_positions} tokens (n_positions)")
+    if prompt_len + max_new_tokens > n_positions:
+        raise ValueError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
+                         f"{prompt_len + max_new_tokens} exceeds the model's context of {n_positions} "
+                         f"tokens; ask for at most {n_positions - prompt_len} new tokens")
+    return int(max_new_tokens)
+
+
+def _check_mask(attention_mask, shape: tuple[int, int], squeeze: bool) -> np.ndarray | None:
+    """A (B, T) 0/1 left-padding mask as int64, or None when no position is padded."""
+    if attention_mask is None:
+        return None
+    mask = np.asarray(attention_mask)
+    if squeeze and mask.ndim == 1:
+        mask = mask[None, :]
+    if mask.shape != shape:
+        raise ValueError(f"attention_mask must have the shape of the ids, {shape}, got {mask.shape}")
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    if (np.diff(mask.astype(np.int64), axis=1) < 0).any() or not mask[:, -1].all():
+        raise ValueError("attention_mask must be left padding (0s, then 1s in every row) so that each "
+                         "row ends in a real token; use pad_batch to build it")
+    return None if mask.all() else mask.astype(np.int64)
+
+
+def _check_token_list(name: str, value, vocab_size: int) -> np.ndarray | None:
+    """None, an id or a list of ids, each in [0, vocab_size) -> (n,) int64 or None."""
+    if value is None:
+        return None
+    values = [value] if _is_int(value) else list(value) if isinstance(value, (list, tuple, np.ndarray)) else []
+    if not values or not all(_is_int(v) and 0 <= v < vocab_size for v in values):
+        raise ValueError(f"{name} must be a token id (or list of ids) in [0, {vocab_size}), got {value!r}")
+    return np.asarray(values, dtype=np.int64)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
