@@ -1,1 +1,11 @@
-"""numba kernels (CPU JIT and CUDA) for the hot path, each tested against its NumPy reference."""
+"""numba kernels (CPU JIT and CUDA) for the hot path, each tested against its NumPy reference.
+
+    attention_cpu   fused causal attention (online softmax), and a decode variant
+                    -- against minillm.attention.causal_attention
+    matmul_cpu      packed, register-blocked matmul -- against x @ w
+    attention_cuda  the fused attention as a CUDA kernel (numba.cuda)
+    matmul_cuda     shared-memory tiled matmul as a CUDA kernel
+    backend         NumbaBackend and CudaBackend: GPT2(..., backend="numba" or "cuda")
+
+Importing a CPU module compiles its kernels the first time; numba caches them on disk after.
+"""

@@ -1,0 +1,194 @@
+"""Benchmark the numba kernels against the NumPy references, in one process.
+
+    python benchmarks/bench_kernels.py [--repeats 3] [--lengths 128 512 1024] [--skip-model]
+                                       [--threads N] [--cpu-time]
+
+Prints, at T = 128 / 512 / 1024 (batch 1):
+1. attention, 12 heads of 64: the fused kernel vs minillm.attention.causal_attention, time and
+   peak extra memory (tracemalloc: beyond the output; numba allocates through CPython, so its
+   allocations count too). Target: fused >= 2x faster at T = 1024.
+2. matmul: the numba kernel's GFLOPS vs NumPy's BLAS on GPT-2 124M's shapes, x (T, 768) times
+   the qkv (768, 2304), MLP (768, 3072) and (3072, 768) weights and the tied LM head wte.T
+   (768, 50257), a transposed view. Target: >= 50% of BLAS.
+3. whole-model prefill of GPT-2 124M (random weights) per backend: numpy, numba, numba with the
+   numba matmul too, and cuda if there is a GPU.
+
+Every ratio compares runs made in this process, kernel and baseline interleaved, best of
+--repeats. Threads: numba uses numba.get_num_threads() and BLAS its own default (usually all
+cores), unless --threads sets both. On a machine shared with other work, wall times with
+several threads mostly measure the neighbours; `--threads 1 --cpu-time` compares the work
+itself (process CPU time, which does not count time spent waiting for a core).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import tracemalloc
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case, best kept")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024],
+                        help="sequence lengths T")
+    parser.add_argument("--skip-model", action="store_true", help="skip the whole-model prefill")
+    parser.add_argument("--threads", type=int, default=None, help="threads for numba and BLAS")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with process CPU time, not wall time (use with --threads 1)")
+    return parser.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else parse_args([])
+if ARGS.threads:        # BLAS and numba read these once, when they are first imported
+    for library in ("NUMBA", "OPENBLAS", "OMP", "MKL"):
+        os.environ[f"{library}_NUM_THREADS"] = str(ARGS.threads)
+clock = time.process_time if ARGS.cpu_time else time.perf_counter
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from minillm.attention import causal_attention, split_heads  # noqa: E402
+from minillm.config import GPT2_SIZES  # noqa: E402
+from minillm.kernels.attention_cpu import flash_attention  # noqa: E402
+from minillm.kernels.backend import NumbaBackend, cuda_unavailable_reason  # noqa: E402
+from minillm.kernels.matmul_cpu import matmul  # noqa: E402
+from minillm.kv_cache import KVCache  # noqa: E402
+from minillm.model import GPT2  # noqa: E402
+from minillm.params import random_params  # noqa: E402
+
+N_HEADS, HEAD_DIM, WIDTH, VOCAB = 12, 64, 768, 50257
+ATTENTION_TARGET = 2.0       # fused speed-up over the reference at T = 1024
+MATMUL_TARGET = 0.5          # fraction of BLAS GFLOPS
+
+
+def best_times(functions, repeats: int) -> list[float]:
+    """Best time (wall or CPU clock) of each function, run in turn `repeats` times after warm-up."""
+    for fn in functions:
+        fn()
+    times = [[] for _ in functions]
+    for _ in range(repeats):
+        for fn, runs in zip(functions, times):
+            start = clock()
+            fn()
+            runs.append(clock() - start)
+    return [min(runs) for runs in times]
+
+
+def peak_extra_bytes(fn) -> int:
+    """Peak bytes allocated while fn() runs, beyond the array it returns."""
+    tracemalloc.start()
+    try:
+        out = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak - out.nbytes
+
+
+def mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:8.2f} MiB"
+
+
+# ---- 1. attention -------------------------------------------------------------------------------
+def bench_attention(lengths, repeats, rng) -> float:
+    print(f"\n1. Causal attention, B=1, {N_HEADS} heads x {HEAD_DIM}: "
+          "fused kernel vs NumPy reference")
+    print(f"{'T':>6} {'reference':>12} {'fused':>10} {'speed-up':>9}   "
+          f"{'ref. memory':>12} {'fused memory':>13}")
+    speedup = 0.0
+    for T in lengths:
+        qkv = rng.standard_normal((1, T, 3 * WIDTH), dtype=np.float32)     # as the model makes them
+        q, k, v = (split_heads(part, N_HEADS) for part in np.split(qkv, 3, axis=-1))
+        t_ref, t_fused = best_times([lambda: causal_attention(q, k, v),
+                                     lambda: flash_attention(q, k, v)], repeats)
+        m_ref = peak_extra_bytes(lambda: causal_attention(q, k, v))
+        m_fused = peak_extra_bytes(lambda: flash_attention(q, k, v))
+        speedup = t_ref / t_fused
+        print(f"{T:>6} {t_ref * 1e3:>9.1f} ms {t_fused * 1e3:>7.1f} ms {speedup:>8.2f}x   "
+              f"{mib(m_ref):>12} {mib(m_fused):>13}")
+    return speedup
+
+
+def bench_decode(repeats, rng) -> None:
+    print("\n   decode (one query against a KV cache of T keys):")
+    for T in (128, 1024):
+        cache = KVCache(n_layer=1, batch_size=1, n_head=N_HEADS, head_dim=HEAD_DIM, max_len=1024)
+        new_keys = rng.standard_normal((1, N_HEADS, T, HEAD_DIM), dtype=np.float32)
+        k, v = cache.update(0, new_keys, new_keys * 2)                     # views of the cache
+        q = rng.standard_normal((1, N_HEADS, 1, HEAD_DIM), dtype=np.float32)
+        t_ref, t_fused = best_times([lambda: causal_attention(q, k, v),
+                                     lambda: flash_attention(q, k, v)], max(repeats, 20))
+        print(f"{T:>6} {t_ref * 1e6:>9.0f} us {t_fused * 1e6:>7.0f} us {t_ref / t_fused:>8.2f}x")
+
+
+# ---- 2. matmul ----------------------------------------------------------------------------------
+def bench_matmul(lengths, repeats, rng) -> float:
+    print("\n2. Matmul: numba tiled kernel vs NumPy BLAS (GFLOPS)")
+    print(f"{'T':>6} {'weight':>22} {'BLAS':>8} {'numba':>8} {'numba/BLAS':>11}")
+    weights = {
+        "qkv (768, 2304)": rng.standard_normal((WIDTH, 3 * WIDTH), dtype=np.float32),
+        "mlp fc (768, 3072)": rng.standard_normal((WIDTH, 4 * WIDTH), dtype=np.float32),
+        "mlp proj (3072, 768)": rng.standard_normal((4 * WIDTH, WIDTH), dtype=np.float32),
+        "LM head wte.T": rng.standard_normal((VOCAB, WIDTH), dtype=np.float32).T,
+    }
+    ratios = []
+    for T in lengths:
+        for name, w in weights.items():
+            x = rng.standard_normal((T, w.shape[0]), dtype=np.float32)
+            t_blas, t_numba = best_times([lambda: x @ w, lambda: matmul(x, w)], repeats)
+            gflop = 2 * T * w.shape[0] * w.shape[1] / 1e9
+            ratios.append(t_blas / t_numba)
+            print(f"{T:>6} {name:>22} {gflop / t_blas:>8.1f} {gflop / t_numba:>8.1f} "
+                  f"{ratios[-1]:>10.0%}")
+    mean = np.exp(np.mean(np.log(ratios)))
+    print(f"   geometric mean: {mean:.0%} of BLAS, worst {min(ratios):.0%}")
+    return min(ratios)
+
+
+# ---- 3. whole model -----------------------------------------------------------------------------
+def bench_model(lengths, repeats) -> None:
+    config = GPT2_SIZES["gpt2"]
+    params = random_params(config)
+    backends = {"numpy": "numpy", "numba": NumbaBackend(),
+                "numba, numba matmul": NumbaBackend(matmul="numba")}
+    if cuda_unavailable_reason() is None and not numba.config.ENABLE_CUDASIM:
+        from minillm.kernels.backend import CudaBackend
+
+        backends["cuda"] = CudaBackend()
+        backends["cuda"].prepare(params)
+    else:
+        print("\n   (no CUDA GPU: the cuda backend is not timed)")
+    models = {name: GPT2(config, params, backend=backend) for name, backend in backends.items()}
+    print("\n3. Prefill of GPT-2 124M (random weights), B=1, per backend "
+          "(seconds; speed-up vs numpy)")
+    print(f"{'T':>6} " + " ".join(f"{name:>22}" for name in models))
+    rng = np.random.default_rng(0)
+    for T in lengths:
+        ids = rng.integers(0, config.vocab_size, T)
+        times = best_times([lambda m=m: m(ids) for m in models.values()], repeats)
+        cells = [f"{t:>8.2f} s ({times[0] / t:>4.2f}x)" for t in times]
+        print(f"{T:>6} " + " ".join(f"{cell:>22}" for cell in cells))
+
+
+def main(args: argparse.Namespace) -> None:
+    print(f"numba {numba.__version__}, numpy {np.__version__}, "
+          f"numba threads: {numba.get_num_threads()}, BLAS threads: {args.threads or 'default'}, "
+          f"clock: {'CPU' if args.cpu_time else 'wall'}")
+    rng = np.random.default_rng(0)
+    speedup = bench_attention(args.lengths, args.repeats, rng)
+    bench_decode(args.repeats, rng)
+    matmul_ratio = bench_matmul(args.lengths, args.repeats, rng)
+    if not args.skip_model:
+        bench_model(args.lengths, args.repeats)
+
+    print("\nTargets:")
+    print(f"   fused attention >= {ATTENTION_TARGET:.0f}x the reference at T = {args.lengths[-1]}: "
+          f"{speedup:.2f}x  {'met' if speedup >= ATTENTION_TARGET else 'MISSED'}")
+    print(f"   numba matmul >= {MATMUL_TARGET:.0%} of BLAS on every shape: "
+          f"worst {matmul_ratio:.0%}  "
+          f"{'met' if matmul_ratio >= MATMUL_TARGET else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main(ARGS)

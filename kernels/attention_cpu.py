@@ -1,0 +1,401 @@
+"""Fused causal attention on the CPU, FlashAttention-style, in numba.
+
+    out = softmax(Q K^T / sqrt(d) + M) V      q: (B, H, Tq, d), k, v: (B, H, Tk, d) -> (B, H, Tq, d)
+
+Reference: `minillm.attention.causal_attention` (imported here as `reference`);
+tests/test_kernels_cpu.py compares the two.
+The queries are the last Tq of the Tk positions (query i sits at Tk - Tq + i), M masks future
+keys and keys whose `key_valid[b, j]` is False, and a query that can see no key at all gets
+zeros. q, k, v may be any strided views (the KV cache hands out slices of a bigger buffer).
+
+The reference materialises the (Tq, Tk) score matrix of every head: O(T^2) memory and several
+passes over it. This kernel never does. For each (batch, head, tile of BQ queries) it walks the
+keys in tiles of BK, computes that tile's scores, and folds them into a running result with the
+online softmax (Milakov & Gimelshein 2018; Dao et al. 2022). Per query it keeps the largest
+score seen so far m, the sum l of exp(score - m), and the weighted sum of values acc. A new tile
+with maximum m' > m rescales l and acc by exp(m - m') before adding its own terms, so after the
+last tile out = acc / l is exactly the softmax-weighted average. Key tiles that lie entirely in
+the future of the query tile are never visited, which halves the work for causal attention.
+
+Layout, chosen so that LLVM vectorises every inner loop:
+- queries run along the SIMD lanes: a tile keeps its queries side by side in panels of NR = 16
+  (q_t[panel, t, lane] = q[query, t] / sqrt(d)), and so do its scores and accumulators;
+- keys (and value columns) run along the rows of MR x NR register tiles, the same register
+  blocking as the matmul kernel: S^T = K Q^T and acc^T += V^T P^T, reading K and V rows in
+  place (one broadcast per element), so neither is copied or transposed;
+- every softmax statistic is per lane, so masking, max, exp and sum are plain vector ops with no
+  horizontal reductions. `exp_nonpositive` is a polynomial exp (Cephes' expf) that LLVM can
+  vectorise, unlike a call to libm.
+
+Memory beyond the output: per worker thread, the tile's queries, scores and accumulators,
+(2 d + BK + 3) x BQ floats, 24 KiB for d = 64, whatever T is: O(T d) in all, not O(T^2).
+
+The decode variant (Tq = 1, one new token against the KV cache) has no query tile to fill the
+lanes, so it runs one query per (batch, head) job, vectorised along the head dimension: all
+scores of the row (Tk floats of scratch per worker), then an exact max, exp and weighted sum
+of V rows. It reads K and V from the cache's whole contiguous buffer, not the strided slice,
+once each, and is bound by that memory traffic (~6 MiB per layer for 12 heads at T = 1024).
+Batch x heads gives enough independent jobs for a CPU's cores; splitting the key axis too
+(flash-decoding) pays off on GPUs, with thousands of lanes to fill.
+
+Fast-math: only `contract` (fused multiply-add), plus `reassoc` for the decode variant's dot
+products and sum. The masks are -inf, so flags that assume finite values (nnan, ninf, fast)
+would break them.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import boolean, errors, float32, njit, prange, types, void
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from minillm.attention import causal_attention as reference  # noqa: F401  what they compute
+
+BQ = 32            # queries per tile: 2 panels of NR lanes
+BK = 64            # keys per tile
+MR = 4             # keys (or value columns) per register tile, written out in the micro-kernels
+NR = 16            # queries per register tile: 2 AVX2 vectors
+N_STATS = 3        # per-query statistics: running max m, running sum l, correction for acc
+TILE_FLOATS = MR * NR
+NEG_INF = np.float32(-np.inf)
+CONTRACT = {"contract"}
+REASSOC = {"contract", "reassoc"}
+
+_F = np.float32
+# Cephes' expf: exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by a
+# degree-7 polynomial; ln 2 is split in two so that r = x - n ln 2 is computed exactly.
+_LOG2E, _LN2_HI, _LN2_LO = _F(1.44269504088896341), _F(0.693359375), _F(-2.12194440e-4)
+_P0, _P1, _P2 = _F(1.9875691500e-4), _F(1.3981999507e-3), _F(8.3334519073e-3)
+_P3, _P4, _P5 = _F(4.1665795894e-2), _F(1.6666665459e-1), _F(5.0000001201e-1)
+_EXP_UNDERFLOW = _F(-87.33654)     # below this exp(x) < FLT_MIN: return 0
+
+
+# ---- exp ----------------------------------------------------------------------------------------
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret an int32 bit pattern as a float32 (a no-op the vectoriser understands)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return float32(types.int32), codegen
+
+
+@njit(fastmath=CONTRACT, cache=True)
+def exp_nonpositive(x):
+    """exp(x) for float32 x <= 0, within 2 ulp; 0 for x = -inf. Vectorisable, unlike libm's expf."""
+    n = np.floor(x * _LOG2E + _F(0.5))
+    r = x - n * _LN2_HI - n * _LN2_LO
+    poly = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+    exp_r = poly * r * r + r + _F(1.0)
+    two_to_n = _float32_from_bits((np.int32(max(n, _F(-126.0))) + np.int32(127)) << 23)
+    return exp_r * two_to_n if x >= _EXP_UNDERFLOW else _F(0.0)
+
+
+# ---- register tiles -----------------------------------------------------------------------------
+# The same helper as in matmul_cpu.py, repeated rather than imported: numba's on-disk cache only
+# notices edits to this file, so nothing jitted here may depend on another file.
+@intrinsic
+def _stack_floats(typingctx, count):
+    """A pointer to `count` float32 on the stack; `count` must be a compile-time constant."""
+    if not isinstance(count, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(count)
+
+    def codegen(context, builder, signature, args):
+        size = signature.args[0].literal_value
+        return cgutils.alloca_once(builder, context.get_value_type(types.float32), size=size)
+
+    return types.CPointer(types.float32)(count), codegen
+
+
+@njit(inline="always", cache=True)
+def _register_tile():
+    """An MR x NR float32 tile of zeros on the stack, promoted to registers by LLVM."""
+    tile = numba.carray(_stack_floats(TILE_FLOATS), (MR, NR))
+    for r in range(MR):
+        for i in range(NR):
+            tile[r, i] = 0.0
+    return tile
+
+
+@njit(inline="always", cache=True)
+def _register_lanes():
+    """NR float32 zeros on the stack: one value per query lane."""
+    lanes = numba.carray(_stack_floats(NR), NR)
+    for i in range(NR):
+        lanes[i] = 0.0
+    return lanes
+
+
+# ---- one tile of keys ---------------------------------------------------------------------------
+@njit(fastmath=CONTRACT, cache=True)
+def _scores_block(k, key_valid, b, h, k0, j0, n_keys, q_panel, query_pos, scores, lane_max):
+    """scores[j0:j0+MR, :] = masked K[k0+j0 : k0+j0+MR] . q_panel; lane_max = max(lane_max, scores).
+
+    q_panel: (d, NR) queries of one panel, already scaled by 1/sqrt(d); query_pos: absolute
+    position of lane 0. Rows past the tile's n_keys repeat its last key and are masked."""
+    last = k0 + n_keys - 1
+    row0, row1 = min(k0 + j0, last), min(k0 + j0 + 1, last)
+    row2, row3 = min(k0 + j0 + 2, last), min(k0 + j0 + 3, last)
+    tile = _register_tile()
+    for t in range(q_panel.shape[0]):
+        k0t, k1t, k2t, k3t = k[b, h, row0, t], k[b, h, row1, t], k[b, h, row2, t], k[b, h, row3, t]
+        for i in range(NR):
+            q_ti = q_panel[t, i]
+            tile[0, i] += k0t * q_ti
+            tile[1, i] += k1t * q_ti
+            tile[2, i] += k2t * q_ti
+            tile[3, i] += k3t * q_ti
+    for r in range(MR):
+        key = k0 + j0 + r
+        # -inf for padding keys and rows past the tile; lanes before first_lane are queries
+        # that come before this key (the causal mask).
+        bias = _F(0.0) if key <= last and key_valid[b, min(key, last)] else NEG_INF
+        first_lane = key - query_pos
+        for i in range(NR):
+            s = tile[r, i] + bias
+            s = s if i >= first_lane else NEG_INF
+            scores[j0 + r, i] = s
+            lane_max[i] = max(lane_max[i], s)
+
+
+@njit(fastmath=CONTRACT, cache=True)
+def _softmax_block(scores, n_keys, tile_max, stats):
+    """Online-softmax step for one panel: scores -> exp(scores - new max) in place; rescale l.
+
+    tile_max: max(running max, this tile's scores) per lane. stats rows: 0 running max m,
+    1 running sum l, 2 correction exp(m_old - m_new) for acc."""
+    lanes = scores.shape[1]      # a runtime trip count: LLVM's loop vectoriser takes these loops
+    shift = _register_lanes()
+    lane_sum = _register_lanes()
+    for i in range(lanes):
+        # A query that has seen only masked keys keeps m = -inf, and subtracts 0 instead, so
+        # that exp(-inf - 0) = 0 rather than exp(-inf + inf) = nan.
+        shift[i] = tile_max[i] if tile_max[i] > NEG_INF else _F(0.0)
+        stats[2, i] = exp_nonpositive(stats[0, i] - shift[i])
+    for j in range(n_keys):
+        for i in range(lanes):
+            p = exp_nonpositive(scores[j, i] - shift[i])
+            scores[j, i] = p
+            lane_sum[i] += p
+    for i in range(lanes):
+        stats[1, i] = stats[1, i] * stats[2, i] + lane_sum[i]
+        stats[0, i] = tile_max[i]
+
+
+@njit(fastmath=CONTRACT, cache=True)
+def _pv_block(v, b, h, k0, n_keys, t0, weights, correction, acc):
+    """acc[t0:t0+MR, :] = acc * correction + V[k0:k0+n_keys, t0:t0+MR]^T . weights."""
+    last_col = v.shape[3] - 1
+    col0, col1 = min(t0, last_col), min(t0 + 1, last_col)
+    col2, col3 = min(t0 + 2, last_col), min(t0 + 3, last_col)
+    tile = _register_tile()
+    for r in range(MR):                         # start from the rescaled accumulator
+        for i in range(NR):
+            tile[r, i] = acc[t0 + r, i] * correction[i]
+    for j in range(n_keys):
+        key = k0 + j
+        v0, v1 = v[b, h, key, col0], v[b, h, key, col1]
+        v2, v3 = v[b, h, key, col2], v[b, h, key, col3]
+        for i in range(NR):
+            p_ji = weights[j, i]
+            tile[0, i] += v0 * p_ji
+            tile[1, i] += v1 * p_ji
+            tile[2, i] += v2 * p_ji
+            tile[3, i] += v3 * p_ji
+    for r in range(MR):
+        for i in range(NR):
+            acc[t0 + r, i] = tile[r, i]
+
+
+# ---- one tile of queries ------------------------------------------------------------------------
+@njit(fastmath=CONTRACT, cache=True)
+def _attend_query_tile(q, k, v, key_valid, out, b, h, q0, n_queries, q_t, scores, acc, stats):
+    """out[b, h, q0 : q0+n_queries] for one tile of queries, walking the key tiles it can see."""
+    head_dim = q.shape[3]
+    scale = _F(1.0 / math.sqrt(head_dim))
+    offset = k.shape[2] - q.shape[2]            # absolute position of query 0
+    n_panels = q_t.shape[0]
+    for p in range(n_panels):
+        for t in range(head_dim):
+            for i in range(NR):
+                query = p * NR + i
+                q_t[p, t, i] = q[b, h, q0 + query, t] * scale if query < n_queries else _F(0.0)
+    acc[:] = 0.0
+    stats[:, 0] = NEG_INF
+    stats[:, 1] = 0.0
+    keys_seen = offset + q0 + n_queries         # the last query of the tile sees keys [0, this)
+    for k0 in range(0, keys_seen, BK):
+        n_keys = min(BK, keys_seen - k0)
+        for p in range(n_panels):
+            tile_max = _register_lanes()
+            for i in range(NR):
+                tile_max[i] = stats[p, 0, i]
+            for j0 in range(0, n_keys, MR):
+                _scores_block(k, key_valid, b, h, k0, j0, n_keys, q_t[p], offset + q0 + p * NR,
+                              scores[p], tile_max)
+            _softmax_block(scores[p], n_keys, tile_max, stats[p])
+            for t0 in range(0, head_dim, MR):
+                _pv_block(v, b, h, k0, n_keys, t0, scores[p], stats[p, 2], acc[p])
+    for query in range(n_queries):
+        p, i = divmod(query, NR)
+        total = stats[p, 1, i]
+        inv_total = _F(1.0) / total if total > 0 else _F(0.0)
+        for t in range(head_dim):
+            out[b, h, q0 + query, t] = acc[p, t, i] * inv_total
+
+
+_STRIDED_4D = float32[:, :, :, :]
+_SCRATCH_4D = float32[:, :, :, ::1]
+
+
+@njit(void(_STRIDED_4D, _STRIDED_4D, _STRIDED_4D, boolean[:, :], _SCRATCH_4D,
+           _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D),
+      parallel=True, cache=True, fastmath=CONTRACT)
+def _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats):
+    """Every (batch, head, query tile) job, dealt round-robin to the workers; each worker owns
+    its slice of the scratch arrays (q_t, scores, acc, stats: (workers, panels, ..., NR))."""
+    n_batch, n_heads, n_queries, _ = q.shape
+    n_tiles = (n_queries + BQ - 1) // BQ
+    n_jobs = n_batch * n_heads * n_tiles
+    n_workers = q_t.shape[0]
+    for worker in prange(n_workers):
+        for job in range(worker, n_jobs, n_workers):
+            head_job, tile = divmod(job, n_tiles)
+            b, h = divmod(head_job, n_heads)
+            q0 = tile * BQ
+            _attend_query_tile(q, k, v, key_valid, out, b, h, q0, min(BQ, n_queries - q0),
+                               q_t[worker], scores[worker], acc[worker], stats[worker])
+
+
+# ---- decode: one query per (batch, head) --------------------------------------------------------
+@njit(fastmath=REASSOC, cache=True)
+def _dot(x, y):
+    total = _F(0.0)
+    for t in range(x.shape[0]):
+        total += x[t] * y[t]
+    return total
+
+
+@njit(fastmath=REASSOC, cache=True)
+def _sum(x):
+    total = _F(0.0)
+    for j in range(x.shape[0]):
+        total += x[j]
+    return total
+
+
+@njit(fastmath=CONTRACT, cache=True)
+def _decode_one(q, k, v, key_valid, out, b, h, scores, q_row, acc):
+    """out[b, h, 0] for the single query, which sits at the last position and sees every key.
+
+    k, v: C-contiguous (B, H, L, d) buffers of which the first n_keys positions count."""
+    n_keys, head_dim = key_valid.shape[1], k.shape[3]
+    scale = _F(1.0 / math.sqrt(head_dim))
+    for t in range(head_dim):
+        q_row[t] = q[b, h, 0, t] * scale
+    row_max = NEG_INF
+    for j in range(n_keys):
+        s = _dot(q_row, k[b, h, j]) if key_valid[b, j] else NEG_INF
+        scores[j] = s
+        row_max = max(row_max, s)
+    acc[:] = 0.0
+    if row_max > NEG_INF:
+        for j in range(n_keys):
+            scores[j] = exp_nonpositive(scores[j] - row_max)
+        for j in range(n_keys):
+            p = scores[j]
+            for t in range(head_dim):
+                acc[t] += p * v[b, h, j, t]
+        inv_total = _F(1.0) / _sum(scores[:n_keys])
+        for t in range(head_dim):
+            acc[t] *= inv_total
+    for t in range(head_dim):
+        out[b, h, 0, t] = acc[t]
+
+
+_DENSE_4D = float32[:, :, :, ::1]
+
+
+@njit(void(_STRIDED_4D, _DENSE_4D, _DENSE_4D, boolean[:, :], _SCRATCH_4D,
+           float32[:, ::1], float32[:, ::1], float32[:, ::1]),
+      parallel=True, cache=True, fastmath=CONTRACT)
+def _decode_attention_kernel(q, k, v, key_valid, out, scores, q_rows, acc):
+    n_batch, n_heads = q.shape[0], q.shape[1]
+    n_workers = scores.shape[0]
+    for worker in prange(n_workers):
+        for job in range(worker, n_batch * n_heads, n_workers):
+            b, h = divmod(job, n_heads)
+            _decode_one(q, k, v, key_valid, out, b, h, scores[worker], q_rows[worker], acc[worker])
+
+
+def _dense_buffer(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous array whose first x.shape[2] positions (axis 2) are x, without copying
+    when x is such a prefix: numba types a slice of the KV cache as a general strided array and
+    will not vectorise loads from it, while the whole cache buffer is contiguous."""
+    if x.flags.c_contiguous:
+        return x
+    base = x.base
+    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.dtype == x.dtype
+            and base.ndim == 4 and base.shape[:2] == x.shape[:2] and base.shape[3] == x.shape[3]
+            and base.strides == x.strides and base.ctypes.data == x.ctypes.data):
+        return base
+    return np.ascontiguousarray(x)
+
+
+# ---- entry points -------------------------------------------------------------------------------
+def _check_inputs(q, k, v, key_valid):
+    q, k, v = (np.asarray(x, np.float32) for x in (q, k, v))
+    if q.ndim != 4 or k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"expected q (B,H,Tq,d), k and v (B,H,Tk,d); "
+                         f"got {q.shape}, {k.shape}, {v.shape}")
+    n_batch, n_queries, n_keys = q.shape[0], q.shape[2], k.shape[2]
+    if n_queries > n_keys:
+        raise ValueError(f"{n_queries} queries but only {n_keys} keys: "
+                         "the queries are the last Tq of the Tk positions")
+    if key_valid is None:
+        key_valid = np.ones((n_batch, n_keys), np.bool_)
+    key_valid = np.asarray(key_valid, np.bool_)
+    if key_valid.shape != (n_batch, n_keys):
+        raise ValueError(f"key_valid must be (B, Tk) = {(n_batch, n_keys)}, got {key_valid.shape}")
+    return q, k, v, key_valid
+
+
+def flash_attention(q, k, v, key_valid=None) -> np.ndarray:
+    """Causal attention without the T x T matrix. q: (B,H,Tq,d), k, v: (B,H,Tk,d) -> (B,H,Tq,d).
+
+    Tq == 1 goes to `decode_attention`."""
+    q, k, v, key_valid = _check_inputs(q, k, v, key_valid)
+    if q.shape[2] == 1:
+        return decode_attention(q, k, v, key_valid)
+    n_batch, n_heads, n_queries, head_dim = q.shape
+    out = np.empty((n_batch, n_heads, n_queries, head_dim), np.float32)
+    if out.size == 0:
+        return out
+    n_workers, n_panels = numba.get_num_threads(), BQ // NR
+    head_dim_padded = -(-head_dim // MR) * MR       # _pv_block writes MR value columns at a time
+    q_t = np.empty((n_workers, n_panels, head_dim, NR), np.float32)
+    scores = np.empty((n_workers, n_panels, BK, NR), np.float32)
+    acc = np.empty((n_workers, n_panels, head_dim_padded, NR), np.float32)
+    stats = np.empty((n_workers, n_panels, N_STATS, NR), np.float32)
+    _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats)
+    return out
+
+
+def decode_attention(q, k, v, key_valid=None) -> np.ndarray:
+    """Attention for one new query per sequence: q (B,H,1,d), k, v (B,H,Tk,d) -> (B,H,1,d)."""
+    q, k, v, key_valid = _check_inputs(q, k, v, key_valid)
+    if q.shape[2] != 1:
+        raise ValueError(f"decode_attention takes one query per sequence, got {q.shape[2]}")
+    out = np.empty(q.shape, np.float32)
+    if out.size == 0:
+        return out
+    n_workers, n_keys, head_dim = numba.get_num_threads(), k.shape[2], q.shape[3]
+    scores = np.empty((n_workers, n_keys), np.float32)
+    q_rows = np.empty((n_workers, head_dim), np.float32)
+    acc = np.empty((n_workers, head_dim), np.float32)
+    _decode_attention_kernel(q, _dense_buffer(k), _dense_buffer(v), key_valid, out,
+                             scores, q_rows, acc)
+    return out

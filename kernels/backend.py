@@ -1,0 +1,158 @@
+"""The "numba" and "cuda" backends: the model's two heavy operations on the kernels of this package.
+
+Both follow the protocol of minillm/backends.py: `linear(x, weight, bias=None)` with x (..., in)
+and weight (in, out) -- the LM head passes `wte.T`, a transposed view -- and
+`attention(q, k, v, key_valid=None)` with q (B, H, Tq, d), k, v (B, H, Tk, d), possibly views into
+the KV cache, the queries being the last Tq of the Tk positions.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from minillm import layers
+
+
+class NumbaBackend:
+    """CPU kernels compiled by numba: fused FlashAttention-style attention, and BLAS matmul.
+
+    attention: always the fused kernel (minillm.kernels.attention_cpu); it needs O(T d) memory
+    where the NumPy reference needs O(T^2) and runs 2-3x faster at T = 1024.
+
+    linear: NumPy's BLAS by default, because the numba matmul (minillm.kernels.matmul_cpu) does
+    not beat it on any shape the model uses. On an AVX2 machine (AMD EPYC, OpenBLAS 0.3.31;
+    `benchmarks/bench_kernels.py` measures yours) the kernel reached 60-80% of BLAS's GFLOPS
+    single-threaded on x (T, 768) @ (768, 2304), (768, 3072), (3072, 768) and on the LM head
+    (768, 50257), T = 128-1024 (45-80% with 2 threads, on a busy machine), and it is 13-16x
+    slower for decoding (T = 1), where BLAS runs a matrix-vector product while the kernel
+    packs the whole weight for one row. This backend is for speed, so it uses the kernel only
+    where it wins: nowhere, on these measurements. `NumbaBackend(matmul="numba")` runs the
+    model on the kernel anyway, e.g. to test it end to end.
+    """
+
+    name = "numba"
+
+    def __init__(self, matmul: str = "blas"):
+        if matmul not in ("blas", "numba"):
+            raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
+        # Imported here: compiling (or loading from numba's cache) happens on first use.
+        from minillm.kernels import attention_cpu, matmul_cpu
+
+        self.matmul = matmul
+        self._attention = attention_cpu.flash_attention
+        self._linear = matmul_cpu.linear if matmul == "numba" else layers.linear
+
+    def linear(self, x: np.ndarray, weight: np.ndarray,
+               bias: np.ndarray | None = None) -> np.ndarray:
+        """(..., in) @ (in, out) + (out,) -> (..., out)"""
+        return self._linear(x, weight, bias)
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  key_valid: np.ndarray | None = None) -> np.ndarray:
+        """q: (B,H,Tq,d), k, v: (B,H,Tk,d), key_valid: (B,Tk) bool or None -> (B,H,Tq,d)"""
+        return self._attention(q, k, v, key_valid)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why the CUDA kernels cannot run here, or None if they can (GPU or simulator)."""
+    import numba
+    from numba import cuda
+
+    if numba.config.ENABLE_CUDASIM:
+        return None
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return ("NUMBA_ENABLE_CUDASIM=1 was set after numba was imported, so the CUDA simulator "
+                "is off: set it in the environment before starting Python")
+    if not cuda.is_available():
+        return ("the 'cuda' backend needs an NVIDIA GPU with a working CUDA driver, and "
+                "numba.cuda.is_available() is False here. To run the CUDA kernels on the CPU "
+                "with numba's (slow) simulator instead, set NUMBA_ENABLE_CUDASIM=1 in the "
+                "environment before numba is imported, e.g. `NUMBA_ENABLE_CUDASIM=1 python ...`")
+    return None
+
+
+class CudaBackend:
+    """CUDA kernels (numba.cuda): shared-memory tiled matmul and fused attention.
+
+    The rest of the model is NumPy, so activations go to the device and back on every call.
+    Weights do not: the first time a weight or bias is used its device copy is cached on this
+    instance (keyed by its memory address, shape and strides, and holding a reference so the
+    address cannot be reused), and later calls reuse it. `prepare(params)` uploads every weight
+    up front. The cache assumes weights are not modified in place; call `clear()` if they are.
+    """
+
+    name = "cuda"
+
+    def __init__(self):
+        reason = cuda_unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(reason)
+        from numba import cuda
+
+        from minillm.kernels import attention_cuda, matmul_cuda
+
+        self._cuda = cuda
+        self._launch_matmul = matmul_cuda.launch_matmul
+        self._launch_attention = attention_cuda.launch_attention
+        self._device_weights: dict[tuple, tuple[np.ndarray, object]] = {}
+
+    # ---- weights that stay on the device ----------------------------------------------------
+    def prepare(self, params) -> None:
+        """Upload every weight of a GPT2Params (blocks, biases, and the LM head wte.T) now."""
+        self._weight(params.wte.T)
+        for block in params.blocks:
+            for weight, bias in ((block.attn_qkv_weight, block.attn_qkv_bias),
+                                 (block.attn_proj_weight, block.attn_proj_bias),
+                                 (block.mlp_fc_weight, block.mlp_fc_bias),
+                                 (block.mlp_proj_weight, block.mlp_proj_bias)):
+                self._weight(weight)
+                self._weight(bias)
+
+    def clear(self) -> None:
+        """Forget the device copies of the weights."""
+        self._device_weights.clear()
+
+    def _weight(self, array: np.ndarray):
+        """The device copy of a weight, uploaded (as a C-contiguous float32 array) on first use."""
+        key = (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
+        cached = self._device_weights.get(key)
+        if cached is None:
+            host = np.ascontiguousarray(array, np.float32)
+            cached = (array, self._cuda.to_device(host))   # `array` pins the address in the key
+            self._device_weights[key] = cached
+        return cached[1]
+
+    def _zeros(self, n: int):
+        """Device zeros of length n, standing in for a missing bias (cached like a weight)."""
+        key = ("zeros", n)
+        if key not in self._device_weights:
+            self._device_weights[key] = (None, self._cuda.to_device(np.zeros(n, np.float32)))
+        return self._device_weights[key][1]
+
+    # ---- the protocol -------------------------------------------------------------------------
+    def linear(self, x: np.ndarray, weight: np.ndarray,
+               bias: np.ndarray | None = None) -> np.ndarray:
+        """(..., in) @ (in, out) + (out,) -> (..., out)"""
+        n_in, n_out = weight.shape
+        rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)         # (M, in)
+        out = self._cuda.device_array((rows.shape[0], n_out), np.float32)   # (M, out)
+        bias_device = self._zeros(n_out) if bias is None else self._weight(bias)
+        if rows.shape[0] > 0:
+            self._launch_matmul(self._cuda.to_device(rows), self._weight(weight), bias_device, out)
+        return out.copy_to_host().reshape(*x.shape[:-1], n_out)
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  key_valid: np.ndarray | None = None) -> np.ndarray:
+        """q: (B,H,Tq,d), k, v: (B,H,Tk,d), key_valid: (B,Tk) bool or None -> (B,H,Tq,d)"""
+        n_batch, n_keys = k.shape[0], k.shape[2]
+        if key_valid is None:
+            key_valid = np.ones((n_batch, n_keys), np.bool_)
+        to_device = self._cuda.to_device
+        q_d, k_d, v_d = (to_device(np.ascontiguousarray(a, np.float32)) for a in (q, k, v))
+        valid_d = to_device(np.ascontiguousarray(key_valid, np.bool_))
+        out = self._cuda.device_array(q.shape, np.float32)
+        if math.prod(q.shape) > 0:
+            self._launch_attention(q_d, k_d, v_d, valid_d, out)
+        return out.copy_to_host()

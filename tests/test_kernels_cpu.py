@@ -1,0 +1,317 @@
+"""The numba CPU kernels against the NumPy references they replace.
+
+attention: minillm.kernels.attention_cpu.flash_attention vs minillm.attention.causal_attention,
+    max abs difference <= 1e-5, over odd shapes: T not a multiple of the tiles, head_dim 16, 64
+    and odd ones, T = 1, T = 1024, fewer queries than keys (decoding, chunked prefill), padding
+    masks with fully masked rows, and the strided views the model passes (split heads, KV cache).
+matmul: minillm.kernels.matmul_cpu.matmul vs `a @ b`. A length-K dot product in float32 carries
+    rounding error proportional to sum_k |a_ik b_kj|, so the check is relative to that:
+    |C - (a @ b + bias)| <= 1e-5 * (|a| @ |b| + |bias|) elementwise (for K = 3072 that allows
+    ~1e-5 relative error, where the typical one is ~1e-6).
+"""
+import tracemalloc
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minillm.attention import causal_attention, split_heads
+from minillm.kernels import attention_cpu, matmul_cpu
+from minillm.kernels.attention_cpu import exp_nonpositive, flash_attention
+from minillm.kernels.matmul_cpu import matmul
+from minillm.kv_cache import KVCache
+
+TOLERANCE = 1e-5
+
+
+def random_qkv(rng, B, H, Tq, Tk, d):
+    normal = lambda *shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+    return normal(B, H, Tq, d), normal(B, H, Tk, d), normal(B, H, Tk, d)
+
+
+def assert_attention_matches(q, k, v, key_valid=None):
+    got = flash_attention(q, k, v, key_valid)
+    want = attention_cpu.reference(q, k, v, key_valid)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.abs(got - want).max() <= TOLERANCE
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+# ---- exp ----------------------------------------------------------------------------------------
+def test_exp_nonpositive_is_within_2_ulp_of_exp():
+    x = np.concatenate([-np.geomspace(1e-8, 87.3, 20001), np.linspace(-87.3, 0, 20001)])
+    x = x.astype(np.float32)
+    exact = np.exp(x.astype(np.float64))
+    got = np.array([exp_nonpositive(value) for value in x], np.float64)
+    assert np.max(np.abs(got - exact) / exact) <= 2.5e-7          # 2 ulp of float32
+    assert exp_nonpositive(np.float32(0.0)) == 1.0
+    assert exp_nonpositive(np.float32(-np.inf)) == 0.0
+    assert exp_nonpositive(np.float32(-200.0)) == 0.0
+
+
+# ---- attention: shapes --------------------------------------------------------------------------
+@pytest.mark.parametrize("B, H, Tq, Tk, d", [
+    (1, 1, 1, 1, 16),          # a single token
+    (2, 3, 5, 5, 16),          # less than one tile
+    (1, 2, 33, 33, 64),        # one query past a query tile
+    (1, 2, 65, 65, 64),        # one key past a key tile
+    (2, 2, 100, 100, 16),
+    (1, 1, 70, 70, 10),        # head_dim not a multiple of the register tile
+    (1, 1, 40, 40, 1),
+    (2, 2, 1, 37, 16),         # decoding: one query against a cache
+    (1, 3, 1, 200, 64),
+    (1, 2, 7, 50, 64),         # chunked prefill: the last 7 of 50 positions
+    (2, 1, 40, 130, 16),
+])
+def test_attention_matches_reference(rng, B, H, Tq, Tk, d):
+    assert_attention_matches(*random_qkv(rng, B, H, Tq, Tk, d))
+
+
+def test_attention_long_sequence(rng):
+    assert_attention_matches(*random_qkv(rng, 1, 2, 1024, 1024, 64))
+
+
+def test_attention_large_scores_do_not_overflow(rng):
+    q, k, v = random_qkv(rng, 1, 2, 50, 50, 64)
+    assert_attention_matches(q * 30, k * 30, v)         # scores in the hundreds
+
+
+# ---- attention: masks ---------------------------------------------------------------------------
+def test_attention_left_padding(rng):
+    q, k, v = random_qkv(rng, 3, 2, 45, 45, 64)
+    key_valid = np.ones((3, 45), bool)
+    key_valid[1, :10] = False
+    key_valid[2, :44] = False
+    assert_attention_matches(q, k, v, key_valid)
+
+
+def test_attention_fully_masked_rows_are_zero(rng):
+    q, k, v = random_qkv(rng, 2, 2, 40, 40, 16)
+    key_valid = np.ones((2, 40), bool)
+    key_valid[0] = False                 # a sequence that is all padding
+    key_valid[1, :20] = False            # queries 0..19 of sequence 1 see only padding
+    got = flash_attention(q, k, v, key_valid)
+    assert np.all(got[0] == 0) and np.all(got[1, :, :20] == 0)
+    assert_attention_matches(q, k, v, key_valid)
+
+
+@pytest.mark.parametrize("Tq", [1, 3, 30])
+def test_attention_random_padding_with_cache_offset(rng, Tq):
+    q, k, v = random_qkv(rng, 2, 3, Tq, 90, 16)
+    key_valid = rng.random((2, 90)) < 0.6
+    key_valid[1] = False
+    assert_attention_matches(q, k, v, key_valid)
+
+
+# ---- attention: the strided views the model passes ----------------------------------------------
+def test_attention_on_split_head_views(rng):
+    B, T, H, d = 2, 50, 4, 16
+    qkv = rng.standard_normal((B, T, 3 * H * d), dtype=np.float32)   # what the qkv linear returns
+    q, k, v = (split_heads(part, H) for part in np.split(qkv, 3, axis=-1))
+    assert not q.flags.c_contiguous
+    assert_attention_matches(q, k, v)
+
+
+def test_attention_on_kv_cache_views(rng):
+    """Prefill 20 positions, then decode 3 tokens one at a time, reading k, v from a KVCache."""
+    B, H, d = 2, 3, 16
+    cache = KVCache(n_layer=1, batch_size=B, n_head=H, head_dim=d, max_len=64)
+    key_valid = np.ones((B, 23), bool)
+    key_valid[1, :4] = False
+    for start, stop in [(0, 20), (20, 21), (21, 22), (22, 23)]:
+        q, k_new, v_new = random_qkv(rng, B, H, stop - start, stop - start, d)
+        k, v = cache.update(0, k_new, v_new)
+        cache.advance(stop - start)
+        assert k.shape[2] == stop and not k.flags.c_contiguous
+        assert_attention_matches(q, k, v, key_valid[:, :stop])
+
+
+def test_decode_attention_on_transposed_views(rng):
+    q, k, v = random_qkv(rng, 2, 3, 1, 30, 16)
+    k_t = np.ascontiguousarray(k.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)   # d-major storage
+    assert_attention_matches(q, k_t, v)
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 2), H=st.integers(1, 3), Tk=st.integers(1, 80),
+       d=st.sampled_from([8, 16, 24, 64]), query_fraction=st.floats(0, 1),
+       padding=st.booleans(), seed=st.integers(0, 2**16))
+def test_attention_matches_reference_on_random_shapes(B, H, Tk, d, query_fraction, padding, seed):
+    rng = np.random.default_rng(seed)
+    Tq = max(1, round(query_fraction * Tk))
+    key_valid = rng.random((B, Tk)) < 0.7 if padding else None
+    assert_attention_matches(*random_qkv(rng, B, H, Tq, Tk, d), key_valid)
+
+
+def test_attention_with_one_thread(rng):
+    q, k, v = random_qkv(rng, 1, 3, 70, 70, 16)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = flash_attention(q, k, v)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(one_thread, flash_attention(q, k, v))
+
+
+def test_attention_rejects_bad_shapes(rng):
+    q, k, v = random_qkv(rng, 1, 2, 5, 4, 16)
+    with pytest.raises(ValueError, match="queries"):
+        flash_attention(q, k, v)
+    with pytest.raises(ValueError, match="key_valid"):
+        flash_attention(q[:, :, :4], k, v, np.ones((1, 5), bool))
+
+
+# ---- attention: memory --------------------------------------------------------------------------
+def extra_memory(fn, *args) -> int:
+    """Peak bytes allocated while fn(*args) runs, beyond its output. tracemalloc sees numba's
+    allocations too: numba's runtime allocates through CPython's allocator."""
+    tracemalloc.start()
+    try:
+        out = fn(*args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak - out.nbytes
+
+
+def test_tracemalloc_sees_numba_allocations():
+    @numba.njit
+    def allocate(n):
+        return np.ones(n, np.float32).sum()
+
+    allocate(1)
+    tracemalloc.start()
+    try:
+        allocate(1_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak >= 4_000_000
+
+
+def test_fused_attention_memory_is_linear_in_T(rng):
+    """At T = 256 and 1024 (2 heads of 64): the reference's extra memory grows with T^2 (x16),
+    the fused kernel's does not grow at all (scratch per worker thread, plus B x T bools)."""
+    fused, reference = {}, {}
+    for T in (256, 1024):
+        q, k, v = random_qkv(rng, 1, 2, T, T, 64)
+        flash_attention(q, k, v)                                   # compiled before measuring
+        fused[T] = extra_memory(flash_attention, q, k, v)
+        reference[T] = extra_memory(causal_attention, q, k, v)
+    assert reference[1024] >= 12 * reference[256]                  # ~16x: T^2
+    assert fused[1024] <= 2 * fused[256] + 4 * 1024                # no T^2 term (+ T bools)
+    head_bytes = 1024 * 64 * 4                                     # one head's T x d floats
+    assert fused[1024] <= 2 * head_bytes                           # O(T d), far below T^2
+    assert fused[1024] * 50 < reference[1024]
+
+
+# ---- matmul -------------------------------------------------------------------------------------
+def assert_matmul_matches(a, b, bias=None):
+    got = matmul(a, b, bias)
+    want = matmul_cpu.reference(a, b, bias)
+    scale = np.abs(a) @ np.abs(b) + (0 if bias is None else np.abs(bias))
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.all(np.abs(got - want) <= TOLERANCE * scale + 1e-30)
+
+
+@pytest.mark.parametrize("M, K, N", [
+    (1, 1, 1), (1, 768, 5), (7, 13, 5), (3, 256, 32),
+    (37, 300, 65),             # edges in every dimension: M % 3, K % 256, N % 32
+    (64, 3072, 100),           # long dot products
+    (130, 257, 500),
+])
+def test_matmul_matches_numpy(rng, M, K, N):
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    assert_matmul_matches(a, b)
+    assert_matmul_matches(a, b, rng.standard_normal(N, dtype=np.float32))
+
+
+def test_matmul_on_transposed_and_strided_views(rng):
+    a = rng.standard_normal((40, 96), dtype=np.float32)
+    wte = rng.standard_normal((1000, 96), dtype=np.float32)
+    assert_matmul_matches(a, wte.T)                                 # the tied LM head
+    wide = rng.standard_normal((96, 300), dtype=np.float32)
+    assert_matmul_matches(a, wide[:, ::3])                          # no unit stride at all
+    assert_matmul_matches(a[::2], wide[:, 7:107])                   # strided rows of a
+
+
+def test_matmul_gpt2_shape(rng):
+    a = rng.standard_normal((128, 768), dtype=np.float32)
+    b = rng.standard_normal((768, 2304), dtype=np.float32) * np.float32(0.02)
+    assert_matmul_matches(a, b, rng.standard_normal(2304, dtype=np.float32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(1, 70), K=st.integers(1, 300), N=st.integers(1, 100),
+       transposed=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_matmul_matches_numpy_on_random_shapes(M, K, N, transposed, with_bias, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((N, K), dtype=np.float32).T if transposed else \
+        rng.standard_normal((K, N), dtype=np.float32)
+    assert_matmul_matches(a, b, rng.standard_normal(N, dtype=np.float32) if with_bias else None)
+
+
+def test_matmul_with_one_thread(rng):
+    a = rng.standard_normal((50, 70), dtype=np.float32)
+    b = rng.standard_normal((70, 800), dtype=np.float32)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = matmul(a, b)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(one_thread, matmul(a, b))
+
+
+def test_matmul_empty_and_bad_shapes(rng):
+    assert matmul(np.ones((0, 4), np.float32), np.ones((4, 3), np.float32)).shape == (0, 3)
+    np.testing.assert_array_equal(matmul(np.ones((2, 0), np.float32), np.ones((0, 3), np.float32),
+                                         np.arange(3, dtype=np.float32)), [[0, 1, 2], [0, 1, 2]])
+    with pytest.raises(ValueError, match="matmul"):
+        matmul(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32))
+
+
+def test_linear_keeps_leading_axes(rng):
+    x = rng.standard_normal((2, 5, 24), dtype=np.float32)
+    w = rng.standard_normal((24, 40), dtype=np.float32)
+    bias = rng.standard_normal(40, dtype=np.float32)
+    got = matmul_cpu.linear(x, w, bias)
+    assert got.shape == (2, 5, 40)
+    np.testing.assert_allclose(got, x @ w + bias, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_cols, n_workers",
+                         [(1, 2), (31, 2), (768, 2), (2304, 2), (50257, 2), (50257, 3), (100, 8)])
+def test_matmul_column_blocks_share_the_work_evenly(n_cols, n_workers):
+    """Blocks are whole register panels, fit the cache budget, and no worker gets more than
+    its fair share of columns plus one panel's rounding per block."""
+    width = matmul_cpu._block_cols(n_cols, n_workers)
+    n_blocks = -(-n_cols // width)
+    busiest = -(-n_blocks // n_workers)                  # blocks dealt round-robin
+    assert width % matmul_cpu.NR == 0 and width <= matmul_cpu.NC_MAX
+    assert busiest * width <= -(-n_cols // n_workers) + busiest * matmul_cpu.NR
+
+
+def test_attention_tiles_fit_the_register_tiles():
+    assert attention_cpu.BQ % attention_cpu.NR == 0 and attention_cpu.BK % attention_cpu.MR == 0
+
+
+def test_attention_all_negative_scores_after_a_fully_masked_key_tile(rng):
+    """A query whose first key tile is all padding must still normalise its later scores by
+    their own maximum, even when every score is far below zero (exp would underflow)."""
+    T, d = 100, 16
+    q = np.full((1, 1, T, d), 10, np.float32)
+    k = -10 + rng.standard_normal((1, 1, T, d), dtype=np.float32)       # scores around -400
+    v = rng.standard_normal((1, 1, T, d), dtype=np.float32)
+    key_valid = np.arange(T)[None, :] >= 70                              # keys 0..69: padding
+    assert_attention_matches(q, k, v, key_valid)
+    assert np.abs(flash_attention(q, k, v, key_valid)[0, 0, 70:]).max() > 0.1
