@@ -167,6 +167,7 @@ def _softmax_block(scores, n_keys, tile_max, stats):
 
     tile_max: max(running max, this tile's scores) per lane. stats rows: 0 running max m,
     1 running sum l, 2 correction exp(m_old - m_new) for acc."""
+    ### BEGIN SOLUTION a5: the online-softmax step (correction, exp in place, running sum and max)
     lanes = scores.shape[1]      # a runtime trip count: LLVM's loop vectoriser takes these loops
     shift = _register_lanes()
     lane_sum = _register_lanes()
@@ -183,6 +184,7 @@ def _softmax_block(scores, n_keys, tile_max, stats):
     for i in range(lanes):
         stats[1, i] = stats[1, i] * stats[2, i] + lane_sum[i]
         stats[0, i] = tile_max[i]
+    ### END SOLUTION
 
 
 @njit(fastmath=CONTRACT, cache=True)

@@ -19,9 +19,11 @@ from minillm.layers import softmax
 
 def causal_mask(n_queries: int, n_keys: int) -> np.ndarray:
     """Additive mask M: (Tq, Tk) float32, 0 where key j <= query position, -inf after it."""
+    ### BEGIN SOLUTION a2: the causal mask (0 where a query may see the key, -inf after it)
     query_pos = np.arange(n_keys - n_queries, n_keys)[:, None]   # (Tq, 1) absolute positions
     key_pos = np.arange(n_keys)[None, :]                         # (1, Tk)
     return np.where(key_pos <= query_pos, np.float32(0.0), np.float32(-np.inf))
+    ### END SOLUTION
 
 
 def attention_mask_bias(key_valid: np.ndarray | None, n_queries: int, n_keys: int) -> np.ndarray:
@@ -43,6 +45,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
 
     A query whose keys are all masked (a padding row) gets a zero output, not NaN.
     """
+    ### BEGIN SOLUTION a2: causal scaled dot-product attention
     n_queries, head_dim = q.shape[-2], q.shape[-1]
     n_keys = k.shape[-2]
     scale = np.float32(1.0 / np.sqrt(head_dim))
@@ -50,15 +53,20 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     scores = scores + attention_mask_bias(key_valid, n_queries, n_keys)    # (B, H, Tq, Tk)
     weights = softmax(scores, axis=-1)                                     # (B, H, Tq, Tk)
     return weights @ v                                                     # (B, H, Tq, d)
+    ### END SOLUTION
 
 
 def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
     """(B, T, C) -> (B, H, T, C/H): each head sees its own slice of the features."""
+    ### BEGIN SOLUTION a2: splitting the features into heads
     B, T, C = x.shape
     return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+    ### END SOLUTION
 
 
 def merge_heads(x: np.ndarray) -> np.ndarray:
     """(B, H, T, d) -> (B, T, H*d): concatenate the heads back into the residual width."""
+    ### BEGIN SOLUTION a2: merging the heads back
     B, H, T, d = x.shape
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * d)
+    ### END SOLUTION

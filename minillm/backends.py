@@ -4,6 +4,9 @@ The model is written once. Everything it computes goes through plain NumPy excep
 `linear` (x @ W + b, ~all of the FLOPs) and `attention` (softmax(QK^T/sqrt(d) + M) V),
 which it asks its backend for. The "numpy" backend is the readable reference; "numba" and
 "cuda" run the kernels in `minillm.kernels`, each tested against that reference.
+
+A backend may also define `layer_norm(x, gain, bias, eps)` and `gelu(x)`, fused versions of
+the ones in minillm/layers.py; the model uses them when present and the reference ones when not.
 """
 from __future__ import annotations
 

@@ -87,15 +87,18 @@ class BpeTrainer:
 
     def merge(self, pair: Pair) -> int:
         """Add the token ``pair`` makes, fuse the pair in every piece, and return the new id."""
+        ### BEGIN SOLUTION a1: one training step (record the new token, fuse the pair where it occurs)
         new_id = len(self.token_bytes)
         self.token_bytes.append(self.token_bytes[pair[0]] + self.token_bytes[pair[1]])
         self.merges.append(pair)
         for index in list(self.pieces_with_pair[pair]):
             self._replace_piece(index, merge_ids(self.pieces[index], pair, new_id))
         return new_id
+        ### END SOLUTION
 
     def _replace_piece(self, index: int, new_piece: list[int]) -> None:
         """Swap in a piece's new tokens, moving its pair counts from the old tokens to the new."""
+        ### BEGIN SOLUTION a1: the incremental update of the pair counts and the pair index
         old_piece = self.pieces[index]
         old_pairs = Counter(zip(old_piece, old_piece[1:]))
         new_pairs = Counter(zip(new_piece, new_piece[1:]))
@@ -113,6 +116,7 @@ class BpeTrainer:
             else:
                 del self.pair_counts[pair], self.pieces_with_pair[pair]
         self.pieces[index] = new_piece
+        ### END SOLUTION
 
     def to_tokenizer(self, special_tokens: Sequence[str] = ()) -> Tokenizer:
         """A :class:`~minillm.tokenizer.Tokenizer` for the merges learned so far."""

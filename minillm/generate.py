@@ -122,6 +122,7 @@ def _decode(model, request: _Request) -> Iterator[Step]:
 
     unfinished = np.ones(B, dtype=bool)
     for step in range(request.max_new_tokens):
+        ### BEGIN SOLUTION a4: one decoding step (choose, handle EOS, yield, feed the new token)
         token_ids = request.choose(logits)                                   # (B,)
         if request.eos_ids is not None:
             token_ids = np.where(unfinished, token_ids, request.pad_token_id)
@@ -135,6 +136,7 @@ def _decode(model, request: _Request) -> Iterator[Step]:
         else:
             sequence[:, length - 1] = token_ids
             logits = _last_logits(model, sequence[:, :length], _upto(mask, length), None)
+        ### END SOLUTION
 
 
 def _upto(mask: np.ndarray | None, length: int) -> np.ndarray | None:

@@ -17,11 +17,13 @@ def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1
 
     x: (..., C); gain, bias: (C,). var is the biased (1/C) variance, as in PyTorch.
     """
+    ### BEGIN SOLUTION a3: LayerNorm over the last axis
     mean = x.mean(axis=-1, keepdims=True)                      # (..., 1)
     centered = x - mean                                        # (..., C)
     var = (centered * centered).mean(axis=-1, keepdims=True)   # (..., 1)
     inv_std = 1.0 / np.sqrt(var + np.float32(eps))             # (..., 1); eps as float32 keeps float32
     return centered * inv_std * gain + bias                    # (..., C)
+    ### END SOLUTION
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
@@ -30,8 +32,10 @@ def gelu(x: np.ndarray) -> np.ndarray:
     GPT-2 was trained with this approximation, not the exact erf form; the two differ by up
     to ~1e-3, which a 1e-4 logit check notices.
     """
+    ### BEGIN SOLUTION a3: GELU in GPT-2's tanh form
     inner = _GELU_TANH_SCALE * (x + _GELU_CUBIC * x * x * x)
     return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
+    ### END SOLUTION
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -39,11 +43,13 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
     A row that is entirely -inf (every position masked) returns zeros instead of NaN.
     """
+    ### BEGIN SOLUTION a2: numerically stable softmax
     row_max = x.max(axis=axis, keepdims=True)
     row_max = np.where(np.isfinite(row_max), row_max, np.float32(0.0))
     weights = np.exp(x - row_max)
     total = weights.sum(axis=axis, keepdims=True)
     return weights / np.where(total > 0, total, np.float32(1.0))
+    ### END SOLUTION
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:

@@ -46,10 +46,12 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
 def top_k_filter(logits: np.ndarray, top_k: int) -> np.ndarray:
     """Set every logit below the k-th largest to -inf; ties with the k-th largest survive,
     so more than k tokens can remain (HF's TopKLogitsWarper).  (..., V) -> (..., V)"""
+    ### BEGIN SOLUTION a4: the top-k filter (ties with the k-th largest survive)
     vocab = logits.shape[-1]
     k = min(int(top_k), vocab)
     kth_largest = np.partition(logits, vocab - k, axis=-1)[..., vocab - k, None]   # (..., 1)
     return np.where(logits < kth_largest, np.float32(-np.inf), logits)
+    ### END SOLUTION
 
 
 def top_p_filter(logits: np.ndarray, top_p: float) -> np.ndarray:
@@ -75,6 +77,7 @@ def _top_p_kept(logits: np.ndarray, threshold: np.float32) -> np.ndarray:
     rest are dropped anyway when all of them together weigh <= 1 - top_p, because the running
     mass of the ascending sort has not passed that total when it reaches them.
     """
+    ### BEGIN SOLUTION a4: the top-p cut of one row (which token ids survive)
     probs = _softmax64(logits).astype(np.float32)      # HF's float32 probabilities
     n = 256
     while True:
@@ -96,6 +99,7 @@ def _top_p_kept(logits: np.ndarray, threshold: np.float32) -> np.ndarray:
         drop = running_mass <= threshold
         drop[-1] = False                   # always keep the most likely token
         return order[~drop]
+    ### END SOLUTION
 
 
 def filtered_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,

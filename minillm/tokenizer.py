@@ -356,6 +356,7 @@ class Tokenizer:
 
     def _merge_steps(self, symbols: tuple[str, ...]) -> Iterator[MergeStep]:
         """GPT-2's merge loop: fuse the lowest-ranked adjacent pair until none is in the list."""
+        ### BEGIN SOLUTION a1: the BPE merge loop of one piece (yield a MergeStep per merge)
         while len(symbols) > 1:
             pairs = zip(symbols, symbols[1:])
             best = min(pairs, key=lambda pair: self.merge_ranks.get(pair, math.inf))
@@ -363,6 +364,7 @@ class Tokenizer:
                 return
             symbols = _merge_pair(symbols, best)
             yield MergeStep(best, self.merge_ranks[best], symbols)
+        ### END SOLUTION
 
     # -------------------------------------------------------------------------- decoding
 
@@ -398,6 +400,7 @@ class Tokenizer:
 
 def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
     """Fuse every occurrence of ``pair``, left to right: "aaa" with (a, a) gives aa, a."""
+    ### BEGIN SOLUTION a1: the merge step (fuse every occurrence of the pair, left to right)
     merged: list[str] = []
     i = 0
     while i < len(symbols):
@@ -408,6 +411,7 @@ def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, .
             merged.append(symbols[i])
             i += 1
     return tuple(merged)
+    ### END SOLUTION
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:

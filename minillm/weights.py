@@ -189,11 +189,13 @@ def read_safetensors(path: str | Path, keep=lambda name: True) -> dict[str, np.n
 
 def _read_bfloat16(path, data_start: int, entry: dict) -> np.ndarray:
     """bfloat16 is the top 16 bits of a float32: shift the raw patterns into place."""
+    ### BEGIN SOLUTION a3: reading bfloat16 data and widening it to float32
     begin, end = entry["data_offsets"]
     with open(path, "rb") as f:
         f.seek(data_start + begin)
         bits = np.frombuffer(f.read(end - begin), dtype="<u2")
     return (bits.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+    ### END SOLUTION
 
 
 def float32_to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
@@ -266,6 +268,7 @@ def _checkpoint_files(path: Path) -> tuple[Path, Path]:
 def gpt2_tensors(tensors: dict[str, np.ndarray], source: Path | str = "checkpoint") -> dict:
     """Bring either HF layout to hub names: drop the `transformer.` prefix, the mask buffers
     and a tied lm_head.weight (after checking that it really is a copy of wte)."""
+    ### BEGIN SOLUTION a3: bringing both HF layouts to hub names (prefix, tied LM head, mask buffers)
     renamed = {}
     for name, tensor in tensors.items():
         short = name.removeprefix(HF_PREFIX)
@@ -276,6 +279,7 @@ def gpt2_tensors(tensors: dict[str, np.ndarray], source: Path | str = "checkpoin
     if lm_head is not None:
         _check_tied_head(lm_head, renamed.get("wte.weight"), source)
     return {name: t for name, t in renamed.items() if not is_mask_buffer(name)}
+    ### END SOLUTION
 
 
 def is_mask_buffer(name: str) -> bool:

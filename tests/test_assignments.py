@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from minillm import assignments
+from minillm.assignments import runner
 from minillm.assignments import (AssignmentError, Manifest, RunResult, allocate_points,
                                  check_release, format_report, load_manifest, release,
                                  render, scan_repository, scan_source, score_run,
@@ -372,7 +373,7 @@ def test_grading_imports_the_graded_tree_not_the_installed_package(tmp_path):
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")
     manifest = Manifest(assignments={}, exclude=(), test_paths=("tests",))
-    with assignments._test_environment(tmp_path, manifest, []) as (env, _):
+    with runner._test_environment(tmp_path, manifest, []) as (env, _):
         found = subprocess.run(
             [sys.executable, "-c", "import minillm, minillm.kernels as k; print(minillm.__file__); "
                                    "print(k.__file__)"],
@@ -388,7 +389,7 @@ def test_a_timed_out_run_is_stopped_with_the_processes_it_started(tmp_path):
              "print(helper.pid, flush=True)\n"
              "time.sleep(60)\n")
     started = time.monotonic()
-    output, _, timed_out = assignments._run_with_timeout(
+    output, _, timed_out = runner._run_with_timeout(
         [sys.executable, "-c", child], tmp_path, dict(os.environ), timeout=2)
     assert timed_out and time.monotonic() - started < 30
     helper = int(output.split()[0])
@@ -417,6 +418,30 @@ def test_points_split_per_test_per_prefix_and_evenly():
     assert allocate_points(manifest.assignments[2], kernel_tests) == {
         kernel_tests[0]: 2.0, kernel_tests[1]: 2.0, kernel_tests[2]: 2.0}
     assert allocate_points(manifest.assignments[3], ["a", "b"]) == {"a": 1.0, "b": 1.0}
+
+
+def test_a_stub_reached_in_numba_threads_is_not_implemented_and_shown(tmp_path):
+    """numba reports an exception raised in a parallel region as a SystemError whose cause is
+    the stub's NotImplementedError: graded as not implemented, with the stub's message."""
+    (tmp_path / "assignments").mkdir()
+    (tmp_path / "assignments/assignments.toml").write_text(
+        '[assignments.a1]\nname = "kernel"\nfiles = []\n', encoding="utf-8")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests/test_kernel.py").write_text(textwrap.dedent('''\
+        import pytest
+
+
+        @pytest.mark.assignment(1)
+        def test_parallel_kernel():
+            try:
+                raise NotImplementedError("Assignment 1 (kernel): implement the step")
+            except NotImplementedError as stub:
+                raise SystemError("kernel returned a result with an exception set") from stub
+        '''), encoding="utf-8")
+    run = assignments.run_tests(tmp_path, [1])
+    assert run.tests["tests/test_kernel.py::test_parallel_kernel"] == {
+        "assignment": 1, "uses": [], "outcome": "not_implemented",
+        "message": "NotImplementedError: Assignment 1 (kernel): implement the step"}
 
 
 def test_score_table_tells_not_implemented_from_wrong():
@@ -556,15 +581,17 @@ def test_the_course_manifest_is_complete():
     assert "tests/assignments_fixtures" in manifest.exclude
 
 
-def test_the_course_markers_are_valid():
-    scan_repository(REPO)   # raises AssignmentError listing every problem, with file:line
+def test_the_course_markers_are_valid_and_cover_every_file_of_every_assignment():
+    manifest = load_manifest(REPO)
+    found = scan_repository(REPO, manifest)   # raises AssignmentError listing every problem
+    assert assignments.coverage_warnings(found, manifest, sorted(manifest.assignments)) == []
 
 
 @pytest.mark.slow
 def test_the_course_round_trip():
-    regions = scan_repository(REPO)
-    if not regions:
-        pytest.skip("no solution markers in the source yet")
-    marked = sorted({region.number for found in regions.values() for region in found})
-    report = verify_round_trip(REPO, marked)
+    """Released alone, each assignment fails exactly its own tests (and those declaring
+    `uses=[N]`) with NotImplementedError while every other assignment's tests pass; with the
+    solutions every assignment test passes."""
+    report = verify_round_trip(REPO)
     assert report.ok, str(report)
+    assert report.released == [1, 2, 3, 4, 5]

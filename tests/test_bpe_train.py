@@ -45,6 +45,7 @@ def naive_pieces_with_pair(pieces):
     return index
 
 
+@pytest.mark.assignment(1)
 def test_wikipedia_example():
     # "aaabdaaabac" is one piece. Pairs: aa 4 (overlapping pairs count), ab 2, the rest 1.
     # 1. (a, a) -> aa, a, b, d, aa, a, b, a, c: now (aa, a) 2 and (a, b) 2 tie;
@@ -58,6 +59,7 @@ def test_wikipedia_example():
     assert ids == [tokenizer.vocab[token] for token in ["aaab", "d", "aaab", "ac"]]
 
 
+@pytest.mark.assignment(1)
 def test_pairs_are_counted_within_pieces_weighted_by_frequency():
     # Pieces: "ab" x1, " ab" x2, " ba" x1 (a space is spelled Ġ).
     # Pairs: (a, b) 1 + 2 = 3, (Ġ, a) 2, (Ġ, b) 1, (b, a) 1. The pair (b, Ġ) straddles two
@@ -67,15 +69,18 @@ def test_pairs_are_counted_within_pieces_weighted_by_frequency():
     assert tokenizer.merges == [("a", "b"), ("Ġ", "ab"), ("Ġ", "b"), ("Ġb", "a")]
 
 
+@pytest.mark.assignment(1)
 @pytest.mark.parametrize("texts", [["ab", "cd"], ["cd", "ab"], ["ba", "ab", "cd", "dc"]])
 def test_ties_go_to_the_pair_whose_bytes_sort_first(texts):
     assert train_bpe(texts, vocab_size=257, special_tokens=()).merges == [("a", "b")]
 
 
+@pytest.mark.assignment(1)
 def test_count_beats_byte_order():
     assert train_bpe(["zz", "zz", "ab"], vocab_size=257, special_tokens=()).merges == [("z", "z")]
 
 
+@pytest.mark.assignment(1)
 def test_incremental_counts_equal_a_full_recount_after_every_merge(tokenizer_corpus):
     trainer = BpeTrainer(count_pieces([tokenizer_corpus]))
     for _ in range(150):
@@ -84,6 +89,7 @@ def test_incremental_counts_equal_a_full_recount_after_every_merge(tokenizer_cor
         trainer.merge(trainer.best_pair())
 
 
+@pytest.mark.assignment(1)
 def test_merges_equal_the_naive_trainer(tokenizer_corpus):
     tokenizer = train_bpe([tokenizer_corpus], vocab_size=256 + 200, special_tokens=())
     expected = naive_merges([tokenizer_corpus], 200)

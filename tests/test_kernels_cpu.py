@@ -73,16 +73,19 @@ def test_attention_matches_reference(rng, B, H, Tq, Tk, d):
     assert_attention_matches(*random_qkv(rng, B, H, Tq, Tk, d))
 
 
+@pytest.mark.assignment(5, uses=[2])
 def test_attention_long_sequence(rng):
     assert_attention_matches(*random_qkv(rng, 1, 2, 1024, 1024, 64))
 
 
+@pytest.mark.assignment(5, uses=[2])
 def test_attention_large_scores_do_not_overflow(rng):
     q, k, v = random_qkv(rng, 1, 2, 50, 50, 64)
     assert_attention_matches(q * 30, k * 30, v)         # scores in the hundreds
 
 
 # ---- attention: masks ---------------------------------------------------------------------------
+@pytest.mark.assignment(5, uses=[2])
 def test_attention_left_padding(rng):
     q, k, v = random_qkv(rng, 3, 2, 45, 45, 64)
     key_valid = np.ones((3, 45), bool)
@@ -91,6 +94,7 @@ def test_attention_left_padding(rng):
     assert_attention_matches(q, k, v, key_valid)
 
 
+@pytest.mark.assignment(5, uses=[2])
 def test_attention_fully_masked_rows_are_zero(rng):
     q, k, v = random_qkv(rng, 2, 2, 40, 40, 16)
     key_valid = np.ones((2, 40), bool)
@@ -110,6 +114,7 @@ def test_attention_random_padding_with_cache_offset(rng, Tq):
 
 
 # ---- attention: the strided views the model passes ----------------------------------------------
+@pytest.mark.assignment(5, uses=[2])
 def test_attention_on_split_head_views(rng):
     B, T, H, d = 2, 50, 4, 16
     qkv = rng.standard_normal((B, T, 3 * H * d), dtype=np.float32)   # what the qkv linear returns
@@ -305,6 +310,7 @@ def test_attention_tiles_fit_the_register_tiles():
     assert attention_cpu.BQ % attention_cpu.NR == 0 and attention_cpu.BK % attention_cpu.MR == 0
 
 
+@pytest.mark.assignment(5, uses=[2])
 def test_attention_all_negative_scores_after_a_fully_masked_key_tile(rng):
     """A query whose first key tile is all padding must still normalise its later scores by
     their own maximum, even when every score is far below zero (exp would underflow)."""

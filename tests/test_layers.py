@@ -27,6 +27,7 @@ def gelu_erf_f64(x):
 
 
 # ------------------------------------------------------------------------------ layer_norm
+@pytest.mark.assignment(3)
 def test_layer_norm_matches_formula():
     x, gain, bias = randn(3, 5, 16, scale=3.0), randn(16), randn(16)
     x64 = x.astype(np.float64)
@@ -38,6 +39,7 @@ def test_layer_norm_matches_formula():
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.assignment(3)
 def test_layer_norm_normalises_and_uses_eps():
     x = randn(4, 32, scale=5.0) + 7.0
     out = layer_norm(x, np.ones(32, np.float32), np.zeros(32, np.float32))
@@ -49,12 +51,14 @@ def test_layer_norm_normalises_and_uses_eps():
     assert np.abs(layer_norm(small, ones, zeros, 1e-5) - layer_norm(small, ones, zeros, 1e-6)).max() > 1e-3
 
 
+@pytest.mark.assignment(3)
 def test_layer_norm_of_constant_row_is_bias():
     out = layer_norm(np.full((2, 8), 3.0, np.float32), randn(8), np.arange(8, dtype=np.float32))
     np.testing.assert_array_equal(out, np.broadcast_to(np.arange(8, dtype=np.float32), (2, 8)))
 
 
 # ------------------------------------------------------------------------------------ gelu
+@pytest.mark.assignment(3)
 def test_gelu_is_the_tanh_form():
     x = np.linspace(-8, 8, 10001, dtype=np.float32)
     out = gelu(x)
@@ -62,6 +66,7 @@ def test_gelu_is_the_tanh_form():
     np.testing.assert_allclose(out, gelu_tanh_f64(x), rtol=0, atol=2e-6)
 
 
+@pytest.mark.assignment(3)
 def test_gelu_differs_from_the_erf_form():
     # GPT-2 uses the tanh approximation; the exact erf GELU is a different function, and the
     # difference is big enough for a 1e-4 check to notice.
@@ -69,6 +74,7 @@ def test_gelu_differs_from_the_erf_form():
     assert np.abs(gelu(x) - gelu_erf_f64(x)).max() > 1e-4
 
 
+@pytest.mark.assignment(3)
 def test_gelu_limits_and_no_overflow():
     x = np.array([0.0, 30.0, -30.0, 1e20, -1e20, 3e38, -3e38], np.float32)
     with np.errstate(over="ignore"):    # x**3 overflows to inf; tanh(inf) = 1 is still right
@@ -79,6 +85,7 @@ def test_gelu_limits_and_no_overflow():
 
 
 # --------------------------------------------------------------------------------- softmax
+@pytest.mark.assignment(2)
 def test_softmax_matches_formula_and_sums_to_one():
     x = randn(6, 50, scale=4.0)
     x64 = x.astype(np.float64)
@@ -89,6 +96,7 @@ def test_softmax_matches_formula_and_sums_to_one():
     np.testing.assert_allclose(out.sum(-1), 1, atol=1e-6)
 
 
+@pytest.mark.assignment(2)
 def test_softmax_large_values_do_not_overflow():
     x = np.array([[1e4, 1e4 - 1, 0.0], [1e30, 1e30, -1e30]], np.float32)
     out = softmax(x)
@@ -98,12 +106,14 @@ def test_softmax_large_values_do_not_overflow():
     np.testing.assert_allclose(out[1], [0.5, 0.5, 0], atol=1e-6)
 
 
+@pytest.mark.assignment(2)
 def test_softmax_masked_entries_and_all_masked_row():
     x = np.array([[1.0, -np.inf, 1.0], [-np.inf, -np.inf, -np.inf]], np.float32)
     out = softmax(x)
     np.testing.assert_array_equal(out, [[0.5, 0, 0.5], [0, 0, 0]])
 
 
+@pytest.mark.assignment(2)
 def test_softmax_other_axis():
     x = randn(5, 7)
     np.testing.assert_allclose(softmax(x, axis=0), softmax(x.T).T, atol=1e-7)
@@ -138,6 +148,7 @@ def naive_attention(q, k, v, key_valid=None):
     return out
 
 
+@pytest.mark.assignment(2)
 @pytest.mark.parametrize("n_queries, n_keys", [(6, 6), (1, 7), (3, 8)])
 def test_attention_matches_naive_loop(n_queries, n_keys):
     q, k, v = randn(2, 3, n_queries, 8, scale=2.0), randn(2, 3, n_keys, 8, scale=2.0), randn(2, 3, n_keys, 8)
@@ -146,6 +157,7 @@ def test_attention_matches_naive_loop(n_queries, n_keys):
     np.testing.assert_allclose(out, naive_attention(q, k, v), atol=1e-5)
 
 
+@pytest.mark.assignment(2)
 def test_attention_with_left_padding_matches_naive_loop():
     q, k, v = randn(2, 2, 5, 4, scale=2.0), randn(2, 2, 5, 4, scale=2.0), randn(2, 2, 5, 4)
     key_valid = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], bool)
@@ -155,6 +167,7 @@ def test_attention_with_left_padding_matches_naive_loop():
     np.testing.assert_array_equal(out[0, :, :2], 0)          # padding queries see no key
 
 
+@pytest.mark.assignment(2)
 def test_causal_mask_values():
     mask = causal_mask(2, 4)                                   # queries at positions 2 and 3
     expected = np.array([[0, 0, 0, -np.inf], [0, 0, 0, 0]], np.float32)
@@ -163,6 +176,7 @@ def test_causal_mask_values():
     assert attention_mask_bias(np.ones((3, 4), bool), 2, 4).shape == (3, 1, 2, 4)
 
 
+@pytest.mark.assignment(2)
 def test_split_merge_heads_round_trip():
     x = randn(2, 5, 12)
     heads = split_heads(x, 3)

@@ -121,6 +121,7 @@ def test_bad_attention_mask_and_full_cache(reference_model):
 
 
 # ------------------------------------------------------------------------------ KV cache
+@pytest.mark.assignment(4, uses=[2, 3])
 def test_cached_decoding_equals_recompute(reference_model, reference):
     sequence = reference["english.greedy"]                   # prompt + 20 greedy tokens
     n_prompt = len(reference["english.ids"])

@@ -52,6 +52,7 @@ def test_reference_covers_the_prompts(reference):
                                                  3290, 13]
 
 
+@pytest.mark.assignment(3, uses=[2])
 @pytest.mark.parametrize("name", PROMPTS)
 def test_logits_match_hf(reference_model, reference, name):
     logits = reference_model(reference[f"{name}.ids"])
@@ -59,6 +60,7 @@ def test_logits_match_hf(reference_model, reference, name):
     assert logit_diff(reference_model, reference, name) <= TOLERANCE
 
 
+@pytest.mark.assignment(3, uses=[2])
 @pytest.mark.parametrize("name", PROMPTS)
 def test_hidden_states_match_hf(reference_model, reference, name):
     out = reference_model.forward(reference[f"{name}.ids"], output_hidden_states=True)

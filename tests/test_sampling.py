@@ -30,6 +30,7 @@ def test_temperature_sharpens():
     (4, [0.1, 0.2, 0.3, 0.4]),
     (100, [0.1, 0.2, 0.3, 0.4]),            # k larger than the vocabulary keeps everything
 ])
+@pytest.mark.assignment(4)
 def test_top_k(top_k, expected):
     np.testing.assert_allclose(filtered_probs(LOGITS_1234, top_k=top_k), expected, atol=1e-6)
 
@@ -38,13 +39,18 @@ def test_top_k(top_k, expected):
     (0.35, [0, 0, 0, 1]),                   # 0.4 alone already reaches 0.35
     (0.65, [0, 0, 3 / 7, 4 / 7]),           # 0.4 < 0.65 <= 0.4 + 0.3
     (0.75, [0, 2 / 9, 3 / 9, 4 / 9]),       # 0.7 < 0.75 <= 0.9
-    (1.0, [0.1, 0.2, 0.3, 0.4]),
     (1e-9, [0, 0, 0, 1]),                   # never fewer than one token
 ])
+@pytest.mark.assignment(4)
 def test_top_p(top_p, expected):
     np.testing.assert_allclose(filtered_probs(LOGITS_1234, top_p=top_p), expected, atol=1e-6)
 
 
+def test_top_p_of_one_is_no_filter():
+    np.testing.assert_allclose(filtered_probs(LOGITS_1234, top_p=1.0), [0.1, 0.2, 0.3, 0.4], atol=1e-6)
+
+
+@pytest.mark.assignment(4)
 def test_hf_order_temperature_then_top_k_then_top_p():
     # T = 0.5 -> 1, 4, 9, 16 (/30); top-k 3 -> 4, 9, 16 (/29); top-p 0.8: 16/29 = 0.55 < 0.8,
     # 25/29 = 0.86 >= 0.8 -> 9, 16 (/25)
@@ -52,6 +58,7 @@ def test_hf_order_temperature_then_top_k_then_top_p():
     np.testing.assert_allclose(probs, [0, 0, 0.36, 0.64], atol=1e-6)
 
 
+@pytest.mark.assignment(4)
 def test_top_k_keeps_every_logit_tied_with_the_kth():
     logits = np.array([1, 3, 3, 2, 3], np.float32)      # HF's TopKLogitsWarper keeps all three 3s
     np.testing.assert_allclose(filtered_probs(logits, top_k=2), [0, 1 / 3, 1 / 3, 0, 1 / 3], atol=1e-7)
@@ -66,12 +73,14 @@ def test_top_k_keeps_every_logit_tied_with_the_kth():
     (3, 1 / 3, [2]),
     (8, 0.25, [6, 7]),
 ])
+@pytest.mark.assignment(4)
 def test_top_p_on_ties_matches_hf(n, top_p, kept):
     probs = filtered_probs(np.zeros(n, np.float32), top_p=top_p)
     assert np.flatnonzero(probs).tolist() == kept
     np.testing.assert_allclose(probs[kept], 1 / len(kept))
 
 
+@pytest.mark.assignment(4)
 def test_filters_work_row_by_row():
     logits = np.stack([LOGITS_1234, LOGITS_1234[::-1]])
     probs = filtered_probs(logits, top_p=0.65)
@@ -121,6 +130,7 @@ def test_filtered_probs_is_a_distribution(logits, temperature, top_k, top_p):
     assert logits[probs > 0].max() == logits.max()                  # a most likely token survives
 
 
+@pytest.mark.assignment(4)
 def test_top_p_filter_on_a_gpt2_sized_row_keeps_a_prefix_of_the_sorted_tokens():
     logits = np.random.default_rng(0).standard_normal(50257).astype(np.float32) * 3
     kept = np.isfinite(top_p_filter(logits, 0.9))

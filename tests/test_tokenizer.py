@@ -77,6 +77,7 @@ def test_gpt2_vocabulary_shape(gpt2_tokenizer):
     )
 
 
+@pytest.mark.assignment(1)
 def test_known_ids(gpt2_tokenizer):
     assert gpt2_tokenizer.encode("Hello world") == [15496, 995]
     assert gpt2_tokenizer.encode("我喜欢吃") == [
@@ -84,6 +85,7 @@ def test_known_ids(gpt2_tokenizer):
     ]
 
 
+@pytest.mark.assignment(1)
 def test_corpus_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2, tokenizer_corpus):
     assert "\r\n" in tokenizer_corpus and "\u3000" in tokenizer_corpus  # arrived byte for byte
     assert gpt2_tokenizer.encode(tokenizer_corpus) == tiktoken_gpt2.encode(tokenizer_corpus)
@@ -184,6 +186,7 @@ def test_decode_accepts_numpy_arrays(gpt2_tokenizer, dtype):
 
 # ---- explain ----------------------------------------------------------------------------------
 
+@pytest.mark.assignment(1)
 def test_explain_records_every_merge(gpt2_tokenizer):
     traces = gpt2_tokenizer.explain("Hello world")
     assert [trace.text for trace in traces] == ["Hello", " world"]
@@ -198,6 +201,7 @@ def test_explain_records_every_merge(gpt2_tokenizer):
     assert [step.rank for step in world.steps] == sorted(step.rank for step in world.steps)
 
 
+@pytest.mark.assignment(1)
 def test_explain_fuses_every_occurrence_left_to_right(gpt2_tokenizer):
     # The lowest-ranked pair in "00000" is (0, 0): one step fuses it twice, leaving the fifth 0.
     (trace,) = gpt2_tokenizer.explain("00000")

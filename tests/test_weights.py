@@ -55,6 +55,7 @@ def rewrite(checkpoint_dir, change):
 
 
 # ---------------------------------------------------------------------- the reference file
+@pytest.mark.assignment(3)
 def test_reference_checkpoint_loads(reference_dir, reference_model):
     config = reference_model.config
     assert config == GPT2Config(vocab_size=50257, n_positions=128, n_embd=48, n_layer=3, n_head=3)
@@ -67,6 +68,7 @@ def test_reference_checkpoint_loads(reference_dir, reference_model):
         np.testing.assert_array_equal(array, raw[name])
 
 
+@pytest.mark.assignment(3, uses=[2])
 def test_half_precision_copies_load_to_the_same_model(tmp_path, reference_dir, reference_model):
     # The reference weights are exact in float16 and bfloat16, so both copies are lossless.
     ids = np.array([464, 2068, 7586, 21831])
@@ -85,6 +87,7 @@ def test_half_precision_copies_load_to_the_same_model(tmp_path, reference_dir, r
         np.testing.assert_array_equal(loaded(ids), expected_logits)
 
 
+@pytest.mark.assignment(3)
 def test_save_pretrained_layout_with_tied_lm_head(tmp_path, reference_dir, reference_model):
     raw = read_safetensors(reference_dir / "model.safetensors")
     prefixed = {f"transformer.{name}": a for name, a in raw.items()}
@@ -121,6 +124,7 @@ def test_bfloat16_rounding_is_to_nearest_even():
     np.testing.assert_array_equal(bits, [0x3F80, 0xC020, 0x3F80, 0x3F82, 0x3F81])
 
 
+@pytest.mark.assignment(3)
 def test_bfloat16_tensors_are_widened_to_float32(tmp_path):
     data = np.array([0x3F80, 0xC020, 0x3E20, 0x0000], "<u2").tobytes()
     file = raw_file(tmp_path / "bf16.safetensors",

@@ -1,0 +1,136 @@
+"""LayerNorm and GELU as one loop each, in numba, for the CPU.
+
+Reference: `layer_norm` and `gelu` in minillm/layers.py; tests/test_performance_paths.py
+compares the two.
+
+NumPy evaluates those formulas one operation at a time: GELU's `0.5 * x * (1 + tanh(...))` is
+seven passes over memory, each writing a fresh temporary (the fc output is T x 4C floats, 12 MiB
+at T = 1024). Here each element is read once and written once.
+
+Numerics, measured against float64 by the tests:
+* LayerNorm sums the mean and variance in float64 (eight partial sums, so the loop
+  vectorises without reordering any one of them), then normalises in float32 exactly as the
+  reference does. Max difference from the reference ~2e-6 on unit-scale outputs.
+* GELU uses the identity 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z)), so
+  gelu(x) = x / (1 + exp(-2z)), with `exp_f32` below: Cephes's expf, relative error < 8.2e-8
+  (NumPy's float32 exp: < 2e-7). Max difference from float64 5e-7, the same as the NumPy
+  reference's own.
+* No fast-math: nothing is reassociated, and NaN/inf come out where the reference gives them.
+  `error_model="numpy"` drops numba's division-by-zero checks, which would otherwise stop LLVM
+  from vectorising the loops.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+# gelu: sqrt(2/pi) and the cubic coefficient of GPT-2's tanh approximation
+GELU_SCALE = np.float32(np.sqrt(2.0 / np.pi))
+GELU_CUBIC = np.float32(0.044715)
+
+# exp_f32: 2^n split off by n = round(x / ln 2); ln 2 in two parts so that x - n ln 2 is exact
+LOG2_E = np.float32(1.4426950408889634)
+LN2_HIGH = np.float32(0.693359375)
+LN2_LOW = np.float32(-2.12194440e-4)
+EXP_MIN, EXP_MAX = np.float32(-87.3), np.float32(88.7)     # keep 2^n a normal float32
+# e^r - 1 - r = r^2 * poly(r) for |r| <= ln2 / 2, poly's coefficients from the highest power down
+EXP_POLY = tuple(np.float32(c) for c in
+                 (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                  4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+
+LANES = 8       # partial sums per LayerNorm reduction: one AVX2 register of float32s
+
+
+# ---- exp -----------------------------------------------------------------------------------
+@intrinsic
+def _bits_as_float32(typingctx, bits):
+    """Reinterpret an int32's bits as a float32 (no conversion)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.int32), codegen
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def exp_f32(x):
+    """e^x for a float32, as e^r * 2^n with |r| <= ln2 / 2; inf above ~88.4, never below
+    e^-87.3 (no subnormals). Inlined, so LLVM vectorises the loop that calls it (a call to
+    libm's expf would keep it scalar)."""
+    x = min(max(x, EXP_MIN), EXP_MAX)
+    n = np.floor(x * LOG2_E + np.float32(0.5))
+    r = x - n * LN2_HIGH - n * LN2_LOW
+    poly = EXP_POLY[0]
+    for c in EXP_POLY[1:]:
+        poly = poly * r + c
+    e_r = poly * r * r + r + np.float32(1.0)
+    two_to_n = _bits_as_float32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    return e_r * two_to_n
+
+
+# ---- GELU ----------------------------------------------------------------------------------
+@njit(error_model="numpy", cache=True)
+def _gelu_flat(x, out):
+    """out[i] = gelu(x[i]) for 1-D contiguous float32 arrays."""
+    for i in range(x.size):
+        v = x[i]
+        z = GELU_SCALE * (v + GELU_CUBIC * v * v * v)
+        out[i] = v / (np.float32(1.0) + exp_f32(np.float32(-2.0) * z))
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh form, in one pass.  (...) float32 -> (...) float32, a new array."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    _gelu_flat(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+# ---- LayerNorm -----------------------------------------------------------------------------
+@njit(inline="always", error_model="numpy", cache=True)
+def _row_mean_var(row):
+    """Mean and biased variance of a float32 row, accumulated in float64."""
+    n = row.size
+    whole = n - n % LANES
+    partial = np.zeros(LANES)
+    for i in range(0, whole, LANES):
+        for lane in range(LANES):
+            partial[lane] += row[i + lane]
+    total = partial.sum()
+    for i in range(whole, n):
+        total += row[i]
+    mean = total / n
+    partial[:] = 0.0
+    for i in range(0, whole, LANES):
+        for lane in range(LANES):
+            d = row[i + lane] - mean
+            partial[lane] += d * d
+    squares = partial.sum()
+    for i in range(whole, n):
+        d = row[i] - mean
+        squares += d * d
+    return mean, squares / n
+
+
+@njit(error_model="numpy", cache=True)
+def _layer_norm_rows(x, gain, bias, eps, out):
+    """out[r] = (x[r] - mean) / sqrt(var + eps) * gain + bias for each row of (R, C) x."""
+    for r in range(x.shape[0]):
+        mean, var = _row_mean_var(x[r])
+        mean32 = np.float32(mean)
+        inv_std = np.float32(1.0) / np.sqrt(np.float32(var) + eps)   # float32, as in the reference
+        for c in range(x.shape[1]):
+            out[r, c] = (x[r, c] - mean32) * inv_std * gain[c] + bias[c]
+
+
+def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """LayerNorm over the last axis, one row per loop.  x: (..., C); gain, bias: (C,) -> (..., C)"""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    rows = x.reshape(-1, x.shape[-1])
+    gain, bias = (np.ascontiguousarray(a, np.float32) for a in (gain, bias))
+    _layer_norm_rows(rows, gain, bias, np.float32(eps), out.reshape(rows.shape))
+    return out

@@ -1,0 +1,166 @@
+"""The fast paths compute what the reference computes: each fused kernel against minillm/layers.py
+(and float64), within the stated tolerances. No timing here: speed is benchmarks/' business."""
+import math
+
+import numpy as np
+import pytest
+
+from minillm.layers import gelu, layer_norm
+
+fused = pytest.importorskip("minillm.kernels.fused_cpu")
+
+rng = np.random.default_rng(0)
+
+
+def randn(*shape, scale=1.0, shift=0.0):
+    return (scale * rng.standard_normal(shape) + shift).astype(np.float32)
+
+
+def gelu_f64(x):
+    x = x.astype(np.float64)
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+# ------------------------------------------------------------------------------ exp
+def test_exp_f32_relative_error_below_float32_epsilon():
+    x = np.linspace(-87, 88, 200_001, dtype=np.float32)
+    out = np.empty_like(x)
+    _exp_loop(x, out)
+    truth = np.exp(x.astype(np.float64))
+    relative = np.abs(out - truth) / truth
+    assert relative.max() <= np.finfo(np.float32).eps      # 2^-23; NumPy's float32 exp: 2e-7
+
+
+def _exp_loop(x, out):
+    from numba import njit
+
+    @njit
+    def loop(x, out):
+        for i in range(x.size):
+            out[i] = fused.exp_f32(x[i])
+    loop(x, out)
+
+
+# ------------------------------------------------------------------------------ GELU
+@pytest.mark.parametrize("shape", [(1, 1, 3072), (2, 7, 96), (5,)])
+def test_gelu_matches_reference(shape):
+    x = randn(*shape, scale=3.0)
+    out = fused.gelu(x)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out, gelu(x), rtol=1e-6, atol=1e-6)
+    # no further from the float64 formula than the reference itself
+    assert np.abs(out - gelu_f64(x)).max() <= 2 * max(np.abs(gelu(x) - gelu_f64(x)).max(), 1e-7)
+
+
+def test_gelu_extremes_match_reference():
+    x = np.array([-1e4, -100, -20, -1e-30, 0, 1e-30, 20, 100, 1e4, np.inf, np.nan], np.float32)
+    with np.errstate(all="ignore"):
+        expected = gelu(x)
+    np.testing.assert_array_equal(fused.gelu(x), expected)
+
+
+def test_gelu_reads_strided_input():
+    x = randn(4, 16, scale=2.0)[:, ::2]
+    np.testing.assert_allclose(fused.gelu(x), gelu(x), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ LayerNorm
+@pytest.mark.parametrize("shape", [(1, 1, 768), (2, 33, 768), (3, 5, 13)])
+def test_layer_norm_matches_reference(shape):
+    C = shape[-1]
+    x, gain, bias = randn(*shape, scale=3.0, shift=1.0), randn(C), randn(C)
+    out = fused.layer_norm(x, gain, bias, 1e-5)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out, layer_norm(x, gain, bias, 1e-5), rtol=0, atol=1e-5)
+
+
+def test_layer_norm_large_offset_is_more_accurate_than_float32_sums():
+    """A row with mean 1e3 and spread 1: float64 sums keep the variance right."""
+    x, gain, bias = randn(4, 768, shift=1e3), np.ones(768, np.float32), np.zeros(768, np.float32)
+    x64 = x.astype(np.float64)
+    expected = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    assert np.abs(fused.layer_norm(x, gain, bias, 1e-5) - expected).max() <= 1e-3
+
+
+def test_layer_norm_eps_matters_for_a_constant_row():
+    x = np.full((1, 8), 2.0, np.float32)
+    out = fused.layer_norm(x, np.ones(8, np.float32), np.full(8, 0.5, np.float32), 1e-5)
+    np.testing.assert_array_equal(out, np.full((1, 8), 0.5, np.float32))
+
+
+# ------------------------------------------------------------------------------ the numba backend
+@pytest.fixture(scope="module")
+def numba_backend():
+    from minillm.backends import get_backend
+    try:
+        return get_backend("numba")
+    except ImportError as error:
+        pytest.skip(f"numba backend not available: {error}")
+
+
+def test_numba_backend_brings_the_fused_kernels(numba_backend):
+    assert numba_backend.layer_norm is fused.layer_norm
+    assert numba_backend.gelu is fused.gelu
+
+
+@pytest.mark.parametrize("shape", [(3072, 768), (768, 768), (768, 3072)])
+def test_one_row_linear_matches_blas(numba_backend, shape):
+    """Decoding's x @ W + b, including the narrowing weights it runs through a transposed copy."""
+    x, weight, bias = randn(1, 1, shape[0]), randn(*shape), randn(shape[1])
+    out = numba_backend.linear(x, weight, bias)
+    assert out.shape == (1, 1, shape[1]) and out.dtype == np.float32
+    np.testing.assert_allclose(out, x @ weight + bias, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(numba_backend.linear(x[0], weight), x[0] @ weight,
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_transposed_copies_follow_clear(numba_backend):
+    x, weight = randn(1, 3072), randn(3072, 768)
+    before = numba_backend.linear(x, weight)
+    weight *= 2                                   # changed in place: the copy is stale ...
+    np.testing.assert_array_equal(numba_backend.linear(x, weight), before)
+    numba_backend.clear()                         # ... until it is dropped
+    np.testing.assert_allclose(numba_backend.linear(x, weight), 2 * before, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n_queries, n_keys", [(1, 50), (40, 40), (200, 200)])
+def test_attention_matches_reference_and_restores_threads(numba_backend, n_queries, n_keys):
+    import numba
+
+    from minillm.attention import causal_attention
+
+    q, k, v = randn(1, 12, n_queries, 64), randn(1, 12, n_keys, 64), randn(1, 12, n_keys, 64)
+    threads = numba.get_num_threads()
+    out = numba_backend.attention(q, k, v)
+    assert numba.get_num_threads() == threads
+    np.testing.assert_allclose(out, causal_attention(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ whole model
+# Measured: <= 7.2e-6 on the reference model's logits (std 1.7); each backend is 3-5e-6 from HF.
+NUMBA_VS_NUMPY_TOLERANCE = 2e-5
+
+
+@pytest.mark.parametrize("name", ["english", "long"])
+def test_numba_model_matches_numpy_model(numba_backend, reference_model, reference, name):
+    from minillm.kv_cache import KVCache
+    from minillm.model import GPT2
+
+    fast = GPT2(reference_model.config, reference_model.params, backend=numba_backend)
+    ids = reference[f"{name}.ids"]
+    tolerance = dict(rtol=0, atol=NUMBA_VS_NUMPY_TOLERANCE)
+    np.testing.assert_allclose(fast(ids), reference_model(ids), **tolerance)
+    cache = KVCache.for_model(fast.config, max_len=len(ids))
+    fast.forward(ids[None, :-1], cache=cache)
+    last = fast.forward(ids[None, -1:], cache=cache, last_only=True).logits[0, -1]
+    np.testing.assert_allclose(last, reference_model(ids)[-1], **tolerance)
+
+
+def test_numba_greedy_generation_matches_hf(numba_backend, reference_model, reference):
+    from minillm.model import GPT2
+
+    fast = GPT2(reference_model.config, reference_model.params, backend=numba_backend)
+    expected = reference["english.greedy"]
+    prompt = reference["english.ids"]
+    got = fast.generate(prompt, len(expected) - len(prompt))
+    assert got.tolist() == expected.tolist()
