@@ -17,10 +17,12 @@ What is timed, identically on both sides:
            leaner baseline, a hand-written loop that passes HF's cache back in (`cache=`, the
            transformers 5.x name of past_key_values); minillm runs `model.generate`.
 
-Both sides use the same number of threads (torch, OpenBLAS, numba). Runs alternate between the
-two libraries, with a short pause between runs so that neither inherits the other's spinning
-worker threads; each figure is the median of --repeats runs (the min is printed too). The
-machine may be shared, so only ratios measured side by side mean much.
+Both sides use the same number of threads (torch, OpenBLAS, numba). OpenBLAS's other settings
+come from the environment and are printed (see NumbaBackend on OPENBLAS_THREAD_TIMEOUT); only
+NumPy's BLAS reads them, torch brings its own. Runs alternate between the two libraries, with a
+short pause between runs so that neither inherits the other's spinning worker threads; each
+figure is the median of --repeats runs (the min is printed too). The machine may be shared, so
+only ratios measured side by side mean much.
 """
 from __future__ import annotations
 
@@ -219,9 +221,8 @@ def print_setup(hf_model, model, threads: int, torch_default_threads: int) -> No
     import torch
     import transformers
 
-    blas = {name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    blas_env = (", ".join(f"{k}={v}" for k, v in blas.items() if v)
-                or "OPENBLAS_CORETYPE/L2_SIZE unset")
+    names = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")
+    blas_env = ", ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in names)
     print(f"minillm backend {model.backend.name!r}; HF transformers {transformers.__version__}, "
           f"torch {torch.__version__} (attention: {hf_model.config._attn_implementation})")
     print(f"threads: torch {torch.get_num_threads()} (its default here: {torch_default_threads}), "

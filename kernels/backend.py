@@ -42,6 +42,11 @@ class NumbaBackend:
       step, prompts under ~500 tokens) runs on one thread. A numba parallel region between
       two multi-threaded BLAS calls leaves numba's and OpenBLAS's worker threads spinning
       against each other for the cores: on 2 cores a decode step took 108 ms instead of 22.
+      Longer prompts still share: an idle OpenBLAS worker spins for 2^28 cycles after each
+      call, so at T = 1024 the parallel kernel runs 50 ms per layer in the model against 25 ms
+      alone. OPENBLAS_THREAD_TIMEOUT=22 (2^22 cycles, ~2 ms: set before NumPy is imported)
+      gives it back -- 600 -> 350 ms of attention per 1024-token prefill -- and still keeps
+      the workers awake between a decode step's matrix-vector products.
     - Layout. One row times a weight (in, out) with out < in -- the MLP's down-projection,
       (3072, 768) -- reads the weight in strips of only `out` floats, and OpenBLAS's gemv gets
       ~19 GB/s from it against ~27 GB/s on the other shapes. With `decode_copies=True` (the
