@@ -224,3 +224,13 @@ class CudaBackend:
         if math.prod(q.shape) > 0:
             self._launch_attention(q_d, k_d, v_d, valid_d, out)
         return out.copy_to_host()
+
+    # LayerNorm and GELU stay on the host: with activations copied back after every matmul,
+    # a device kernel for them would only add two more transfers.
+    def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        """(..., C) -> (..., C), the NumPy reference"""
+        return layers.layer_norm(x, gain, bias, eps)
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        """(...) -> (...), the NumPy reference"""
+        return layers.gelu(x)

@@ -5,8 +5,8 @@ The model is written once. Everything it computes goes through plain NumPy excep
 which it asks its backend for. The "numpy" backend is the readable reference; "numba" and
 "cuda" run the kernels in `minillm.kernels`, each tested against that reference.
 
-A backend may also define `layer_norm(x, gain, bias, eps)` and `gelu(x)`, fused versions of
-the ones in minillm/layers.py; the model uses them when present and the reference ones when not.
+The backend also runs `layer_norm` and `gelu`: cheap in FLOPs, but elementwise passes over
+(T, 4C) arrays that a fused kernel does in one loop instead of NumPy's chain of temporaries.
 """
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ class NumpyBackend:
                   key_valid: np.ndarray | None = None) -> np.ndarray:
         """q: (B,H,Tq,d), k, v: (B,H,Tk,d), key_valid: (B,Tk) bool or None -> (B,H,Tq,d)"""
         return causal_attention(q, k, v, key_valid)
+
+    def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        """(..., C) -> (..., C), statistics over the last axis"""
+        return layers.layer_norm(x, gain, bias, eps)
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        """GELU, tanh form.  (...) -> (...)"""
+        return layers.gelu(x)
 
 
 # name -> "module:class"; imported on first use so numba/CUDA load only when asked for.

@@ -7,9 +7,9 @@
     logits = LN_f(x) @ wte^T                                     (B, T, V)
 
 Shapes: B batch, T tokens this call, C = n_embd, H = n_head, d = C / H, V = vocab_size.
-The two heavy operations (linear layers and attention) go through `self.backend`, and so do
-LayerNorm and GELU when the backend has its own (fused) versions; everything else is plain
-NumPy, float32 throughout.
+Linear layers, attention, LayerNorm and GELU go through `self.backend` (the "numpy" backend
+runs the references in layers.py and attention.py); everything else is plain NumPy, float32
+throughout.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from minillm.attention import merge_heads, split_heads
 from minillm.backends import get_backend
 from minillm.config import GPT2Config
 from minillm.kv_cache import KVCache
-from minillm.layers import gelu, layer_norm
 from minillm.params import BlockParams, GPT2Params
 
 
@@ -112,19 +111,13 @@ class GPT2:
 
         ### BEGIN SOLUTION a3: the MLP half of the block (LN_2, fc, GELU, proj, residual)
         h = self._layer_norm(x, p.ln_2_gain, p.ln_2_bias)                 # (B, T, C)
-        h = self._gelu(self.backend.linear(h, p.mlp_fc_weight, p.mlp_fc_bias))  # (B, T, 4C)
+        h = self.backend.gelu(self.backend.linear(h, p.mlp_fc_weight, p.mlp_fc_bias))  # (B, T, 4C)
         return x + self.backend.linear(h, p.mlp_proj_weight, p.mlp_proj_bias)  # (B, T, C)
         ### END SOLUTION
 
-    # A backend may bring fused versions of these two; otherwise the reference ones run.
     def _layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """LayerNorm over the last axis with the model's epsilon.  (..., C) -> (..., C)"""
-        fused = getattr(self.backend, "layer_norm", None)
-        return (fused or layer_norm)(x, gain, bias, self.config.layer_norm_epsilon)
-
-    def _gelu(self, x: np.ndarray) -> np.ndarray:
-        """GELU, tanh form.  (...) -> (...)"""
-        return getattr(self.backend, "gelu", gelu)(x)
+        return self.backend.layer_norm(x, gain, bias, self.config.layer_norm_epsilon)
 
     # ----------------------------------------------------------------------------------------
     def _check_ids(self, ids) -> tuple[np.ndarray, bool]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import minillm.backends
+import minillm.layers
 import minillm.model
 from minillm import verify
 
@@ -111,9 +112,9 @@ def layer_norm_eps(original, eps):
 def test_mutations_exceed_the_tolerance(monkeypatch, reference_model, reference, mutation):
     assert worst_logit_diff(reference_model, reference) <= TOLERANCE
     if mutation == "erf_gelu":
-        monkeypatch.setattr(minillm.model, "gelu", erf_gelu)
+        monkeypatch.setattr(minillm.layers, "gelu", erf_gelu)
     elif mutation == "layer_norm_eps_1e-6":
-        monkeypatch.setattr(minillm.model, "layer_norm", layer_norm_eps(minillm.model.layer_norm, 1e-6))
+        monkeypatch.setattr(minillm.layers, "layer_norm", layer_norm_eps(minillm.layers.layer_norm, 1e-6))
     else:
         monkeypatch.setattr(minillm.backends, "causal_attention",
                             unscaled_attention(minillm.backends.causal_attention))
