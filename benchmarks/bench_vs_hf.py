@@ -18,7 +18,7 @@ What is timed, identically on both sides:
            transformers 5.x name of past_key_values); minillm runs `model.generate`.
 
 Both sides use the same number of threads (torch, OpenBLAS, numba). OpenBLAS's other settings
-come from the environment and are printed (see NumbaBackend on OPENBLAS_THREAD_TIMEOUT); only
+come from the environment and are printed (see minillm.kernels.workers on its threads); only
 NumPy's BLAS reads them, torch brings its own. Runs alternate between the two libraries, with a
 short pause between runs so that neither inherits the other's spinning worker threads; each
 figure is the median of --repeats runs (the min is printed too). The machine may be shared, so

@@ -5,6 +5,8 @@
     matmul_cpu      packed, register-blocked matmul -- against x @ w
     attention_cuda  the fused attention as a CUDA kernel (numba.cuda)
     matmul_cuda     shared-memory tiled matmul as a CUDA kernel
+    fused_cpu       LayerNorm and GELU, one loop each -- against minillm/layers.py
+    workers         one pool of threads that shares out every big CPU operation
     backend         NumbaBackend and CudaBackend: GPT2(..., backend="numba" or "cuda")
 
 Importing a CPU module compiles its kernels the first time; numba caches them on disk after.

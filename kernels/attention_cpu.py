@@ -250,26 +250,38 @@ def _attend_query_tile(q, k, v, key_valid, out, b, h, q0, n_queries, q_t, scores
 
 
 _STRIDED_4D = float32[:, :, :, :]
+_DENSE_4D = float32[:, :, :, ::1]
+_SCRATCH_3D = float32[:, :, ::1]
 _SCRATCH_4D = float32[:, :, :, ::1]
 
 
-@njit(void(_STRIDED_4D, _STRIDED_4D, _STRIDED_4D, boolean[:, :], _SCRATCH_4D,
+@njit(void(_STRIDED_4D, _STRIDED_4D, _STRIDED_4D, boolean[:, :], _DENSE_4D,
+           _SCRATCH_3D, _SCRATCH_3D, _SCRATCH_3D, _SCRATCH_3D, types.intp, types.intp),
+      nogil=True, cache=True, fastmath=CONTRACT)
+def _worker_jobs(q, k, v, key_valid, out, q_t, scores, acc, stats, worker, n_workers):
+    """One worker's share of the (batch, head, query tile) jobs, dealt round-robin: jobs
+    worker, worker + n_workers, ... q_t, scores, acc, stats: this worker's scratch (panels, ..., NR).
+    nogil: workers run it in parallel from Python threads (minillm.kernels.workers)."""
+    n_batch, n_heads, n_queries, _ = q.shape
+    n_tiles = (n_queries + BQ - 1) // BQ
+    for job in range(worker, n_batch * n_heads * n_tiles, n_workers):
+        head_job, tile = divmod(job, n_tiles)
+        b, h = divmod(head_job, n_heads)
+        q0 = tile * BQ
+        _attend_query_tile(q, k, v, key_valid, out, b, h, q0, min(BQ, n_queries - q0),
+                           q_t, scores, acc, stats)
+
+
+@njit(void(_STRIDED_4D, _STRIDED_4D, _STRIDED_4D, boolean[:, :], _DENSE_4D,
            _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D),
       parallel=True, cache=True, fastmath=CONTRACT)
 def _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats):
-    """Every (batch, head, query tile) job, dealt round-robin to the workers; each worker owns
-    its slice of the scratch arrays (q_t, scores, acc, stats: (workers, panels, ..., NR))."""
-    n_batch, n_heads, n_queries, _ = q.shape
-    n_tiles = (n_queries + BQ - 1) // BQ
-    n_jobs = n_batch * n_heads * n_tiles
+    """Every worker's jobs on numba's own threads; worker w owns scratch[w] (q_t, scores, acc,
+    stats: (workers, panels, ..., NR))."""
     n_workers = q_t.shape[0]
     for worker in prange(n_workers):
-        for job in range(worker, n_jobs, n_workers):
-            head_job, tile = divmod(job, n_tiles)
-            b, h = divmod(head_job, n_heads)
-            q0 = tile * BQ
-            _attend_query_tile(q, k, v, key_valid, out, b, h, q0, min(BQ, n_queries - q0),
-                               q_t[worker], scores[worker], acc[worker], stats[worker])
+        _worker_jobs(q, k, v, key_valid, out, q_t[worker], scores[worker], acc[worker],
+                     stats[worker], worker, n_workers)
 
 
 # ---- decode: one query per (batch, head) --------------------------------------------------------
@@ -318,19 +330,25 @@ def _decode_one(q, k, v, key_valid, out, b, h, scores, q_row, acc):
         out[b, h, 0, t] = acc[t]
 
 
-_DENSE_4D = float32[:, :, :, ::1]
+@njit(void(_STRIDED_4D, _DENSE_4D, _DENSE_4D, boolean[:, :], _DENSE_4D,
+           float32[::1], float32[::1], float32[::1], types.intp, types.intp),
+      nogil=True, cache=True, fastmath=CONTRACT)
+def _decode_worker_jobs(q, k, v, key_valid, out, scores, q_row, acc, worker, n_workers):
+    """One worker's share of the (batch, head) jobs: worker, worker + n_workers, ..."""
+    n_heads = q.shape[1]
+    for job in range(worker, q.shape[0] * n_heads, n_workers):
+        b, h = divmod(job, n_heads)
+        _decode_one(q, k, v, key_valid, out, b, h, scores, q_row, acc)
 
 
-@njit(void(_STRIDED_4D, _DENSE_4D, _DENSE_4D, boolean[:, :], _SCRATCH_4D,
+@njit(void(_STRIDED_4D, _DENSE_4D, _DENSE_4D, boolean[:, :], _DENSE_4D,
            float32[:, ::1], float32[:, ::1], float32[:, ::1]),
       parallel=True, cache=True, fastmath=CONTRACT)
 def _decode_attention_kernel(q, k, v, key_valid, out, scores, q_rows, acc):
-    n_batch, n_heads = q.shape[0], q.shape[1]
     n_workers = scores.shape[0]
     for worker in prange(n_workers):
-        for job in range(worker, n_batch * n_heads, n_workers):
-            b, h = divmod(job, n_heads)
-            _decode_one(q, k, v, key_valid, out, b, h, scores[worker], q_rows[worker], acc[worker])
+        _decode_worker_jobs(q, k, v, key_valid, out, scores[worker], q_rows[worker], acc[worker],
+                            worker, n_workers)
 
 
 def _dense_buffer(x: np.ndarray) -> np.ndarray:
@@ -365,39 +383,52 @@ def _check_inputs(q, k, v, key_valid):
     return q, k, v, key_valid
 
 
-def flash_attention(q, k, v, key_valid=None) -> np.ndarray:
+def flash_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
     """Causal attention without the T x T matrix. q: (B,H,Tq,d), k, v: (B,H,Tk,d) -> (B,H,Tq,d).
 
-    Tq == 1 goes to `decode_attention`."""
+    pool: a minillm.kernels.workers.WorkerPool whose threads share the jobs (WorkerPool(1): the
+    calling thread alone); None: numba's own threads. Tq == 1 goes to `decode_attention`."""
     q, k, v, key_valid = _check_inputs(q, k, v, key_valid)
     if q.shape[2] == 1:
-        return decode_attention(q, k, v, key_valid)
+        return decode_attention(q, k, v, key_valid, pool)
     n_batch, n_heads, n_queries, head_dim = q.shape
     out = np.empty((n_batch, n_heads, n_queries, head_dim), np.float32)
     if out.size == 0:
         return out
-    n_workers, n_panels = numba.get_num_threads(), BQ // NR
+    n_workers = numba.get_num_threads() if pool is None else pool.n_threads
+    n_panels = BQ // NR
     head_dim_padded = -(-head_dim // MR) * MR       # _pv_block writes MR value columns at a time
     q_t = np.empty((n_workers, n_panels, head_dim, NR), np.float32)
     scores = np.empty((n_workers, n_panels, BK, NR), np.float32)
     acc = np.empty((n_workers, n_panels, head_dim_padded, NR), np.float32)
     stats = np.empty((n_workers, n_panels, N_STATS, NR), np.float32)
-    _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats)
+    if pool is None:
+        _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats)
+    else:
+        pool.run(lambda w: _worker_jobs(q, k, v, key_valid, out, q_t[w], scores[w], acc[w],
+                                        stats[w], w, n_workers))
     return out
 
 
-def decode_attention(q, k, v, key_valid=None) -> np.ndarray:
-    """Attention for one new query per sequence: q (B,H,1,d), k, v (B,H,Tk,d) -> (B,H,1,d)."""
+def decode_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
+    """Attention for one new query per sequence: q (B,H,1,d), k, v (B,H,Tk,d) -> (B,H,1,d).
+
+    pool: as for `flash_attention`."""
     q, k, v, key_valid = _check_inputs(q, k, v, key_valid)
     if q.shape[2] != 1:
         raise ValueError(f"decode_attention takes one query per sequence, got {q.shape[2]}")
     out = np.empty(q.shape, np.float32)
     if out.size == 0:
         return out
-    n_workers, n_keys, head_dim = numba.get_num_threads(), k.shape[2], q.shape[3]
+    n_workers = numba.get_num_threads() if pool is None else pool.n_threads
+    n_keys, head_dim = k.shape[2], q.shape[3]
     scores = np.empty((n_workers, n_keys), np.float32)
     q_rows = np.empty((n_workers, head_dim), np.float32)
     acc = np.empty((n_workers, head_dim), np.float32)
-    _decode_attention_kernel(q, _dense_buffer(k), _dense_buffer(v), key_valid, out,
-                             scores, q_rows, acc)
+    k, v = _dense_buffer(k), _dense_buffer(v)
+    if pool is None:
+        _decode_attention_kernel(q, k, v, key_valid, out, scores, q_rows, acc)
+    else:
+        pool.run(lambda w: _decode_worker_jobs(q, k, v, key_valid, out, scores[w], q_rows[w],
+                                               acc[w], w, n_workers))
     return out

@@ -8,7 +8,6 @@ the KV cache, the queries being the last Tq of the Tk positions. NumbaBackend al
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 
@@ -36,61 +35,93 @@ class NumbaBackend:
     layer_norm, gelu: one loop each (minillm.kernels.fused_cpu) instead of NumPy's chain of
     temporaries; 7x faster for GELU at T = 1024.
 
-    Decoding (one row per call) is bound by reading the weights, 500 MB per token for GPT-2
-    124M; two details decide how close it gets to the memory bandwidth:
-    - Threads. Attention with fewer than PARALLEL_ATTENTION_MIN_SCORES scores (every decode
-      step, prompts under ~500 tokens) runs on one thread. A numba parallel region between
-      two multi-threaded BLAS calls leaves numba's and OpenBLAS's worker threads spinning
-      against each other for the cores: on 2 cores a decode step took 108 ms instead of 22.
-      Longer prompts still share: an idle OpenBLAS worker spins for 2^28 cycles after each
-      call, so at T = 1024 the parallel kernel runs 50 ms per layer in the model against 25 ms
-      alone. OPENBLAS_THREAD_TIMEOUT=22 (2^22 cycles, ~2 ms: set before NumPy is imported)
-      gives it back -- 600 -> 350 ms of attention per 1024-token prefill -- and still keeps
-      the workers awake between a decode step's matrix-vector products.
-    - Layout. One row times a weight (in, out) with out < in -- the MLP's down-projection,
-      (3072, 768) -- reads the weight in strips of only `out` floats, and OpenBLAS's gemv gets
-      ~19 GB/s from it against ~27 GB/s on the other shapes. With `decode_copies=True` (the
-      default) such a weight is used through a contiguous copy of its transpose, so that each
-      output is one dot product along a contiguous row: 12% faster decoding on 2 cores. The
-      price is memory: one more copy of those weights (113 MB for GPT-2 124M, +23%), made on
-      first use and kept while the backend lives. The copies assume the weights never change
-      in place; call `clear()` if they do.
+    Threads. A call over at least POOL_MIN_ROWS token positions (a prompt) runs on one pool of
+    `threads` workers (minillm.kernels.workers): each matmul as row blocks, one single-threaded
+    BLAS call per worker, and each kernel as per-worker shares. OpenBLAS's own threads and
+    numba's would otherwise take turns with the cores, and an idle OpenBLAS worker spins for
+    ~0.1 s after every call, halving the speed of a parallel kernel that runs next to it.
+    Shorter calls (decoding, a row per sequence) run matrix-vector products on OpenBLAS's
+    threads, which split them well, and every kernel on the calling thread alone.
+
+    Layout for decoding. One row times a weight (in, out) with out < in -- the MLP's
+    down-projection, (3072, 768) -- reads the weight in strips of only `out` floats, and
+    OpenBLAS's gemv gets ~19 GB/s from it against ~27 GB/s on the other shapes. With
+    `decode_copies=True` (the default) such a weight is used through a contiguous copy of its
+    transpose, so that each output is one dot product along a contiguous row: 12% faster
+    decoding on 2 cores. The price is memory: one more copy of those weights (113 MB for GPT-2
+    124M, +23%), made on first use and kept while the backend lives. The copies assume the
+    weights never change in place; call `clear()` if they do.
     """
 
     name = "numba"
 
-    def __init__(self, matmul: str = "blas", decode_copies: bool = True):
+    def __init__(self, matmul: str = "blas", decode_copies: bool = True,
+                 threads: int | None = None):
         if matmul not in ("blas", "numba"):
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
         # Imported here: compiling (or loading from numba's cache) happens on first use.
         from minillm.kernels import attention_cpu, fused_cpu, matmul_cpu
+        from minillm.kernels.workers import WorkerPool
 
         self.matmul = matmul
         self.decode_copies = decode_copies and matmul == "blas"
+        self.pool = WorkerPool(threads)          # threads=None: numba's thread count
         self._attention = attention_cpu.flash_attention
-        self._linear = matmul_cpu.linear if matmul == "numba" else layers.linear
-        self.layer_norm = fused_cpu.layer_norm
-        self.gelu = fused_cpu.gelu
+        self._numba_linear = matmul_cpu.linear
+        self._layer_norm = fused_cpu.layer_norm
+        self._gelu = fused_cpu.gelu
         self._transposed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._one_thread = WorkerPool(1)
+
+    def _workers(self, n_rows: int):
+        """The pool for a call over n_rows token positions, or the calling thread alone."""
+        return self.pool if n_rows >= POOL_MIN_ROWS else self._one_thread
+
+    def _pool_or_none(self, n_rows: int):
+        """The pool for a call over n_rows positions, or None: the fused kernels' serial path."""
+        return self.pool if n_rows >= POOL_MIN_ROWS else None
 
     def linear(self, x: np.ndarray, weight: np.ndarray,
                bias: np.ndarray | None = None) -> np.ndarray:
         """(..., in) @ (in, out) + (out,) -> (..., out)"""
         n_in, n_out = weight.shape
+        if self.matmul == "numba":
+            return self._numba_linear(x, weight, bias)
         if self.decode_copies and n_out < n_in and x.size == n_in:     # one row, narrowing
             out = self._transposed_copy(weight) @ x.reshape(n_in)      # (out,)
             if bias is not None:
                 out += bias
             return out.reshape(*x.shape[:-1], n_out)
-        return self._linear(x, weight, bias)
+        rows = x.reshape(-1, n_in)                                     # (M, in)
+        if rows.shape[0] < POOL_MIN_ROWS:
+            return layers.linear(x, weight, bias)                      # OpenBLAS's threads
+        out = np.empty((rows.shape[0], n_out), np.float32)             # (M, out)
+        blocks = self.pool.split(rows.shape[0])
+
+        def row_block(i):
+            start, stop = blocks[i]
+            np.matmul(rows[start:stop], weight, out=out[start:stop])
+            if bias is not None:
+                out[start:stop] += bias
+
+        self.pool.run(row_block, len(blocks))
+        return out.reshape(*x.shape[:-1], n_out)
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                   key_valid: np.ndarray | None = None) -> np.ndarray:
         """q: (B,H,Tq,d), k, v: (B,H,Tk,d), key_valid: (B,Tk) bool or None -> (B,H,Tq,d)"""
-        n_scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-        small = n_scores < PARALLEL_ATTENTION_MIN_SCORES
-        with _numba_threads(1) if small else contextlib.nullcontext():
-            return self._attention(q, k, v, key_valid)
+        return self._attention(q, k, v, key_valid, pool=self._workers(q.shape[0] * q.shape[2]))
+
+    def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray,
+                   eps: float) -> np.ndarray:
+        """(..., C) -> (..., C)"""
+        n_rows = x.size // x.shape[-1]
+        return self._layer_norm(x, gain, bias, eps, pool=self._pool_or_none(n_rows))
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        """(..., 4C) -> (..., 4C)"""
+        n_rows = x.size // x.shape[-1]
+        return self._gelu(x, pool=self._pool_or_none(n_rows))
 
     def clear(self) -> None:
         """Forget the transposed copies of the weights."""
@@ -106,21 +137,8 @@ class NumbaBackend:
         return cached[1]
 
 
-# Attention over fewer scores (batch x heads x queries x keys) than this runs on one thread.
-PARALLEL_ATTENTION_MIN_SCORES = 12 * 512 * 512
-
-
-@contextlib.contextmanager
-def _numba_threads(n: int):
-    """Run numba's parallel kernels on at most n threads inside the block."""
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(n, previous))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+# Calls over at least this many token positions (batch x queries) run on the worker pool.
+POOL_MIN_ROWS = 16
 
 
 def cuda_unavailable_reason() -> str | None:

@@ -72,7 +72,7 @@ def exp_f32(x):
 
 
 # ---- GELU ----------------------------------------------------------------------------------
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def _gelu_flat(x, out):
     """out[i] = gelu(x[i]) for 1-D contiguous float32 arrays."""
     for i in range(x.size):
@@ -81,11 +81,19 @@ def _gelu_flat(x, out):
         out[i] = v / (np.float32(1.0) + exp_f32(np.float32(-2.0) * z))
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh form, in one pass.  (...) float32 -> (...) float32, a new array."""
+def gelu(x: np.ndarray, pool=None) -> np.ndarray:
+    """GELU, tanh form, in one pass.  (...) float32 -> (...) float32, a new array.
+
+    pool: a minillm.kernels.workers.WorkerPool to share the elements among; None: this thread."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
-    _gelu_flat(x.reshape(-1), out.reshape(-1))
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    if pool is None:
+        _gelu_flat(flat_x, flat_out)
+    else:
+        blocks = pool.split(flat_x.size)
+        pool.run(lambda i: _gelu_flat(flat_x[slice(*blocks[i])], flat_out[slice(*blocks[i])]),
+                 len(blocks))
     return out
 
 
@@ -115,7 +123,7 @@ def _row_mean_var(row):
     return mean, squares / n
 
 
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, nogil=True)
 def _layer_norm_rows(x, gain, bias, eps, out):
     """out[r] = (x[r] - mean) / sqrt(var + eps) * gain + bias for each row of (R, C) x."""
     for r in range(x.shape[0]):
@@ -126,11 +134,20 @@ def _layer_norm_rows(x, gain, bias, eps, out):
             out[r, c] = (x[r, c] - mean32) * inv_std * gain[c] + bias[c]
 
 
-def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """LayerNorm over the last axis, one row per loop.  x: (..., C); gain, bias: (C,) -> (..., C)"""
+def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1e-5,
+               pool=None) -> np.ndarray:
+    """LayerNorm over the last axis, one row per loop.  x: (..., C); gain, bias: (C,) -> (..., C)
+
+    pool: a minillm.kernels.workers.WorkerPool to share the rows among; None: this thread."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
-    rows = x.reshape(-1, x.shape[-1])
+    rows, out_rows = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])
     gain, bias = (np.ascontiguousarray(a, np.float32) for a in (gain, bias))
-    _layer_norm_rows(rows, gain, bias, np.float32(eps), out.reshape(rows.shape))
+    eps = np.float32(eps)
+    if pool is None:
+        _layer_norm_rows(rows, gain, bias, eps, out_rows)
+    else:
+        blocks = pool.split(rows.shape[0])
+        pool.run(lambda i: _layer_norm_rows(rows[slice(*blocks[i])], gain, bias, eps,
+                                            out_rows[slice(*blocks[i])]), len(blocks))
     return out

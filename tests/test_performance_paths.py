@@ -98,9 +98,18 @@ def numba_backend():
         pytest.skip(f"numba backend not available: {error}")
 
 
-def test_numba_backend_brings_the_fused_kernels(numba_backend):
-    assert numba_backend.layer_norm is fused.layer_norm
-    assert numba_backend.gelu is fused.gelu
+@pytest.mark.parametrize("n_rows", [1, 700])      # one row: the calling thread; 700: the pool
+def test_numba_backend_brings_the_fused_kernels(numba_backend, n_rows):
+    """The backend's LayerNorm and GELU are the fused kernels, not the reference: their results
+    are bit-identical to fused_cpu's, while the reference's differ in the last bits."""
+    x, gain, bias = randn(n_rows, 768, scale=3.0, shift=1.0), randn(768), randn(768)
+    ln = numba_backend.layer_norm(x, gain, bias, 1e-5)
+    np.testing.assert_array_equal(ln, fused.layer_norm(x, gain, bias, 1e-5))
+    h = randn(n_rows, 3072, scale=3.0)
+    np.testing.assert_array_equal(numba_backend.gelu(h), fused.gelu(h))
+    if n_rows > 1:
+        assert not np.array_equal(ln, layer_norm(x, gain, bias, 1e-5))
+        assert not np.array_equal(numba_backend.gelu(h), gelu(h))
 
 
 @pytest.mark.parametrize("shape", [(3072, 768), (768, 768), (768, 3072)])
@@ -124,7 +133,8 @@ def test_transposed_copies_follow_clear(numba_backend):
 
 
 @pytest.mark.parametrize("n_queries, n_keys", [(1, 50), (40, 40), (200, 200)])
-def test_attention_matches_reference_and_restores_threads(numba_backend, n_queries, n_keys):
+def test_attention_matches_reference_and_leaves_numba_threads_alone(numba_backend, n_queries,
+                                                                     n_keys):
     import numba
 
     from minillm.attention import causal_attention
@@ -134,6 +144,22 @@ def test_attention_matches_reference_and_restores_threads(numba_backend, n_queri
     out = numba_backend.attention(q, k, v)
     assert numba.get_num_threads() == threads
     np.testing.assert_allclose(out, causal_attention(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 768, 2304), (1, 300, 3072, 768), (1, 17, 768, 50)])
+def test_prompt_sized_linear_on_the_pool_matches_blas(numba_backend, shape):
+    """Row blocks on the worker pool, bias added per block: the same as one x @ W + b."""
+    from minillm.kernels.backend import POOL_MIN_ROWS
+
+    n_batch, n_rows, n_in, n_out = shape
+    assert n_batch * n_rows >= POOL_MIN_ROWS
+    x, weight, bias = randn(n_batch, n_rows, n_in), randn(n_in, n_out), randn(n_out)
+    out = numba_backend.linear(x, weight, bias)
+    assert out.shape == (n_batch, n_rows, n_out) and out.dtype == np.float32
+    np.testing.assert_allclose(out, x @ weight + bias, rtol=1e-5, atol=1e-4)
+    transposed = np.ascontiguousarray(weight.T).T             # the LM head's wte.T view
+    np.testing.assert_allclose(numba_backend.linear(x, transposed), x @ weight,
+                               rtol=1e-5, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------ whole model
