@@ -19,6 +19,7 @@ to split by rows, and OpenBLAS's own threads run them well (see NumbaBackend).
 """
 from __future__ import annotations
 
+import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -42,10 +43,14 @@ class WorkerPool:
         self._helpers = None
         self._blas = None
         if n_threads > 1:
-            self._helpers = ThreadPoolExecutor(n_threads - 1, thread_name_prefix="minillm-worker")
-            weakref.finalize(self, self._helpers.shutdown, wait=False)
+            self._start_helpers()
             # Only the BLAS libraries (NumPy's OpenBLAS); numba's and torch's OpenMP stay as they are.
             self._blas = ThreadpoolController().select(user_api="blas")
+
+    def _start_helpers(self) -> None:
+        self._helpers = ThreadPoolExecutor(self.n_threads - 1, thread_name_prefix="minillm-worker")
+        self._helpers_pid = os.getpid()
+        weakref.finalize(self, self._helpers.shutdown, wait=False)
 
     def run(self, piece: Callable[[int], None], n_pieces: int | None = None) -> None:
         """piece(i) for every i in range(n_pieces) (default: one per thread), in parallel.
@@ -55,6 +60,8 @@ class WorkerPool:
         single-threaded until every piece has finished; the first exception raised by a piece
         is raised here, after all of them have stopped."""
         n_pieces = self.n_threads if n_pieces is None else n_pieces
+        if self._helpers is not None and self._helpers_pid != os.getpid():
+            self._start_helpers()   # a forked child inherits the pool but not its threads
         if self._helpers is None or n_pieces <= 1:
             for i in range(n_pieces):
                 piece(i)

@@ -85,6 +85,35 @@ def test_thread_count_must_be_a_positive_int(bad):
         WorkerPool(bad)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_threads_of_its_own(pool):
+    """A child process inherits the pool object but none of its threads; it must not hang."""
+    import multiprocessing
+
+    pool.run(lambda i: None)                       # the parent's helpers exist now
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+
+    def child():
+        done, lock = [], threading.Lock()
+
+        def piece(i):
+            with lock:
+                done.append(i)
+
+        pool.run(piece, 7)
+        results.put(sorted(done))
+
+    process = context.Process(target=child)        # fork: the closure is not pickled
+    process.start()
+    process.join(timeout=30)
+    alive = process.is_alive()
+    if alive:
+        process.kill()
+    assert not alive and process.exitcode == 0
+    assert results.get() == list(range(7))
+
+
 def test_one_thread_pool_runs_on_the_caller():
     idents = []
     WorkerPool(1).run(lambda i: idents.append(threading.get_ident()), 3)
