@@ -14,21 +14,31 @@ keys in tiles of BK, computes that tile's scores, and folds them into a running 
 online softmax (Milakov & Gimelshein 2018; Dao et al. 2022). Per query it keeps the largest
 score seen so far m, the sum l of exp(score - m), and the weighted sum of values acc. A new tile
 with maximum m' > m rescales l and acc by exp(m - m') before adding its own terms, so after the
-last tile out = acc / l is exactly the softmax-weighted average. Key tiles that lie entirely in
-the future of the query tile are never visited, which halves the work for causal attention.
+last tile out = acc / l is exactly the softmax-weighted average. Keys in the future of every
+query of a panel are never visited (each panel stops at its own last query), which halves the
+work for causal attention.
 
 Layout, chosen so that LLVM vectorises every inner loop:
-- queries run along the SIMD lanes: a tile keeps its queries side by side in panels of NR = 16
+- queries run along the SIMD lanes: a tile keeps its queries side by side in panels of NR = 32
   (q_t[panel, t, lane] = q[query, t] / sqrt(d)), and so do its scores and accumulators;
-- keys (and value columns) run along the rows of MR x NR register tiles, the same register
-  blocking as the matmul kernel: S^T = K Q^T and acc^T += V^T P^T, reading K and V rows in
-  place (one broadcast per element), so neither is copied or transposed;
+- keys (and value columns) run along the rows of MR x NR = 3 x 32 register tiles, the matmul
+  kernel's shape: S^T = K Q^T and acc^T += V^T P^T, reading K and V rows in place (one
+  broadcast per element), so neither is copied or transposed. A tile is 12 AVX2 accumulators;
+  each step loads 4 vectors, broadcasts 3 values and issues 12 fused multiply-adds, enough
+  independent ones to hide the FMA latency, and 12 + 3 + 1 registers fit AVX2's 16 (checked in
+  the assembly). The usual AVX2 shape, 6 x 16, spills here: LLVM loads all 6 broadcasts first;
 - every softmax statistic is per lane, so masking, max, exp and sum are plain vector ops with no
   horizontal reductions. `exp_nonpositive` is a polynomial exp (Cephes' expf) that LLVM can
   vectorise, unlike a call to libm.
 
+Work sharing: jobs are (batch, head, query tile), and a later query tile sees more keys. Workers
+take the next job from a shared atomic counter, the costliest (last) tiles first, so they finish
+together; each job's arithmetic is the same whichever worker runs it, so the result does not
+depend on the number of threads.
+
 Memory beyond the output: per worker thread, the tile's queries, scores and accumulators,
-(2 d + BK + 3) x BQ floats, 24 KiB for d = 64, whatever T is: O(T d) in all, not O(T^2).
+(d + d rounded up to MR + BK + 3) x BQ floats, 57 KiB for d = 64, whatever T is: O(T d) in
+all, not O(T^2).
 
 The decode variant (Tq = 1, one new token against the KV cache) has no query tile to fill the
 lanes, so it runs one query per (batch, head) job, vectorised along the head dimension: all
@@ -55,13 +65,16 @@ from numba.extending import intrinsic
 
 from minillm.attention import causal_attention as reference  # noqa: F401  what they compute
 
-BQ = 32            # queries per tile: 2 panels of NR lanes
-BK = 64            # keys per tile
-MR = 4             # keys (or value columns) per register tile, written out in the micro-kernels
-NR = 16            # queries per register tile: 2 AVX2 vectors
+BQ = 64            # queries per tile: 2 panels of NR lanes
+BK = 96            # keys per tile, a multiple of MR (48 and 72 measured about as fast)
+MR = 3             # keys (or value columns) per register tile, written out in the micro-kernels
+NR = 32            # queries per register tile: 4 AVX2 vectors
 N_STATS = 3        # per-query statistics: running max m, running sum l, correction for acc
 TILE_FLOATS = MR * NR
 NEG_INF = np.float32(-np.inf)
+# The causal mask of one key as an addend: _CAUSAL_MASK[NR - f : 2 NR - f] is -inf for lanes
+# 0 .. f-1 (queries before the key) and 0 for the others; a slice of a constant, not a branch.
+_CAUSAL_MASK = np.where(np.arange(2 * NR) < NR, NEG_INF, np.float32(0.0)).astype(np.float32)
 CONTRACT = {"contract"}
 REASSOC = {"contract", "reassoc"}
 
@@ -131,34 +144,38 @@ def _register_lanes():
 
 # ---- one tile of keys ---------------------------------------------------------------------------
 @njit(fastmath=CONTRACT, cache=True)
-def _scores_block(k, key_valid, b, h, k0, j0, n_keys, q_panel, query_pos, scores, lane_max):
-    """scores[j0:j0+MR, :] = masked K[k0+j0 : k0+j0+MR] . q_panel; lane_max = max(lane_max, scores).
+def _scores_block(k_tile, key_valid, b, k0, n_keys, q_panel, query_pos, scores, lane_max):
+    """scores[:n_keys] = masked k_tile[:n_keys] . q_panel; lane_max = max(lane_max, scores).
 
-    q_panel: (d, NR) queries of one panel, already scaled by 1/sqrt(d); query_pos: absolute
-    position of lane 0. Rows past the tile's n_keys repeat its last key and are masked."""
-    last = k0 + n_keys - 1
-    row0, row1 = min(k0 + j0, last), min(k0 + j0 + 1, last)
-    row2, row3 = min(k0 + j0 + 2, last), min(k0 + j0 + 3, last)
-    tile = _register_tile()
-    for t in range(q_panel.shape[0]):
-        k0t, k1t, k2t, k3t = k[b, h, row0, t], k[b, h, row1, t], k[b, h, row2, t], k[b, h, row3, t]
-        for i in range(NR):
-            q_ti = q_panel[t, i]
-            tile[0, i] += k0t * q_ti
-            tile[1, i] += k1t * q_ti
-            tile[2, i] += k2t * q_ti
-            tile[3, i] += k3t * q_ti
-    for r in range(MR):
-        key = k0 + j0 + r
-        # -inf for padding keys and rows past the tile; lanes before first_lane are queries
-        # that come before this key (the causal mask).
-        bias = _F(0.0) if key <= last and key_valid[b, min(key, last)] else NEG_INF
-        first_lane = key - query_pos
-        for i in range(NR):
-            s = tile[r, i] + bias
-            s = s if i >= first_lane else NEG_INF
-            scores[j0 + r, i] = s
-            lane_max[i] = max(lane_max[i], s)
+    k_tile: (keys, d), keys k0, k0 + 1, ...; q_panel: (d, NR) queries of one panel, already
+    scaled by 1/sqrt(d); query_pos: absolute position of lane 0."""
+    last = n_keys - 1
+    row_max = _register_lanes()
+    for i in range(NR):
+        row_max[i] = lane_max[i]
+    for j0 in range(0, n_keys, MR):
+        # Rows past n_keys repeat the last key; they are masked below and nothing reads them.
+        row0, row1, row2 = min(j0, last), min(j0 + 1, last), min(j0 + 2, last)
+        tile = _register_tile()
+        for t in range(q_panel.shape[0]):
+            k0t, k1t, k2t = k_tile[row0, t], k_tile[row1, t], k_tile[row2, t]
+            for i in range(NR):
+                q_ti = q_panel[t, i]
+                tile[0, i] += k0t * q_ti
+                tile[1, i] += k1t * q_ti
+                tile[2, i] += k2t * q_ti
+        for r in range(MR):
+            # Lanes before first_lane are queries that come before this key (the causal mask);
+            # a padding key, or a row past n_keys, masks them all.
+            valid = j0 + r <= last and key_valid[b, k0 + min(j0 + r, last)]
+            first_lane = min(max(k0 + j0 + r - query_pos, 0), NR) if valid else NR
+            mask = _CAUSAL_MASK[NR - first_lane:]
+            for i in range(NR):
+                s = tile[r, i] + mask[i]
+                scores[j0 + r, i] = s
+                row_max[i] = max(row_max[i], s)
+    for i in range(NR):
+        lane_max[i] = row_max[i]
 
 
 @njit(fastmath=CONTRACT, cache=True)
@@ -168,7 +185,7 @@ def _softmax_block(scores, n_keys, tile_max, stats):
     tile_max: max(running max, this tile's scores) per lane. stats rows: 0 running max m,
     1 running sum l, 2 correction exp(m_old - m_new) for acc."""
     ### BEGIN SOLUTION a5: the online-softmax step (correction, exp in place, running sum and max)
-    lanes = scores.shape[1]      # a runtime trip count: LLVM's loop vectoriser takes these loops
+    lanes = NR      # a constant trip count: vectorised, then unrolled into 4 vectors side by side
     shift = _register_lanes()
     lane_sum = _register_lanes()
     for i in range(lanes):
@@ -188,28 +205,33 @@ def _softmax_block(scores, n_keys, tile_max, stats):
 
 
 @njit(fastmath=CONTRACT, cache=True)
-def _pv_block(v, b, h, k0, n_keys, t0, weights, correction, acc):
-    """acc[t0:t0+MR, :] = acc * correction + V[k0:k0+n_keys, t0:t0+MR]^T . weights."""
-    last_col = v.shape[3] - 1
-    col0, col1 = min(t0, last_col), min(t0 + 1, last_col)
-    col2, col3 = min(t0 + 2, last_col), min(t0 + 3, last_col)
-    tile = _register_tile()
-    for r in range(MR):                         # start from the rescaled accumulator
-        for i in range(NR):
-            tile[r, i] = acc[t0 + r, i] * correction[i]
-    for j in range(n_keys):
-        key = k0 + j
-        v0, v1 = v[b, h, key, col0], v[b, h, key, col1]
-        v2, v3 = v[b, h, key, col2], v[b, h, key, col3]
-        for i in range(NR):
-            p_ji = weights[j, i]
-            tile[0, i] += v0 * p_ji
-            tile[1, i] += v1 * p_ji
-            tile[2, i] += v2 * p_ji
-            tile[3, i] += v3 * p_ji
-    for r in range(MR):
-        for i in range(NR):
-            acc[t0 + r, i] = tile[r, i]
+def _pv_block(v_tile, n_keys, weights, correction, acc):
+    """acc = acc * correction + v_tile[:n_keys]^T . weights[:n_keys], MR value columns at a time.
+
+    v_tile: (keys, d); acc: (d rounded up to MR, NR), rows past d unused."""
+    lanes = acc.shape[1]    # a runtime trip count: LLVM's loop vectoriser takes this loop
+    for t in range(acc.shape[0]):
+        for i in range(lanes):
+            # A pass of its own: inside the register tile's set-up, LLVM builds the products
+            # one float at a time.
+            acc[t, i] *= correction[i]
+    last_col = v_tile.shape[1] - 1
+    for t0 in range(0, acc.shape[0], MR):
+        col0, col1, col2 = min(t0, last_col), min(t0 + 1, last_col), min(t0 + 2, last_col)
+        tile = _register_tile()
+        for r in range(MR):
+            for i in range(NR):
+                tile[r, i] = acc[t0 + r, i]
+        for j in range(n_keys):
+            v0, v1, v2 = v_tile[j, col0], v_tile[j, col1], v_tile[j, col2]
+            for i in range(NR):
+                p_ji = weights[j, i]
+                tile[0, i] += v0 * p_ji
+                tile[1, i] += v1 * p_ji
+                tile[2, i] += v2 * p_ji
+        for r in range(MR):
+            for i in range(NR):
+                acc[t0 + r, i] = tile[r, i]
 
 
 # ---- one tile of queries ------------------------------------------------------------------------
@@ -219,7 +241,7 @@ def _attend_query_tile(q, k, v, key_valid, out, b, h, q0, n_queries, q_t, scores
     head_dim = q.shape[3]
     scale = _F(1.0 / math.sqrt(head_dim))
     offset = k.shape[2] - q.shape[2]            # absolute position of query 0
-    n_panels = q_t.shape[0]
+    n_panels = (n_queries + NR - 1) // NR
     for p in range(n_panels):
         for t in range(head_dim):
             for i in range(NR):
@@ -231,16 +253,20 @@ def _attend_query_tile(q, k, v, key_valid, out, b, h, q0, n_queries, q_t, scores
     keys_seen = offset + q0 + n_queries         # the last query of the tile sees keys [0, this)
     for k0 in range(0, keys_seen, BK):
         n_keys = min(BK, keys_seen - k0)
+        # Views of this tile's rows: indices from 0 spare the inner loops a bounds fix-up.
+        k_tile, v_tile = k[b, h, k0:k0 + n_keys], v[b, h, k0:k0 + n_keys]
         for p in range(n_panels):
+            # Keys after the panel's last query are masked in all of its lanes: skip them.
+            panel_keys = min(n_keys, offset + q0 + (p + 1) * NR - k0)
+            if panel_keys <= 0:
+                continue
             tile_max = _register_lanes()
             for i in range(NR):
                 tile_max[i] = stats[p, 0, i]
-            for j0 in range(0, n_keys, MR):
-                _scores_block(k, key_valid, b, h, k0, j0, n_keys, q_t[p], offset + q0 + p * NR,
-                              scores[p], tile_max)
-            _softmax_block(scores[p], n_keys, tile_max, stats[p])
-            for t0 in range(0, head_dim, MR):
-                _pv_block(v, b, h, k0, n_keys, t0, scores[p], stats[p, 2], acc[p])
+            _scores_block(k_tile, key_valid, b, k0, panel_keys, q_t[p], offset + q0 + p * NR,
+                          scores[p], tile_max)
+            _softmax_block(scores[p], panel_keys, tile_max, stats[p])
+            _pv_block(v_tile, panel_keys, scores[p], stats[p, 2], acc[p])
     for query in range(n_queries):
         p, i = divmod(query, NR)
         total = stats[p, 1, i]
@@ -255,33 +281,52 @@ _SCRATCH_3D = float32[:, :, ::1]
 _SCRATCH_4D = float32[:, :, :, ::1]
 
 
+@intrinsic
+def _take_ticket(typingctx, counter):
+    """counter[0] += 1 atomically, returning the old value: the next job nobody has taken.
+    counter: a C-contiguous int64 array shared by the workers."""
+    if counter != types.int64[::1]:
+        raise errors.TypingError(f"counter must be int64[::1], got {counter}")
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        one = ir.Constant(ir.IntType(64), 1)
+        return builder.atomic_rmw("add", array.data, one, "monotonic")
+
+    return types.int64(counter), codegen
+
+
 @njit(void(_STRIDED_4D, _STRIDED_4D, _STRIDED_4D, boolean[:, :], _DENSE_4D,
-           _SCRATCH_3D, _SCRATCH_3D, _SCRATCH_3D, _SCRATCH_3D, types.intp, types.intp),
+           _SCRATCH_3D, _SCRATCH_3D, _SCRATCH_3D, _SCRATCH_3D, types.int64[::1]),
       nogil=True, cache=True, fastmath=CONTRACT)
-def _worker_jobs(q, k, v, key_valid, out, q_t, scores, acc, stats, worker, n_workers):
-    """One worker's share of the (batch, head, query tile) jobs, dealt round-robin: jobs
-    worker, worker + n_workers, ... q_t, scores, acc, stats: this worker's scratch (panels, ..., NR).
-    nogil: workers run it in parallel from Python threads (minillm.kernels.workers)."""
+def _worker_jobs(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job):
+    """Take (batch, head, query tile) jobs from the shared counter next_job until none is left;
+    the last query tiles, which see the most keys, come first. q_t, scores, acc, stats: this
+    worker's scratch (panels, ..., NR). nogil: workers run it in parallel from Python threads
+    (minillm.kernels.workers)."""
     n_batch, n_heads, n_queries, _ = q.shape
     n_tiles = (n_queries + BQ - 1) // BQ
-    for job in range(worker, n_batch * n_heads * n_tiles, n_workers):
-        head_job, tile = divmod(job, n_tiles)
+    n_jobs = n_batch * n_heads * n_tiles
+    job = _take_ticket(next_job)
+    while job < n_jobs:
+        from_last, head_job = divmod(job, n_batch * n_heads)
         b, h = divmod(head_job, n_heads)
-        q0 = tile * BQ
+        q0 = (n_tiles - 1 - from_last) * BQ
         _attend_query_tile(q, k, v, key_valid, out, b, h, q0, min(BQ, n_queries - q0),
                            q_t, scores, acc, stats)
+        job = _take_ticket(next_job)
 
 
 @njit(void(_STRIDED_4D, _STRIDED_4D, _STRIDED_4D, boolean[:, :], _DENSE_4D,
-           _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D),
+           _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D, types.int64[::1]),
       parallel=True, cache=True, fastmath=CONTRACT)
-def _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats):
-    """Every worker's jobs on numba's own threads; worker w owns scratch[w] (q_t, scores, acc,
-    stats: (workers, panels, ..., NR))."""
+def _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job):
+    """Every job on numba's own threads; worker w owns scratch[w] (q_t, scores, acc, stats:
+    (workers, panels, ..., NR))."""
     n_workers = q_t.shape[0]
     for worker in prange(n_workers):
         _worker_jobs(q, k, v, key_valid, out, q_t[worker], scores[worker], acc[worker],
-                     stats[worker], worker, n_workers)
+                     stats[worker], next_job)
 
 
 # ---- decode: one query per (batch, head) --------------------------------------------------------
@@ -402,11 +447,12 @@ def flash_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
     scores = np.empty((n_workers, n_panels, BK, NR), np.float32)
     acc = np.empty((n_workers, n_panels, head_dim_padded, NR), np.float32)
     stats = np.empty((n_workers, n_panels, N_STATS, NR), np.float32)
+    next_job = np.zeros(1, np.int64)               # the workers' shared job counter
     if pool is None:
-        _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats)
+        _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job)
     else:
         pool.run(lambda w: _worker_jobs(q, k, v, key_valid, out, q_t[w], scores[w], acc[w],
-                                        stats[w], w, n_workers))
+                                        stats[w], next_job))
     return out
 
 
