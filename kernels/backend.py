@@ -16,6 +16,12 @@ import numpy as np
 from minillm import layers
 
 
+# Calls over at least this many token positions (batch x queries) run on the worker pool. On 2
+# cores (benchmarks/bench_vs_hf.py-style prefills, pool against OpenBLAS's threads) the pool
+# was 3-11% slower at T = 256 and 4-8% faster at T = 512; this sits between the two.
+POOL_MIN_ROWS = 384
+
+
 class NumbaBackend:
     """CPU kernels compiled by numba: fused FlashAttention-style attention, and BLAS matmul.
 
@@ -35,13 +41,15 @@ class NumbaBackend:
     layer_norm, gelu: one loop each (minillm.kernels.fused_cpu) instead of NumPy's chain of
     temporaries; 7x faster for GELU at T = 1024.
 
-    Threads. A call over at least POOL_MIN_ROWS token positions (a prompt) runs on one pool of
-    `threads` workers (minillm.kernels.workers): each matmul as row blocks, one single-threaded
-    BLAS call per worker, and each kernel as per-worker shares. OpenBLAS's own threads and
-    numba's would otherwise take turns with the cores, and an idle OpenBLAS worker spins for
-    ~0.1 s after every call, halving the speed of a parallel kernel that runs next to it.
-    Shorter calls (decoding, a row per sequence) run matrix-vector products on OpenBLAS's
-    threads, which split them well, and every kernel on the calling thread alone.
+    Threads. A call over at least `pool_min_rows` token positions (a long prompt) runs on one
+    pool of `threads` workers (minillm.kernels.workers): each matmul as row blocks, one
+    single-threaded BLAS call per worker, and each kernel as per-worker shares. OpenBLAS's own
+    threads and numba's would otherwise take turns with the cores, and an idle OpenBLAS worker
+    spins for ~0.1 s after every call, halving the speed of a parallel kernel that runs next
+    to it. Shorter calls (decoding, short prompts) run their matmuls on OpenBLAS's threads,
+    which split a few rows better than row blocks can (each block would read the whole
+    weight), and every kernel on the calling thread alone: attention over a short prompt is
+    too small a share of the work to be worth a fight for the cores.
 
     Layout for decoding. One row times a weight (in, out) with out < in -- the MLP's
     down-projection, (3072, 768) -- reads the weight in strips of only `out` floats, and
@@ -56,7 +64,7 @@ class NumbaBackend:
     name = "numba"
 
     def __init__(self, matmul: str = "blas", decode_copies: bool = True,
-                 threads: int | None = None):
+                 threads: int | None = None, pool_min_rows: int = POOL_MIN_ROWS):
         if matmul not in ("blas", "numba"):
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
         # Imported here: compiling (or loading from numba's cache) happens on first use.
@@ -66,6 +74,7 @@ class NumbaBackend:
         self.matmul = matmul
         self.decode_copies = decode_copies and matmul == "blas"
         self.pool = WorkerPool(threads)          # threads=None: numba's thread count
+        self.pool_min_rows = pool_min_rows
         self._attention = attention_cpu.flash_attention
         self._numba_linear = matmul_cpu.linear
         self._layer_norm = fused_cpu.layer_norm
@@ -75,11 +84,11 @@ class NumbaBackend:
 
     def _workers(self, n_rows: int):
         """The pool for a call over n_rows token positions, or the calling thread alone."""
-        return self.pool if n_rows >= POOL_MIN_ROWS else self._one_thread
+        return self.pool if n_rows >= self.pool_min_rows else self._one_thread
 
     def _pool_or_none(self, n_rows: int):
         """The pool for a call over n_rows positions, or None: the fused kernels' serial path."""
-        return self.pool if n_rows >= POOL_MIN_ROWS else None
+        return self.pool if n_rows >= self.pool_min_rows else None
 
     def linear(self, x: np.ndarray, weight: np.ndarray,
                bias: np.ndarray | None = None) -> np.ndarray:
@@ -93,7 +102,7 @@ class NumbaBackend:
                 out += bias
             return out.reshape(*x.shape[:-1], n_out)
         rows = x.reshape(-1, n_in)                                     # (M, in)
-        if rows.shape[0] < POOL_MIN_ROWS:
+        if rows.shape[0] < self.pool_min_rows:
             return layers.linear(x, weight, bias)                      # OpenBLAS's threads
         out = np.empty((rows.shape[0], n_out), np.float32)             # (M, out)
         blocks = self.pool.split(rows.shape[0])
@@ -135,10 +144,6 @@ class NumbaBackend:
             cached = (weight, np.ascontiguousarray(weight.T))   # `weight` pins the key's address
             self._transposed[key] = cached
         return cached[1]
-
-
-# Calls over at least this many token positions (batch x queries) run on the worker pool.
-POOL_MIN_ROWS = 16
 
 
 def cuda_unavailable_reason() -> str | None:

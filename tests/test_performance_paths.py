@@ -100,6 +100,7 @@ def numba_backend():
 
 @pytest.mark.parametrize("n_rows", [1, 700])      # one row: the calling thread; 700: the pool
 def test_numba_backend_brings_the_fused_kernels(numba_backend, n_rows):
+    assert (n_rows >= numba_backend.pool_min_rows) == (n_rows == 700)
     """The backend's LayerNorm and GELU are the fused kernels, not the reference: their results
     are bit-identical to fused_cpu's, while the reference's differ in the last bits."""
     x, gain, bias = randn(n_rows, 768, scale=3.0, shift=1.0), randn(768), randn(768)
@@ -146,19 +147,23 @@ def test_attention_matches_reference_and_leaves_numba_threads_alone(numba_backen
     np.testing.assert_allclose(out, causal_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 40, 768, 2304), (1, 300, 3072, 768), (1, 17, 768, 50)])
-def test_prompt_sized_linear_on_the_pool_matches_blas(numba_backend, shape):
-    """Row blocks on the worker pool, bias added per block: the same as one x @ W + b."""
-    from minillm.kernels.backend import POOL_MIN_ROWS
+@pytest.fixture(scope="module")
+def pooled_backend(numba_backend):
+    """A numba backend that sends every call of 16 rows or more to its worker pool."""
+    from minillm.kernels.backend import NumbaBackend
+    return NumbaBackend(threads=2, pool_min_rows=16)
 
+
+@pytest.mark.parametrize("shape", [(2, 40, 768, 2304), (1, 300, 3072, 768), (1, 17, 768, 50)])
+def test_prompt_sized_linear_on_the_pool_matches_blas(pooled_backend, shape):
+    """Row blocks on the worker pool, bias added per block: the same as one x @ W + b."""
     n_batch, n_rows, n_in, n_out = shape
-    assert n_batch * n_rows >= POOL_MIN_ROWS
     x, weight, bias = randn(n_batch, n_rows, n_in), randn(n_in, n_out), randn(n_out)
-    out = numba_backend.linear(x, weight, bias)
+    out = pooled_backend.linear(x, weight, bias)
     assert out.shape == (n_batch, n_rows, n_out) and out.dtype == np.float32
     np.testing.assert_allclose(out, x @ weight + bias, rtol=1e-5, atol=1e-4)
     transposed = np.ascontiguousarray(weight.T).T             # the LM head's wte.T view
-    np.testing.assert_allclose(numba_backend.linear(x, transposed), x @ weight,
+    np.testing.assert_allclose(pooled_backend.linear(x, transposed), x @ weight,
                                rtol=1e-5, atol=1e-4)
 
 
@@ -167,12 +172,18 @@ def test_prompt_sized_linear_on_the_pool_matches_blas(numba_backend, shape):
 NUMBA_VS_NUMPY_TOLERANCE = 2e-5
 
 
+@pytest.fixture(params=["pool for long prompts", "pool from 16 rows"])
+def fast_backend(request, numba_backend, pooled_backend):
+    """The default numba backend, and one whose pool takes every prompt of the tests."""
+    return numba_backend if request.param == "pool for long prompts" else pooled_backend
+
+
 @pytest.mark.parametrize("name", ["english", "long"])
-def test_numba_model_matches_numpy_model(numba_backend, reference_model, reference, name):
+def test_numba_model_matches_numpy_model(fast_backend, reference_model, reference, name):
     from minillm.kv_cache import KVCache
     from minillm.model import GPT2
 
-    fast = GPT2(reference_model.config, reference_model.params, backend=numba_backend)
+    fast = GPT2(reference_model.config, reference_model.params, backend=fast_backend)
     ids = reference[f"{name}.ids"]
     tolerance = dict(rtol=0, atol=NUMBA_VS_NUMPY_TOLERANCE)
     np.testing.assert_allclose(fast(ids), reference_model(ids), **tolerance)
@@ -182,10 +193,10 @@ def test_numba_model_matches_numpy_model(numba_backend, reference_model, referen
     np.testing.assert_allclose(last, reference_model(ids)[-1], **tolerance)
 
 
-def test_numba_greedy_generation_matches_hf(numba_backend, reference_model, reference):
+def test_numba_greedy_generation_matches_hf(fast_backend, reference_model, reference):
     from minillm.model import GPT2
 
-    fast = GPT2(reference_model.config, reference_model.params, backend=numba_backend)
+    fast = GPT2(reference_model.config, reference_model.params, backend=fast_backend)
     expected = reference["english.greedy"]
     prompt = reference["english.ids"]
     got = fast.generate(prompt, len(expected) - len(prompt))
