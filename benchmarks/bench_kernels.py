@@ -14,8 +14,9 @@ Prints, at T = 128 / 512 / 1024 (batch 1):
    numba matmul too, and cuda if there is a GPU.
 
 Every ratio compares runs made in this process, kernel and baseline interleaved, best of
---repeats. Threads: numba uses numba.get_num_threads() and BLAS its own default (usually all
-cores), unless --threads sets both. On a machine shared with other work, wall times with
+--repeats. Threads: the numba kernels use numba.get_num_threads() (the attention kernel on a
+WorkerPool of that many threads) and BLAS its own default (usually all cores), unless --threads
+sets both. On a machine shared with other work, wall times with
 several threads mostly measure the neighbours; `--threads 1 --cpu-time` compares the work
 itself (process CPU time, which does not count time spent waiting for a core).
 """
@@ -51,6 +52,7 @@ import numpy as np  # noqa: E402
 from minillm.attention import causal_attention, split_heads  # noqa: E402
 from minillm.config import GPT2_SIZES  # noqa: E402
 from minillm.kernels.attention_cpu import flash_attention  # noqa: E402
+from minillm.kernels.workers import WorkerPool  # noqa: E402
 from minillm.kernels.backend import NumbaBackend, cuda_unavailable_reason  # noqa: E402
 from minillm.kernels.matmul_cpu import matmul  # noqa: E402
 from minillm.kv_cache import KVCache  # noqa: E402
@@ -91,7 +93,7 @@ def mib(n_bytes: int) -> str:
 
 
 # ---- 1. attention -------------------------------------------------------------------------------
-def bench_attention(lengths, repeats, rng) -> float:
+def bench_attention(lengths, repeats, rng, pool) -> float:
     print(f"\n1. Causal attention, B=1, {N_HEADS} heads x {HEAD_DIM}: "
           "fused kernel vs NumPy reference")
     print(f"{'T':>6} {'reference':>12} {'fused':>10} {'speed-up':>9}   "
@@ -101,16 +103,16 @@ def bench_attention(lengths, repeats, rng) -> float:
         qkv = rng.standard_normal((1, T, 3 * WIDTH), dtype=np.float32)     # as the model makes them
         q, k, v = (split_heads(part, N_HEADS) for part in np.split(qkv, 3, axis=-1))
         t_ref, t_fused = best_times([lambda: causal_attention(q, k, v),
-                                     lambda: flash_attention(q, k, v)], repeats)
+                                     lambda: flash_attention(q, k, v, pool=pool)], repeats)
         m_ref = peak_extra_bytes(lambda: causal_attention(q, k, v))
-        m_fused = peak_extra_bytes(lambda: flash_attention(q, k, v))
+        m_fused = peak_extra_bytes(lambda: flash_attention(q, k, v, pool=pool))
         speedup = t_ref / t_fused
         print(f"{T:>6} {t_ref * 1e3:>9.1f} ms {t_fused * 1e3:>7.1f} ms {speedup:>8.2f}x   "
               f"{mib(m_ref):>12} {mib(m_fused):>13}")
     return speedup
 
 
-def bench_decode(repeats, rng) -> None:
+def bench_decode(repeats, rng, pool) -> None:
     print("\n   decode (one query against a KV cache of T keys):")
     for T in (128, 1024):
         cache = KVCache(n_layer=1, batch_size=1, n_head=N_HEADS, head_dim=HEAD_DIM, max_len=1024)
@@ -118,7 +120,7 @@ def bench_decode(repeats, rng) -> None:
         k, v = cache.update(0, new_keys, new_keys * 2)                     # views of the cache
         q = rng.standard_normal((1, N_HEADS, 1, HEAD_DIM), dtype=np.float32)
         t_ref, t_fused = best_times([lambda: causal_attention(q, k, v),
-                                     lambda: flash_attention(q, k, v)], max(repeats, 20))
+                                     lambda: flash_attention(q, k, v, pool=pool)], max(repeats, 20))
         print(f"{T:>6} {t_ref * 1e6:>9.0f} us {t_fused * 1e6:>7.0f} us {t_ref / t_fused:>8.2f}x")
 
 
@@ -176,8 +178,9 @@ def main(args: argparse.Namespace) -> None:
           f"numba threads: {numba.get_num_threads()}, BLAS threads: {args.threads or 'default'}, "
           f"clock: {'CPU' if args.cpu_time else 'wall'}")
     rng = np.random.default_rng(0)
-    speedup = bench_attention(args.lengths, args.repeats, rng)
-    bench_decode(args.repeats, rng)
+    pool = WorkerPool(numba.get_num_threads())         # the attention kernel's threads
+    speedup = bench_attention(args.lengths, args.repeats, rng, pool)
+    bench_decode(args.repeats, rng, pool)
     matmul_ratio = bench_matmul(args.lengths, args.repeats, rng)
     if not args.skip_model:
         bench_model(args.lengths, args.repeats)

@@ -31,9 +31,10 @@ Layout, chosen so that LLVM vectorises every inner loop:
   horizontal reductions. `exp_nonpositive` is a polynomial exp (Cephes' expf) that LLVM can
   vectorise, unlike a call to libm.
 
-Work sharing: jobs are (batch, head, query tile), and a later query tile sees more keys. Workers
-take the next job from a shared atomic counter, the costliest (last) tiles first, so they finish
-together; each job's arithmetic is the same whichever worker runs it, so the result does not
+Work sharing: jobs are (batch, head, query tile), and a later query tile sees more keys. The
+workers, threads of a minillm.kernels.workers.WorkerPool (the kernels are compiled nogil), take
+the next job from a shared atomic counter, the costliest (last) tiles first, so they finish
+together; a job's arithmetic is the same whichever worker runs it, so the result does not
 depend on the number of threads.
 
 Memory beyond the output: per worker thread, the tile's queries, scores and accumulators,
@@ -59,11 +60,12 @@ import math
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import boolean, errors, float32, njit, prange, types, void
+from numba import boolean, errors, float32, njit, types, void
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from minillm.attention import causal_attention as reference  # noqa: F401  what they compute
+from minillm.kernels.workers import WorkerPool
 
 BQ = 64            # queries per tile: 2 panels of NR lanes
 BK = 96            # keys per tile, a multiple of MR (48 and 72 measured about as fast)
@@ -275,16 +277,12 @@ def _attend_query_tile(q, k, v, key_valid, out, b, h, q0, n_queries, q_t, scores
             out[b, h, q0 + query, t] = acc[p, t, i] * inv_total
 
 
-_STRIDED_4D = float32[:, :, :, :]
-_DENSE_4D = float32[:, :, :, ::1]
-_SCRATCH_3D = float32[:, :, ::1]
-_SCRATCH_4D = float32[:, :, :, ::1]
+_STRIDED_4D, _DENSE_4D, _SCRATCH_3D = float32[:, :, :, :], float32[:, :, :, ::1], float32[:, :, ::1]
 
 
 @intrinsic
 def _take_ticket(typingctx, counter):
-    """counter[0] += 1 atomically, returning the old value: the next job nobody has taken.
-    counter: a C-contiguous int64 array shared by the workers."""
+    """counter[0] += 1 atomically (int64[::1], shared by the workers); returns the old value."""
     if counter != types.int64[::1]:
         raise errors.TypingError(f"counter must be int64[::1], got {counter}")
 
@@ -302,8 +300,7 @@ def _take_ticket(typingctx, counter):
 def _worker_jobs(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job):
     """Take (batch, head, query tile) jobs from the shared counter next_job until none is left;
     the last query tiles, which see the most keys, come first. q_t, scores, acc, stats: this
-    worker's scratch (panels, ..., NR). nogil: workers run it in parallel from Python threads
-    (minillm.kernels.workers)."""
+    worker's scratch (panels, ..., NR)."""
     n_batch, n_heads, n_queries, _ = q.shape
     n_tiles = (n_queries + BQ - 1) // BQ
     n_jobs = n_batch * n_heads * n_tiles
@@ -315,18 +312,6 @@ def _worker_jobs(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job):
         _attend_query_tile(q, k, v, key_valid, out, b, h, q0, min(BQ, n_queries - q0),
                            q_t, scores, acc, stats)
         job = _take_ticket(next_job)
-
-
-@njit(void(_STRIDED_4D, _STRIDED_4D, _STRIDED_4D, boolean[:, :], _DENSE_4D,
-           _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D, types.int64[::1]),
-      parallel=True, cache=True, fastmath=CONTRACT)
-def _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job):
-    """Every job on numba's own threads; worker w owns scratch[w] (q_t, scores, acc, stats:
-    (workers, panels, ..., NR))."""
-    n_workers = q_t.shape[0]
-    for worker in prange(n_workers):
-        _worker_jobs(q, k, v, key_valid, out, q_t[worker], scores[worker], acc[worker],
-                     stats[worker], next_job)
 
 
 # ---- decode: one query per (batch, head) --------------------------------------------------------
@@ -386,16 +371,6 @@ def _decode_worker_jobs(q, k, v, key_valid, out, scores, q_row, acc, worker, n_w
         _decode_one(q, k, v, key_valid, out, b, h, scores, q_row, acc)
 
 
-@njit(void(_STRIDED_4D, _DENSE_4D, _DENSE_4D, boolean[:, :], _DENSE_4D,
-           float32[:, ::1], float32[:, ::1], float32[:, ::1]),
-      parallel=True, cache=True, fastmath=CONTRACT)
-def _decode_attention_kernel(q, k, v, key_valid, out, scores, q_rows, acc):
-    n_workers = scores.shape[0]
-    for worker in prange(n_workers):
-        _decode_worker_jobs(q, k, v, key_valid, out, scores[worker], q_rows[worker], acc[worker],
-                            worker, n_workers)
-
-
 def _dense_buffer(x: np.ndarray) -> np.ndarray:
     """A C-contiguous array whose first x.shape[2] positions (axis 2) are x, without copying
     when x is such a prefix: numba types a slice of the KV cache as a general strided array and
@@ -431,8 +406,8 @@ def _check_inputs(q, k, v, key_valid):
 def flash_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
     """Causal attention without the T x T matrix. q: (B,H,Tq,d), k, v: (B,H,Tk,d) -> (B,H,Tq,d).
 
-    pool: a minillm.kernels.workers.WorkerPool whose threads share the jobs (WorkerPool(1): the
-    calling thread alone); None: numba's own threads. Tq == 1 goes to `decode_attention`."""
+    pool: a minillm.kernels.workers.WorkerPool whose threads share the jobs; None: the calling
+    thread alone. Tq == 1 goes to `decode_attention`."""
     q, k, v, key_valid = _check_inputs(q, k, v, key_valid)
     if q.shape[2] == 1:
         return decode_attention(q, k, v, key_valid, pool)
@@ -440,19 +415,16 @@ def flash_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
     out = np.empty((n_batch, n_heads, n_queries, head_dim), np.float32)
     if out.size == 0:
         return out
-    n_workers = numba.get_num_threads() if pool is None else pool.n_threads
-    n_panels = BQ // NR
+    pool = WorkerPool(1) if pool is None else pool
+    n_workers, n_panels = pool.n_threads, BQ // NR
     head_dim_padded = -(-head_dim // MR) * MR       # _pv_block writes MR value columns at a time
     q_t = np.empty((n_workers, n_panels, head_dim, NR), np.float32)
     scores = np.empty((n_workers, n_panels, BK, NR), np.float32)
     acc = np.empty((n_workers, n_panels, head_dim_padded, NR), np.float32)
     stats = np.empty((n_workers, n_panels, N_STATS, NR), np.float32)
     next_job = np.zeros(1, np.int64)               # the workers' shared job counter
-    if pool is None:
-        _flash_attention_kernel(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job)
-    else:
-        pool.run(lambda w: _worker_jobs(q, k, v, key_valid, out, q_t[w], scores[w], acc[w],
-                                        stats[w], next_job))
+    pool.run(lambda w: _worker_jobs(q, k, v, key_valid, out, q_t[w], scores[w], acc[w], stats[w],
+                                    next_job))
     return out
 
 
@@ -466,15 +438,12 @@ def decode_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
     out = np.empty(q.shape, np.float32)
     if out.size == 0:
         return out
-    n_workers = numba.get_num_threads() if pool is None else pool.n_threads
-    n_keys, head_dim = k.shape[2], q.shape[3]
+    pool = WorkerPool(1) if pool is None else pool
+    n_workers, n_keys, head_dim = pool.n_threads, k.shape[2], q.shape[3]
     scores = np.empty((n_workers, n_keys), np.float32)
     q_rows = np.empty((n_workers, head_dim), np.float32)
     acc = np.empty((n_workers, head_dim), np.float32)
     k, v = _dense_buffer(k), _dense_buffer(v)
-    if pool is None:
-        _decode_attention_kernel(q, k, v, key_valid, out, scores, q_rows, acc)
-    else:
-        pool.run(lambda w: _decode_worker_jobs(q, k, v, key_valid, out, scores[w], q_rows[w],
-                                               acc[w], w, n_workers))
+    pool.run(lambda w: _decode_worker_jobs(q, k, v, key_valid, out, scores[w], q_rows[w], acc[w],
+                                           w, n_workers))
     return out

@@ -80,14 +80,9 @@ class NumbaBackend:
         self._layer_norm = fused_cpu.layer_norm
         self._gelu = fused_cpu.gelu
         self._transposed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        self._one_thread = WorkerPool(1)
 
-    def _workers(self, n_rows: int):
-        """The pool for a call over n_rows token positions, or the calling thread alone."""
-        return self.pool if n_rows >= self.pool_min_rows else self._one_thread
-
-    def _pool_or_none(self, n_rows: int):
-        """The pool for a call over n_rows positions, or None: the fused kernels' serial path."""
+    def _pool_for(self, n_rows: int):
+        """The pool for a call over n_rows token positions, or None: the calling thread alone."""
         return self.pool if n_rows >= self.pool_min_rows else None
 
     def linear(self, x: np.ndarray, weight: np.ndarray,
@@ -102,7 +97,7 @@ class NumbaBackend:
                 out += bias
             return out.reshape(*x.shape[:-1], n_out)
         rows = x.reshape(-1, n_in)                                     # (M, in)
-        if rows.shape[0] < self.pool_min_rows:
+        if self._pool_for(rows.shape[0]) is None:
             return layers.linear(x, weight, bias)                      # OpenBLAS's threads
         out = np.empty((rows.shape[0], n_out), np.float32)             # (M, out)
         blocks = self.pool.split(rows.shape[0])
@@ -119,18 +114,18 @@ class NumbaBackend:
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                   key_valid: np.ndarray | None = None) -> np.ndarray:
         """q: (B,H,Tq,d), k, v: (B,H,Tk,d), key_valid: (B,Tk) bool or None -> (B,H,Tq,d)"""
-        return self._attention(q, k, v, key_valid, pool=self._workers(q.shape[0] * q.shape[2]))
+        return self._attention(q, k, v, key_valid, pool=self._pool_for(q.shape[0] * q.shape[2]))
 
     def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray,
                    eps: float) -> np.ndarray:
         """(..., C) -> (..., C)"""
         n_rows = x.size // x.shape[-1]
-        return self._layer_norm(x, gain, bias, eps, pool=self._pool_or_none(n_rows))
+        return self._layer_norm(x, gain, bias, eps, pool=self._pool_for(n_rows))
 
     def gelu(self, x: np.ndarray) -> np.ndarray:
         """(..., 4C) -> (..., 4C)"""
         n_rows = x.size // x.shape[-1]
-        return self._gelu(x, pool=self._pool_or_none(n_rows))
+        return self._gelu(x, pool=self._pool_for(n_rows))
 
     def clear(self) -> None:
         """Forget the transposed copies of the weights."""

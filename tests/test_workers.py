@@ -120,14 +120,14 @@ def test_one_thread_pool_runs_on_the_caller():
     assert idents == [threading.get_ident()] * 3
 
 
-# ---- the kernels: the same bits on the pool, on one thread and on numba's threads --------------
+# ---- the kernels: the same bits on a pool of any size as on the calling thread alone ------------
 @pytest.mark.parametrize("n_queries, n_keys", [(1, 70), (45, 45), (100, 130), (257, 257)])
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [2, 3, 4])
 def test_attention_is_bit_identical_however_the_jobs_are_shared(n_queries, n_keys, threads):
     q, k, v = randn(2, 3, n_queries, 64), randn(2, 3, n_keys, 64), randn(2, 3, n_keys, 64)
     key_valid = np.ones((2, n_keys), np.bool_)
     key_valid[1, :5] = False                        # left padding in the second sequence
-    expected = attention_cpu.flash_attention(q, k, v, key_valid)          # numba's threads
+    expected = attention_cpu.flash_attention(q, k, v, key_valid)          # the calling thread
     out = attention_cpu.flash_attention(q, k, v, key_valid, pool=WorkerPool(threads))
     np.testing.assert_array_equal(out, expected)
 
