@@ -112,15 +112,15 @@ def bench_attention(lengths, repeats, rng, pool) -> float:
     return speedup
 
 
-def bench_decode(repeats, rng, pool) -> None:
-    print("\n   decode (one query against a KV cache of T keys):")
+def bench_decode(repeats, rng) -> None:
+    print("\n   decode (one query against a KV cache of T keys; one thread, as NumbaBackend runs it):")
     for T in (128, 1024):
         cache = KVCache(n_layer=1, batch_size=1, n_head=N_HEADS, head_dim=HEAD_DIM, max_len=1024)
         new_keys = rng.standard_normal((1, N_HEADS, T, HEAD_DIM), dtype=np.float32)
         k, v = cache.update(0, new_keys, new_keys * 2)                     # views of the cache
         q = rng.standard_normal((1, N_HEADS, 1, HEAD_DIM), dtype=np.float32)
         t_ref, t_fused = best_times([lambda: causal_attention(q, k, v),
-                                     lambda: flash_attention(q, k, v, pool=pool)], max(repeats, 20))
+                                     lambda: flash_attention(q, k, v)], max(repeats, 20))
         print(f"{T:>6} {t_ref * 1e6:>9.0f} us {t_fused * 1e6:>7.0f} us {t_ref / t_fused:>8.2f}x")
 
 
@@ -162,13 +162,17 @@ def bench_model(lengths, repeats) -> None:
     else:
         print("\n   (no CUDA GPU: the cuda backend is not timed)")
     models = {name: GPT2(config, params, backend=backend) for name, backend in backends.items()}
-    print("\n3. Prefill of GPT-2 124M (random weights), B=1, per backend "
-          "(seconds; speed-up vs numpy)")
+    print("\n3. Prefill of GPT-2 124M (random weights), B=1, per backend: a KV cache and the last "
+          "position's logits (seconds; speed-up vs numpy)")
     print(f"{'T':>6} " + " ".join(f"{name:>22}" for name in models))
     rng = np.random.default_rng(0)
+
+    def prefill(model, ids):
+        model.forward(ids, cache=KVCache.for_model(config, 1, ids.shape[1]), last_only=True)
+
     for T in lengths:
-        ids = rng.integers(0, config.vocab_size, T)
-        times = best_times([lambda m=m: m(ids) for m in models.values()], repeats)
+        ids = rng.integers(0, config.vocab_size, (1, T))
+        times = best_times([lambda m=m: prefill(m, ids) for m in models.values()], repeats)
         cells = [f"{t:>8.2f} s ({times[0] / t:>4.2f}x)" for t in times]
         print(f"{T:>6} " + " ".join(f"{cell:>22}" for cell in cells))
 
@@ -180,7 +184,7 @@ def main(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     pool = WorkerPool(numba.get_num_threads())         # the attention kernel's threads
     speedup = bench_attention(args.lengths, args.repeats, rng, pool)
-    bench_decode(args.repeats, rng, pool)
+    bench_decode(args.repeats, rng)
     matmul_ratio = bench_matmul(args.lengths, args.repeats, rng)
     if not args.skip_model:
         bench_model(args.lengths, args.repeats)

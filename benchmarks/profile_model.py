@@ -82,9 +82,6 @@ def timing(model: GPT2, clock: OpClock):
                (minillm.model, "merge_heads", "head split/merge"),
                (KVCache, "update", "cache write"),
                (GPT2, "_embed", "embedding")]
-    for module_fn in ("layer_norm", "gelu"):      # module-level, for backends without them
-        if hasattr(minillm.model, module_fn):
-            patches.append((minillm.model, module_fn, module_fn.replace("_", " ")))
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
     backend = model.backend
     try:
