@@ -30,6 +30,7 @@ a user cannot smuggle a control token into the model.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import operator
@@ -429,8 +430,13 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
     return merges
 
 
-def _special_regex(tokens: Iterable[str]) -> regex.Pattern[str]:
-    """A regex matching any of ``tokens``, longest first so that no token hides a longer one."""
+@functools.lru_cache(maxsize=64)
+def _special_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
+    """A regex matching any of ``tokens``, longest first so that no token hides a longer one.
+
+    Cached: building and compiling the pattern would otherwise cost more than encoding a
+    short text, and :meth:`Tokenizer.encode` asks for it on every call.
+    """
     longest_first = sorted(tokens, key=len, reverse=True)
     return regex.compile("|".join(regex.escape(token) for token in longest_first))
 
