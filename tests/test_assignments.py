@@ -226,6 +226,17 @@ def test_points_split_per_test_per_prefix_and_evenly():
     assert allocate_points(manifest.assignments[3], ["a", "b"]) == {"a": 1.0, "b": 1.0}
 
 
+def test_a_folder_prefix_with_a_trailing_slash_names_the_tests_under_it(tmp_path):
+    (tmp_path / "assignments").mkdir()
+    (tmp_path / "assignments/assignments.toml").write_text(
+        '[assignments.a1]\nname = "kernels"\npoints = 6\ntests = ["tests/kernels/"]\n'
+        'test_points = {"tests/kernels/test_a.py" = 4}\n', encoding="utf-8")
+    assignment = load_manifest(tmp_path).assignments[1]
+    assert assignment.tests == ("tests/kernels",)
+    tests = ["tests/kernels/test_a.py::t", "tests/kernels/test_b.py::t"]
+    assert allocate_points(assignment, tests) == {tests[0]: 4.0, tests[1]: 2.0}
+
+
 def test_a_stub_reached_in_numba_threads_is_not_implemented_and_shown(tmp_path):
     """numba reports an exception raised in a parallel region as a SystemError whose cause is
     the stub's NotImplementedError: graded as not implemented, with the stub's message."""

@@ -91,6 +91,11 @@ def _read_toml(path: Path) -> dict:
 _ASSIGNMENT_KEYS = {"name", "title", "handout", "files", "points", "tests", "test_points"}
 
 
+def _node_prefix(prefix: str) -> str:
+    """A test node-id prefix as the matchers expect it: "tests/kernels/" names the folder."""
+    return prefix.rstrip("/")
+
+
 def load_manifest(repo) -> Manifest:
     path = Path(repo) / MANIFEST_PATH
     if not path.is_file():
@@ -111,8 +116,8 @@ def load_manifest(repo) -> Manifest:
         assignments[number] = Assignment(
             number=number, name=entry.get("name", tag), title=entry.get("title", entry.get("name", tag)),
             handout=entry.get("handout"), files=tuple(entry.get("files", ())),
-            points=entry.get("points"), tests=tuple(entry.get("tests", ())),
-            test_points=dict(entry.get("test_points", {})))
+            points=entry.get("points"), tests=tuple(map(_node_prefix, entry.get("tests", ()))),
+            test_points={_node_prefix(k): v for k, v in entry.get("test_points", {}).items()})
     if not assignments and not problems:
         problems.append(f"{MANIFEST_PATH}: defines no [assignments.aN] tables")
     if problems:

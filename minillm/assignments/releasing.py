@@ -40,7 +40,6 @@ def _line_ending(line: str) -> str:
 @dataclass
 class ReleaseResult:
     out: Path
-    selected: list[int]
     stubbed: dict[int, int]        # assignment -> number of regions turned into stubs
     files: int
     warnings: list[str]
@@ -73,7 +72,7 @@ def release(source, out, only=None, *, check: bool = True, collect: bool = True)
         if problems:
             raise AssignmentError([f"the release in {out} is broken:"] + problems)
     stubbed = {n: sum(r.number == n for rs in found.values() for r in rs) for n in selected}
-    return ReleaseResult(out, selected, stubbed, len(files), coverage_warnings(found, manifest, selected))
+    return ReleaseResult(out, stubbed, len(files), coverage_warnings(found, manifest, selected))
 
 
 def _release_file(src: Path, dst: Path, rel: str, regions, selected, manifest) -> None:
@@ -145,8 +144,7 @@ def _check_notebook(path: Path, rel: str) -> list[str]:
 
 
 def _check_collection(root: Path, manifest: Manifest) -> list[str]:
-    with _test_environment(root, manifest, numbers=[]) as (env, _):
-        del env["PYTEST_PLUGINS"]   # collect every test, not only the graded ones
+    with _test_environment(root, manifest, numbers=[], grading=False) as (env, _):
         proc = subprocess.run(_pytest_command(manifest, ["--collect-only", "-q"]),
                               cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode in (0, 5):   # 5: no tests at all, which is not the release's doing

@@ -31,15 +31,13 @@ class RoundTripReport:
                           *(f"  note {n}" for n in self.notes)])
 
 
-def verify_round_trip(repo, assignments=None, *, jobs: int | None = None,
-                      workers: int = 1) -> RoundTripReport:
+def verify_round_trip(repo, assignments=None, *, jobs: int | None = None) -> RoundTripReport:
     """Check that the markers and the tests agree, on any repository with a manifest.
 
     With the solutions in place every assignment test passes; in the release of assignment N
     alone (one release per N) exactly the tests of N (and those declaring `uses=[N]`) fail with
     NotImplementedError while every other assignment's tests pass. Each run executes all the
-    assignment tests once; `jobs` runs go in parallel (default: up to 2), each with `workers`
-    xdist workers.
+    assignment tests once; `jobs` runs go in parallel (default: up to 2).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -55,7 +53,7 @@ def verify_round_trip(repo, assignments=None, *, jobs: int | None = None,
             trees[number] = release(repo, Path(scratch) / f"a{number}", [number], collect=False).out
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             runs = dict(zip(trees, pool.map(
-                lambda tree: run_tests(tree, everything, manifest, workers=workers), trees.values()),
+                lambda tree: run_tests(tree, everything, manifest), trees.values()),
                 strict=True))
     problems, notes = _solution_problems(runs[0], released)
     for number in released:

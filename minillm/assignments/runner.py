@@ -172,8 +172,10 @@ def _package_dirs(root: Path) -> tuple[dict[str, str], list[str]]:
 
 
 @contextmanager
-def _test_environment(root: Path, manifest: Manifest, numbers):
-    """(environment for a pytest process graded in `root`, path of its results file)."""
+def _test_environment(root: Path, manifest: Manifest, numbers, *, grading: bool = True):
+    """(environment for a pytest process graded in `root`, path of its results file).
+
+    grading=False leaves the grading plugin out: pytest then sees every test, ungraded."""
     root = Path(root).resolve()
     with tempfile.TemporaryDirectory(prefix="minillm-grade-") as helper:
         Path(helper, "sitecustomize.py").write_text(_SITECUSTOMIZE, encoding="utf-8")
@@ -189,8 +191,9 @@ def _test_environment(root: Path, manifest: Manifest, numbers):
             "MINILLM_GRADE_PACKAGES": json.dumps(packages),
             "MINILLM_GRADE_SELECT": json.dumps({"numbers": list(numbers), "prefixes": prefixes}),
             "MINILLM_GRADE_RESULTS": str(results),
-            "PYTEST_PLUGINS": "_minillm_grade_collector",
         })
+        if grading:
+            env["PYTEST_PLUGINS"] = "_minillm_grade_collector"
         yield env, results
 
 
