@@ -28,22 +28,30 @@ import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-import regex
 from tqdm import tqdm
 
-from minillm.tokenizer import ENDOFTEXT, GPT2_SPLIT_PATTERN, Tokenizer, bytes_to_unicode
+from minillm.tokenizer import (
+    ENDOFTEXT,
+    GPT2_SPLIT_REGEX,
+    Tokenizer,
+    bytes_to_unicode,
+    special_token_regex,
+)
 
 Pair = tuple[int, int]
 
 
 def count_pieces(texts: Iterable[str], special_tokens: Sequence[str] = ()) -> Counter[str]:
-    """How often each pre-tokenised piece occurs in ``texts``, with special tokens cut out."""
-    split = regex.compile(GPT2_SPLIT_PATTERN)
-    specials = regex.compile("|".join(regex.escape(token) for token in special_tokens))
+    """How often each pre-tokenised piece occurs in ``texts``, with special tokens cut out.
+
+    The text is cut and split with the tokenizer's own regexes, so the pieces are those that
+    :meth:`~minillm.tokenizer.Tokenizer.encode` would see with ``allowed_special="all"``.
+    """
+    specials = special_token_regex(frozenset(special_tokens)) if special_tokens else None
     counts: Counter[str] = Counter()
     for text in texts:
-        for chunk in specials.split(text) if special_tokens else [text]:
-            counts.update(split.findall(chunk))
+        for chunk in specials.split(text) if specials else [text]:
+            counts.update(GPT2_SPLIT_REGEX.findall(chunk))
     return counts
 
 

@@ -50,7 +50,8 @@ next word, so that the word keeps its leading space."""
 
 ENDOFTEXT = "<|endoftext|>"
 
-_SPLIT_REGEX = regex.compile(GPT2_SPLIT_PATTERN)
+GPT2_SPLIT_REGEX = regex.compile(GPT2_SPLIT_PATTERN)
+"""GPT2_SPLIT_PATTERN compiled, shared by encoding and :mod:`minillm.bpe_train`."""
 
 # (vocabulary, merges) file names, Hugging Face's first; save() writes the first pair.
 _FILE_NAMES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
@@ -277,7 +278,7 @@ class Tokenizer:
     def _encode_chunk(self, text: str) -> list[int]:
         """Encode text in which special tokens play no part: pre-tokenise, then BPE each piece."""
         ids: list[int] = []
-        for piece in _SPLIT_REGEX.findall(text):
+        for piece in GPT2_SPLIT_REGEX.findall(text):
             piece_ids = self._piece_cache.get(piece)
             if piece_ids is None:
                 piece_ids = self._trace_piece(piece).ids
@@ -309,7 +310,7 @@ class Tokenizer:
             disallowed = specials - allowed
         else:
             disallowed = frozenset(disallowed_special)
-        if disallowed and (found := _special_regex(disallowed).search(text)):
+        if disallowed and (found := special_token_regex(disallowed).search(text)):
             token = found.group()
             raise ValueError(
                 f"the text contains the special token {token!r}, which is disallowed.\n"
@@ -321,7 +322,7 @@ class Tokenizer:
             return [(text, None)]
         chunks: list[tuple[str, str | None]] = []
         start = 0
-        for match in _special_regex(allowed).finditer(text):
+        for match in special_token_regex(allowed).finditer(text):
             chunks.append((text[start : match.start()], match.group()))
             start = match.end()
         chunks.append((text[start:], None))
@@ -339,7 +340,7 @@ class Tokenizer:
         """Encode like :meth:`encode`, returning each piece with the merges that made its tokens."""
         traces: list[PieceTrace] = []
         for chunk, special in self._split_on_special(text, allowed_special, disallowed_special):
-            traces += [self._trace_piece(piece) for piece in _SPLIT_REGEX.findall(chunk)]
+            traces += [self._trace_piece(piece) for piece in GPT2_SPLIT_REGEX.findall(chunk)]
             if special is not None:
                 ids = (self.special_tokens[special],)
                 utf8 = special.encode("utf-8")
@@ -431,11 +432,12 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _special_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
+def special_token_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
     """A regex matching any of ``tokens``, longest first so that no token hides a longer one.
 
-    Cached: building and compiling the pattern would otherwise cost more than encoding a
-    short text, and :meth:`Tokenizer.encode` asks for it on every call.
+    Encoding and :mod:`minillm.bpe_train` both cut text at special tokens with it. Cached:
+    building and compiling the pattern would otherwise cost more than encoding a short text,
+    and :meth:`Tokenizer.encode` asks for it on every call.
     """
     longest_first = sorted(tokens, key=len, reverse=True)
     return regex.compile("|".join(regex.escape(token) for token in longest_first))

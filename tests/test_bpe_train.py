@@ -136,6 +136,18 @@ def test_special_tokens_are_not_learned_from():
     assert not any(symbol in token for token in learned for symbol in "<|>")
 
 
+def test_pieces_are_counted_as_the_tokenizer_splits_the_text():
+    # "<|a|>b" is one special token: the tokenizer matches special tokens longest first, so
+    # training must not see a stray "b" after "<|a|>" (as it would taking them in given order).
+    special_tokens = ["<|a|>", "<|a|>b"]
+    text = "x<|a|>by <|a|> z<|a|>bb"
+    tokenizer = BpeTrainer({}).to_tokenizer(special_tokens)
+    traces = tokenizer.explain(text, allowed_special="all")
+    expected = Counter(trace.text for trace in traces if not trace.special)
+    assert count_pieces([text], special_tokens) == expected
+    assert expected == Counter(["x", "y", " ", " z", "b"])
+
+
 def test_training_stops_when_nothing_is_left_to_merge():
     tokenizer = train_bpe(["ab"], vocab_size=1000)
     assert tokenizer.merges == [("a", "b")]
