@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from minillm.kv_cache import KVCache
+from minillm.model import check_token_ids
 from minillm.sampling import TokenChooser
 
 
@@ -166,7 +167,8 @@ def _prepare_kwargs(model, ids, max_new_tokens, kwargs: dict) -> _Request:
 
 def _prepare(model, ids, max_new_tokens, max_length, do_sample, temperature, top_k, top_p, seed,
              eos_token_id, pad_token_id, attention_mask, use_cache) -> _Request:
-    """Check every argument (ValueError naming the value and what was expected)."""
+    """Check every argument (ValueError naming the value and what was expected; TypeError for
+    ids that are not integers)."""
     config = model.config
     ids_2d, squeeze = _check_prompt(ids, config.vocab_size)
     T = ids_2d.shape[1]
@@ -182,7 +184,8 @@ def _prepare(model, ids, max_new_tokens, max_length, do_sample, temperature, top
 
 
 def _check_prompt(ids, vocab_size: int) -> tuple[np.ndarray, bool]:
-    """(T,) or (B, T) integer ids in [0, vocab_size) -> (B, T) int64, and whether it was 1-D."""
+    """The checks only generation needs (a ragged batch, an empty prompt), then the model's own
+    (check_token_ids): (T,) or (B, T) ids in [0, vocab_size) -> (B, T) int64, and whether it was 1-D."""
     try:
         array = np.asarray(ids)
     except ValueError as error:       # ragged nested lists
@@ -192,15 +195,7 @@ def _check_prompt(ids, vocab_size: int) -> tuple[np.ndarray, bool]:
     if array.size == 0:
         raise ValueError(f"the prompt is empty (shape {array.shape}); generation needs at least one "
                          f"token to start from (e.g. <|endoftext|>, id 50256 for GPT-2)")
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"token ids must be integers, got dtype {array.dtype}")
-    if array.ndim not in (1, 2):
-        raise ValueError(f"ids must have shape (T,) or (B, T), got {array.shape}")
-    bad = (array < 0) | (array >= vocab_size)
-    if bad.any():
-        raise ValueError(f"token id {array[bad].flat[0]} is out of range: ids must be in [0, {vocab_size})")
-    squeeze = array.ndim == 1
-    return (array[None, :] if squeeze else array).astype(np.int64), squeeze
+    return check_token_ids(array, vocab_size)
 
 
 def _check_length(prompt_len: int, max_new_tokens, max_length, n_positions: int) -> int:

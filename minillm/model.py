@@ -31,6 +31,25 @@ class ForwardOutput:
     hidden_states: list[np.ndarray] | None   # n_layer + 1 arrays, shaped like the input + (C,)
 
 
+def check_token_ids(ids, vocab_size: int) -> tuple[np.ndarray, bool]:
+    """Validate token ids: (T,) or (B, T), integers in [0, vocab_size), T >= 1.
+
+    Returns them as (B, T) int64 and whether the input was 1-D. TypeError for a non-integer
+    dtype, ValueError for a bad shape or an id out of range. `GPT2.forward` and `generate`
+    both check their ids here.
+    """
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+    if ids.ndim not in (1, 2) or ids.shape[-1] == 0:
+        raise ValueError(f"token ids must have shape (T,) or (B, T) with T >= 1, got {ids.shape}")
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        raise ValueError(f"token id {ids[bad].flat[0]} is out of range: ids must be in [0, {vocab_size})")
+    squeeze = ids.ndim == 1
+    return (ids[None, :] if squeeze else ids).astype(np.int64), squeeze
+
+
 class GPT2:
     def __init__(self, config: GPT2Config, params: GPT2Params, backend="numpy"):
         self.config = config
@@ -67,7 +86,7 @@ class GPT2:
         last_only: compute logits for the last position only, (B, 1, V) — all that choosing
         the next token needs, and it skips (T - 1) / T of the LM head's work.
         """
-        ids_2d, squeeze = self._check_ids(ids)
+        ids_2d, squeeze = check_token_ids(ids, self.config.vocab_size)
         B, T = ids_2d.shape
         past = 0 if cache is None else cache.length
         key_valid, positions = self._positions(B, T, past, attention_mask, cache)
@@ -120,20 +139,6 @@ class GPT2:
         return self.backend.layer_norm(x, gain, bias, self.config.layer_norm_epsilon)
 
     # ----------------------------------------------------------------------------------------
-    def _check_ids(self, ids) -> tuple[np.ndarray, bool]:
-        """Validate token ids; return them as (B, T) int64 and whether the input was 1-D."""
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-        if ids.ndim not in (1, 2) or ids.shape[-1] == 0:
-            raise ValueError(f"token ids must have shape (T,) or (B, T) with T >= 1, got {ids.shape}")
-        bad = (ids < 0) | (ids >= self.config.vocab_size)
-        if bad.any():
-            raise ValueError(f"token id {ids[bad].flat[0]} out of range: "
-                             f"ids must be in [0, {self.config.vocab_size})")
-        squeeze = ids.ndim == 1
-        return (ids[None, :] if squeeze else ids).astype(np.int64), squeeze
-
     def _positions(self, B: int, T: int, past: int, attention_mask, cache: KVCache | None):
         """Key padding mask (B, past+T) bool or None, and the (B, T) position of each new token."""
         if cache is not None and cache.batch_size != B:

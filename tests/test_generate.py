@@ -294,7 +294,6 @@ def test_stream_checks_arguments_before_the_first_token(model):
     ([], dict(max_new_tokens=3), r"the prompt is empty"),
     (np.zeros((2, 0), int), dict(max_new_tokens=3), r"the prompt is empty"),
     ([[1, 2], [3]], dict(max_new_tokens=3), r"prompts of different lengths must be padded first \(see pad_batch\)"),
-    ([1.0, 2.0], dict(max_new_tokens=3), r"token ids must be integers, got dtype float64"),
     ([1, 2], dict(max_new_tokens=3, eos_token_id=300), r"eos_token_id must be a token id .* in \[0, 300\), got 300"),
     ([1, 2], dict(max_new_tokens=3, pad_token_id=-4), r"pad_token_id must be a token id .* got -4"),
     ([1, 2], dict(max_new_tokens=3, seed=-2), r"seed must be an int >= 0 or None, got -2"),
@@ -306,6 +305,12 @@ def test_stream_checks_arguments_before_the_first_token(model):
 def test_bad_arguments_raise_clear_errors(model, ids, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(model, ids, **kwargs)
+
+
+def test_non_integer_ids_are_a_type_error(model):
+    # The same TypeError as GPT2.forward's: both check ids with minillm.model.check_token_ids.
+    with pytest.raises(TypeError, match=r"token ids must be integers, got dtype float64"):
+        generate(model, [1.0, 2.0], max_new_tokens=3)
 
 
 def test_unknown_keyword_is_a_type_error(model):

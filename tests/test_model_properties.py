@@ -98,8 +98,8 @@ def test_float32_end_to_end(reference_model, reference):
 
 # -------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("ids, error, message", [
-    ([0, 50257], ValueError, r"token id 50257 out of range: ids must be in \[0, 50257\)"),
-    ([-1, 3], ValueError, "token id -1 out of range"),
+    ([0, 50257], ValueError, r"token id 50257 is out of range: ids must be in \[0, 50257\)"),
+    ([-1, 3], ValueError, "token id -1 is out of range"),
     (np.zeros(129, np.int64), ValueError, "sequence of 129 tokens .* longer than the model's "
                                           "context of 128"),
     (np.array([1.0, 2.0]), TypeError, "token ids must be integers, got dtype float64"),
