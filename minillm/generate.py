@@ -21,6 +21,7 @@ positions get pad_token_id (default: the EOS id), and generation stops once ever
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -53,18 +54,15 @@ class _Request:
 
 
 # ------------------------------------------------------------------------------------------------
-def generate(model, ids, max_new_tokens: int | None = None, *, max_length: int | None = None,
-             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None,
-             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             attention_mask=None, use_cache: bool = True) -> np.ndarray:
+def generate(model, ids, max_new_tokens: int | None = None, **kwargs) -> np.ndarray:
     """Prompt + generated ids: (T,) -> (T + n,), (B, T) -> (B, T + n), int64.
 
     n is max_new_tokens, or fewer if every row reached eos_token_id. Pass max_new_tokens or
-    max_length (= T + max_new_tokens, HF's meaning), not both.
+    max_length (= T + max_new_tokens, HF's meaning), not both. The keyword arguments, with
+    their defaults, are those of `_prepare`: max_length, do_sample, temperature, top_k, top_p,
+    seed, eos_token_id, pad_token_id, attention_mask, use_cache (see the module docstring).
     """
-    request = _prepare(model, ids, max_new_tokens, max_length, do_sample, temperature, top_k,
-                       top_p, seed, eos_token_id, pad_token_id, attention_mask, use_cache)
+    request = _prepare(model, ids, max_new_tokens, **kwargs)
     new_ids = [step.token_ids for step in _decode(model, request)]
     out = np.concatenate([request.ids, np.stack(new_ids, axis=1)], axis=1)
     return out[0] if request.squeeze else out
@@ -73,7 +71,7 @@ def generate(model, ids, max_new_tokens: int | None = None, *, max_length: int |
 def stream(model, ids, max_new_tokens: int | None = None, **kwargs) -> Iterator:
     """Yield the new tokens one step at a time: an int for a 1-D prompt, a (B,) array for a
     batch. Same arguments as `generate`; they are checked before the first token is computed."""
-    request = _prepare_kwargs(model, ids, max_new_tokens, kwargs)
+    request = _prepare(model, ids, max_new_tokens, **kwargs)
     if request.squeeze:
         return (int(step.token_ids[0]) for step in _decode(model, request))
     return (step.token_ids for step in _decode(model, request))
@@ -81,7 +79,7 @@ def stream(model, ids, max_new_tokens: int | None = None, **kwargs) -> Iterator:
 
 def generate_steps(model, ids, max_new_tokens: int | None = None, **kwargs) -> Iterator[Step]:
     """Like `stream`, but each step also carries the (B, V) logits the tokens were chosen from."""
-    return _decode(model, _prepare_kwargs(model, ids, max_new_tokens, kwargs))
+    return _decode(model, _prepare(model, ids, max_new_tokens, **kwargs))
 
 
 def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,24 +149,16 @@ def _last_logits(model, ids: np.ndarray, mask: np.ndarray | None, cache: KVCache
 
 
 # ------------------------------------------------------------------------------------------------
-_SETTINGS = ("max_length", "do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id",
-             "pad_token_id", "attention_mask", "use_cache")
-
-
-def _prepare_kwargs(model, ids, max_new_tokens, kwargs: dict) -> _Request:
-    unknown = set(kwargs) - set(_SETTINGS)
-    if unknown:
-        raise TypeError(f"unexpected argument(s) {sorted(unknown)}; expected some of {list(_SETTINGS)}")
-    settings = {"max_length": None, "do_sample": False, "temperature": 1.0, "top_k": None,
-                "top_p": None, "seed": None, "eos_token_id": None, "pad_token_id": None,
-                "attention_mask": None, "use_cache": True, **kwargs}
-    return _prepare(model, ids, max_new_tokens, *(settings[name] for name in _SETTINGS))
-
-
-def _prepare(model, ids, max_new_tokens, max_length, do_sample, temperature, top_k, top_p, seed,
-             eos_token_id, pad_token_id, attention_mask, use_cache) -> _Request:
-    """Check every argument (ValueError naming the value and what was expected; TypeError for
-    ids that are not integers)."""
+def _prepare(model, ids, max_new_tokens: int | None = None, *, max_length: int | None = None,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, seed: int | None = None,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+             attention_mask=None, use_cache: bool = True, **unexpected) -> _Request:
+    """Check every argument of generate / stream / generate_steps, whose defaults are these
+    (ValueError naming the value and what was expected; TypeError for ids that are not
+    integers and for an unknown keyword)."""
+    if unexpected:
+        raise TypeError(f"unexpected argument(s) {sorted(unexpected)}; expected some of {list(_OPTIONS)}")
     config = model.config
     ids_2d, squeeze = _check_prompt(ids, config.vocab_size)
     T = ids_2d.shape[1]
@@ -181,6 +171,11 @@ def _prepare(model, ids, max_new_tokens, max_length, do_sample, temperature, top
     else:
         pad_token_id = int(_check_token_list("pad_token_id", pad_token_id, config.vocab_size)[0])
     return _Request(ids_2d, mask, squeeze, n_new, choose, eos_ids, pad_token_id, bool(use_cache))
+
+
+# The keyword arguments generate and friends accept: _prepare's keyword-only parameters.
+_OPTIONS = tuple(name for name, parameter in inspect.signature(_prepare).parameters.items()
+                 if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def _check_prompt(ids, vocab_size: int) -> tuple[np.ndarray, bool]:

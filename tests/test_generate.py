@@ -316,3 +316,5 @@ def test_non_integer_ids_are_a_type_error(model):
 def test_unknown_keyword_is_a_type_error(model):
     with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['temprature'\]"):
         stream(model, [1, 2], 3, temprature=0.5)
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['temprature'\]"):
+        generate(model, [1, 2], 3, temprature=0.5)
