@@ -11,7 +11,6 @@ The backend also runs `layer_norm` and `gelu`: cheap in FLOPs, but elementwise p
 from __future__ import annotations
 
 import importlib
-import os
 
 import numpy as np
 
@@ -62,7 +61,3 @@ def get_backend(backend) -> object:
         raise ValueError(f"unknown backend {backend!r}; expected one of {available_backends()}")
     module_name, class_name = _BACKENDS[backend].split(":")
     return getattr(importlib.import_module(module_name), class_name)()
-
-
-def cuda_simulator_enabled() -> bool:
-    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"

@@ -1,9 +1,7 @@
 """GPT-2 hyper-parameters: the handful of numbers that fix every array's shape."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -37,11 +35,6 @@ class GPT2Config:
         """Build from a dict such as HF's config.json, ignoring keys that do not shape the model."""
         known = {k: values[k] for k in cls.__dataclass_fields__ if k in values}
         return cls(**known)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "GPT2Config":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
 
     def n_params(self) -> int:
         """Parameter count with the LM head tied to the token embedding (so counted once)."""
