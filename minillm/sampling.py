@@ -60,17 +60,25 @@ def top_p_filter(logits: np.ndarray, top_p: float) -> np.ndarray:
     never drop the most likely one.  (..., V) -> (..., V)"""
     if top_p >= 1.0:
         return logits                      # HF skips the filter at top_p = 1
-    flat = logits.reshape(-1, logits.shape[-1])
+    return np.where(_top_p_mask(logits, _softmax_weights(logits), top_p), logits, np.float32(-np.inf))
+
+
+def _top_p_mask(logits: np.ndarray, weights: np.ndarray, top_p: float) -> np.ndarray:
+    """Which tokens survive top-p, given the softmax weights exp(logits - max) of the same
+    (..., V) logits (computed once by the caller, who reuses them).  -> (..., V) bool"""
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_weights = weights.reshape(flat_logits.shape)
+    # HF's float32 probabilities: the float64 softmax rounded to float32.
+    probs = (flat_weights / flat_weights.sum(axis=-1, keepdims=True)).astype(np.float32)
     threshold = np.float32(1.0 - top_p)    # torch compares a float32 tensor to float32(1 - p)
-    out = np.full_like(flat, -np.inf)
-    for row, row_logits in enumerate(flat):
-        kept = _top_p_kept(row_logits, threshold)
-        out[row, kept] = row_logits[kept]
-    return out.reshape(logits.shape)
+    kept = np.zeros(flat_logits.shape, dtype=bool)
+    for row in range(len(flat_logits)):
+        kept[row, _top_p_kept(flat_logits[row], probs[row], threshold)] = True
+    return kept.reshape(logits.shape)
 
 
-def _top_p_kept(logits: np.ndarray, threshold: np.float32) -> np.ndarray:
-    """Indices that survive top-p in one (V,) row.
+def _top_p_kept(logits: np.ndarray, probs: np.ndarray, threshold: np.float32) -> np.ndarray:
+    """Indices that survive top-p in one (V,) row; probs is softmax(logits) in float32.
 
     Sorting all 50257 tokens costs more than a decode step's attention, yet only the few most
     likely can survive. So sort just the n most likely (n = 256, 1024, ... until enough): the
@@ -78,7 +86,6 @@ def _top_p_kept(logits: np.ndarray, threshold: np.float32) -> np.ndarray:
     mass of the ascending sort has not passed that total when it reaches them.
     """
     ### BEGIN SOLUTION a4: the top-p cut of one row (which token ids survive)
-    probs = _softmax64(logits).astype(np.float32)      # HF's float32 probabilities
     n = 256
     while True:
         if n >= len(probs):
@@ -105,14 +112,8 @@ def _top_p_kept(logits: np.ndarray, threshold: np.float32) -> np.ndarray:
 def filtered_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None) -> np.ndarray:
     """Temperature, then top-k, then top-p; filtered entries are -inf.  (..., V) float32."""
-    check_sampling_args(temperature, top_k, top_p)
-    if temperature == 0:
-        raise ValueError("temperature 0 means greedy decoding; there is no distribution to filter")
-    logits = np.asarray(logits, dtype=np.float32)
-    if temperature != 1.0:
-        logits = apply_temperature(logits, temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
+    _check_filter_args(temperature, top_k, top_p)
+    logits = _temperature_top_k(logits, temperature, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     return logits
@@ -122,7 +123,39 @@ def filtered_probs(logits: np.ndarray, temperature: float = 1.0, top_k: int | No
                    top_p: float | None = None) -> np.ndarray:
     """The distribution a sampled token is drawn from: softmax of the filtered logits,
     float64, exactly 0 on filtered tokens.  (..., V) -> (..., V)"""
-    return _softmax64(filtered_logits(logits, temperature, top_k, top_p))
+    _check_filter_args(temperature, top_k, top_p)
+    return _filtered_probs(logits, temperature, top_k, top_p)
+
+
+def _check_filter_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    check_sampling_args(temperature, top_k, top_p)
+    if temperature == 0:
+        raise ValueError("temperature 0 means greedy decoding; there is no distribution to filter")
+
+
+def _temperature_top_k(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
+    """Steps 1 and 2, on float32 logits.  (..., V) -> (..., V) float32"""
+    logits = np.asarray(logits, dtype=np.float32)
+    if temperature != 1.0:
+        logits = apply_temperature(logits, temperature)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    return logits
+
+
+def _filtered_probs(logits: np.ndarray, temperature: float, top_k: int | None,
+                    top_p: float | None) -> np.ndarray:
+    """filtered_probs without the argument checks (TokenChooser checks once, up front).
+
+    One exp over the vocabulary serves both top-p and the final distribution. The result is
+    bit for bit softmax64(filtered logits): the max is the same (top-p keeps the most likely
+    token), exp(-inf) = 0, and the sum runs over the same full-width row.
+    """
+    logits = _temperature_top_k(logits, temperature, top_k)
+    weights = _softmax_weights(logits)                                  # (..., V) float64
+    if top_p is not None and top_p < 1.0:
+        weights = np.where(_top_p_mask(logits, weights, top_p), weights, 0.0)
+    return weights / weights.sum(axis=-1, keepdims=True)
 
 
 def greedy(logits: np.ndarray) -> np.ndarray:
@@ -168,11 +201,13 @@ class TokenChooser:
         """(B, V) logits -> (B,) int64 token ids."""
         if not self.do_sample:
             return greedy(logits).astype(np.int64)
-        return sample(logits, self.rng, self.temperature, self.top_k, self.top_p).astype(np.int64)
+        # The settings were checked in __init__: no checks per token.
+        probs = _filtered_probs(logits, self.temperature, self.top_k, self.top_p)
+        return draw(probs, self.rng).astype(np.int64)
 
 
-def _softmax64(logits: np.ndarray) -> np.ndarray:
-    """softmax over the last axis in float64; -inf entries get exactly 0."""
+def _softmax_weights(logits: np.ndarray) -> np.ndarray:
+    """exp(logits - max) over the last axis in float64, the unnormalised softmax; -inf entries
+    get exactly 0. Divided by its sum it is the float64 softmax.  (..., V) -> (..., V)"""
     x = np.asarray(logits, dtype=np.float64)
-    weights = np.exp(x - x.max(axis=-1, keepdims=True))
-    return weights / weights.sum(axis=-1, keepdims=True)
+    return np.exp(x - x.max(axis=-1, keepdims=True))
