@@ -15,6 +15,8 @@ DEFAULT_MAX_NEW_TOKENS = 50
 
 
 def add_arguments(parser) -> None:
+    from minillm.backends import available_backends   # the registered names; imports no kernels
+
     parser.add_argument("prompt", help="the text to continue")
     parser.add_argument("--model", default="gpt2", metavar="NAME_OR_PATH",
                         help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (after `minillm download`), or a "
@@ -37,7 +39,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     parser.add_argument("--ignore-eos", action="store_true",
                         help="keep going after <|endoftext|> instead of stopping there")
-    parser.add_argument("--backend", default="numpy", choices=["numpy", "numba", "cuda"],
+    parser.add_argument("--backend", default="numpy", choices=available_backends(),
                         help="kernels for matmul and attention (default: numpy)")
 
 

@@ -24,13 +24,11 @@ import re
 import sys
 from pathlib import Path
 
-# Released GPT-2 checkpoint -> its hub repository (the old bare ids like "gpt2" redirect there).
-HUB_REPOS = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-}
+from minillm.config import GPT2_SIZES
+
+# Each released GPT-2 (the sizes of config.GPT2_SIZES) -> its hub repository (the old bare ids
+# like "gpt2" redirect there).
+HUB_REPOS = {name: f"openai-community/{name}" for name in GPT2_SIZES}
 FILES = ("config.json", "model.safetensors")     # the small one first: a quick reachability check
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_TIMEOUT_S = 5.0                          # for the HEAD request: fail fast when offline

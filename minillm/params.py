@@ -83,8 +83,9 @@ def top_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
 def hf_state_dict_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     """HF tensor name -> expected shape, for every tensor a GPT-2 checkpoint must hold."""
     shapes = {HF_TOP_NAMES[f]: s for f, s in top_shapes(config).items()}
+    per_block = block_shapes(config)
     for i in range(config.n_layer):
-        for field, shape in block_shapes(config).items():
+        for field, shape in per_block.items():
             shapes[f"h.{i}.{HF_BLOCK_NAMES[field]}"] = shape
     return shapes
 
@@ -116,6 +117,7 @@ def random_params(config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2P
     """
     rng = np.random.default_rng(seed)
     residual_std = std / np.sqrt(2 * config.n_layer)
+    shapes = block_shapes(config)
 
     def normal(shape, scale):
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
@@ -123,7 +125,7 @@ def random_params(config: GPT2Config, seed: int = 0, std: float = 0.02) -> GPT2P
     def block() -> BlockParams:
         arrays = {}
         for field in fields(BlockParams):
-            shape = block_shapes(config)[field.name]
+            shape = shapes[field.name]
             if field.name.endswith("gain"):
                 arrays[field.name] = np.ones(shape, np.float32)
             elif field.name.endswith("bias"):

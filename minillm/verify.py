@@ -41,16 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print a table of checks; exit code 0 if all pass, 1 if any fails, 2 if none can run."""
     from minillm.model import GPT2
-    from minillm.weights import CheckpointError, resolve_model_path
+    from minillm.weights import CheckpointError, load_checkpoint, resolve_model_path
 
     try:
-        model_path = resolve_model_path(args.model)
-        model = GPT2.from_pretrained(model_path, backend=getattr(args, "backend", "numpy"))
-        reference_path = find_reference(model_path, getattr(args, "reference", None))
+        model_path = resolve_model_path(args.model)        # resolved once, loaded from there
+        config, params = load_checkpoint(model_path)
+        model = GPT2(config, params, backend=args.backend)
+        reference_path = find_reference(model_path, args.reference)
     except (FileNotFoundError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    tolerance = getattr(args, "tolerance", TOLERANCE)
+    tolerance = args.tolerance
     if reference_path is not None:
         print(f"verifying {model_path} against {reference_path} (tolerance {tolerance:g})")
         rows = reference_checks(model, load_reference(reference_path), tolerance)
