@@ -35,6 +35,7 @@ from minillm.tokenizer import (
     GPT2_SPLIT_REGEX,
     Tokenizer,
     bytes_to_unicode,
+    replace_lone_surrogates,
     special_token_regex,
 )
 
@@ -45,11 +46,12 @@ def count_pieces(texts: Iterable[str], special_tokens: Sequence[str] = ()) -> Co
     """How often each pre-tokenised piece occurs in ``texts``, with special tokens cut out.
 
     The text is cut and split with the tokenizer's own regexes, so the pieces are those that
-    :meth:`~minillm.tokenizer.Tokenizer.encode` would see with ``allowed_special="all"``.
+    :meth:`~minillm.tokenizer.Tokenizer.encode` would see with ``allowed_special="all"``, lone
+    surrogates replaced by U+FFFD as there.
     """
     specials = special_token_regex(frozenset(special_tokens)) if special_tokens else None
     counts: Counter[str] = Counter()
-    for text in texts:
+    for text in map(replace_lone_surrogates, texts):
         for chunk in specials.split(text) if specials else [text]:
             counts.update(GPT2_SPLIT_REGEX.findall(chunk))
     return counts

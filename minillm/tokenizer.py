@@ -273,7 +273,7 @@ class Tokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text, treating special-token text as ordinary text."""
-        return self._encode_chunk(_replace_lone_surrogates(text))
+        return self._encode_chunk(replace_lone_surrogates(text))
 
     def _encode_chunk(self, text: str) -> list[int]:
         """Encode text in which special tokens play no part: pre-tokenise, then BPE each piece."""
@@ -298,7 +298,7 @@ class Tokenizer:
 
         Raises ValueError if the text contains a disallowed special token.
         """
-        text = _replace_lone_surrogates(text)
+        text = replace_lone_surrogates(text)
         specials = self.special_tokens_set
         allowed = specials if allowed_special == "all" else frozenset(allowed_special)
         if allowed - specials:
@@ -443,7 +443,7 @@ def special_token_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
     return regex.compile("|".join(regex.escape(token) for token in longest_first))
 
 
-def _replace_lone_surrogates(text: str) -> str:
+def replace_lone_surrogates(text: str) -> str:
     """Replace unpaired surrogates, which UTF-8 cannot encode, with U+FFFD, as tiktoken does."""
     try:
         text.encode("utf-8")

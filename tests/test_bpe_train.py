@@ -148,6 +148,14 @@ def test_pieces_are_counted_as_the_tokenizer_splits_the_text():
     assert expected == Counter(["x", "y", " ", " z", "b"])
 
 
+def test_training_on_text_with_a_lone_surrogate_learns_what_encode_sees():
+    """UTF-8 cannot encode an unpaired surrogate: encode replaces it with U+FFFD, so must training."""
+    text = "ab\ud800cd ab\ud800cd"
+    assert count_pieces([text]) == count_pieces(["ab\ufffdcd ab\ufffdcd"])
+    tokenizer = train_bpe([text], vocab_size=260)
+    assert tokenizer.decode(tokenizer.encode(text)) == "ab\ufffdcd ab\ufffdcd"
+
+
 def test_training_stops_when_nothing_is_left_to_merge():
     tokenizer = train_bpe(["ab"], vocab_size=1000)
     assert tokenizer.merges == [("a", "b")]
