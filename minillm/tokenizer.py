@@ -424,9 +424,8 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(
-                f"{path}:{line_number}: expected two symbols separated by a space, got {line!r}"
-            )
+            raise ValueError(f"{path}:{line_number}: expected two symbols separated by a space, "
+                             f"got {line!r}")
         merges.append((parts[0], parts[1]))
     return merges
 
@@ -435,10 +434,8 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
 def special_token_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
     """A regex matching any of ``tokens``, longest first so that no token hides a longer one.
 
-    Encoding and :mod:`minillm.bpe_train` both cut text at special tokens with it. Cached:
-    building and compiling the pattern would otherwise cost more than encoding a short text,
-    and :meth:`Tokenizer.encode` asks for it on every call.
-    """
+    Encoding and :mod:`minillm.bpe_train` both cut text at special tokens with it. Cached: it
+    is asked for on every encode, and building it costs more than encoding a short text."""
     longest_first = sorted(tokens, key=len, reverse=True)
     return regex.compile("|".join(regex.escape(token) for token in longest_first))
 
