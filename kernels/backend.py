@@ -68,7 +68,7 @@ class NumbaBackend:
         if matmul not in ("blas", "numba"):
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
         # Imported here: compiling (or loading from numba's cache) happens on first use.
-        from minillm.kernels import attention_cpu, fused_cpu, matmul_cpu
+        from minillm.kernels import attention_backward_cpu, attention_cpu, fused_cpu, matmul_cpu
         from minillm.kernels.workers import WorkerPool
 
         self.matmul = matmul
@@ -76,6 +76,7 @@ class NumbaBackend:
         self.pool = WorkerPool(threads)          # threads=None: numba's thread count
         self.pool_min_rows = pool_min_rows
         self._attention = attention_cpu.flash_attention
+        self._attention_backward = attention_backward_cpu
         self._numba_linear = matmul_cpu.linear
         self._layer_norm = fused_cpu.layer_norm
         self._gelu = fused_cpu.gelu
@@ -126,6 +127,39 @@ class NumbaBackend:
         """(..., 4C) -> (..., 4C)"""
         n_rows = x.size // x.shape[-1]
         return self._gelu(x, pool=self._pool_for(n_rows))
+
+    def linear_backward(self, dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
+        """dx (..., in), dW (in, out), db (out,) of y = x W + b, from dy (..., out).
+
+        On the pool (training-sized calls): dx = dy W^T by row blocks and dW = x^T dy by
+        blocks of its output columns, each a single-threaded BLAS call, for the same reason
+        as the forward's row blocks."""
+        n_in, n_out = weight.shape
+        dy_rows, x_rows = dy.reshape(-1, n_out), x.reshape(-1, n_in)      # (M, out), (M, in)
+        if self._pool_for(dy_rows.shape[0]) is None:
+            return layers.linear_backward(dy, x, weight)
+        dx = np.empty((dy_rows.shape[0], n_in), np.float32)                # (M, in)
+        dweight = np.empty((n_in, n_out), np.float32)                      # (in, out)
+        row_blocks, col_blocks = self.pool.split(dy_rows.shape[0]), self.pool.split(n_out)
+
+        def piece(i):
+            rows, cols = slice(*row_blocks[i]), slice(*col_blocks[i])
+            np.matmul(dy_rows[rows], weight.T, out=dx[rows])
+            np.matmul(x_rows.T, dy_rows[:, cols], out=dweight[:, cols])
+
+        self.pool.run(piece, len(row_blocks))
+        return dx.reshape(x.shape), dweight, dy_rows.sum(axis=0)
+
+    def attention_train(self, q: np.ndarray, k: np.ndarray, v: np.ndarray):
+        """Causal attention for training -> (out (B,H,T,d), lse (B,H,T)): the row statistics
+        the fused backward recomputes the probabilities from (minillm.kernels.attention_backward_cpu)."""
+        return self._attention_backward.attention_forward(q, k, v, pool=self._pool_for(q.shape[0] * q.shape[2]))
+
+    def attention_backward(self, dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                           out: np.ndarray, lse: np.ndarray):
+        """dq, dk, dv: (B,H,T,d) each, FlashAttention-2 style (no T x T matrix)."""
+        return self._attention_backward.attention_backward(
+            dout, q, k, v, out, lse, pool=self._pool_for(q.shape[0] * q.shape[2]))
 
     def clear(self) -> None:
         """Forget the transposed copies of the weights."""

@@ -70,3 +70,30 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
     B, H, T, d = x.shape
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * d)
     ### END SOLUTION
+
+
+def causal_attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray,
+                              v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of O = softmax(S) V, S = Q K^T / sqrt(d) + M, for a full causal pass (Tq = Tk).
+
+    dout, q, k, v: (B, H, T, d) -> dq, dk, dv: (B, H, T, d). P is recomputed from Q and K
+    (O(T^2) memory, as in the forward). Backwards through the three steps:
+
+        dV = P^T dO                                  O = P V
+        dP = dO V^T
+        dS = P * (dP - rowsum(dP * P))               softmax, row by row; rowsum(dP * P) = rowsum(dO * O)
+        dQ = dS K / sqrt(d),   dK = dS^T Q / sqrt(d)    S = Q K^T / sqrt(d)
+
+    Masked entries have P = 0, so dS is 0 there and no gradient reaches future keys.
+    """
+    T, head_dim = q.shape[-2], q.shape[-1]
+    scale = np.float32(1.0 / np.sqrt(head_dim))
+    scores = (q @ k.swapaxes(-1, -2)) * scale + causal_mask(T, T)      # (B, H, T, T)
+    weights = softmax(scores, axis=-1)                                 # (B, H, T, T)  P
+    dv = weights.swapaxes(-1, -2) @ dout                               # (B, H, T, d)
+    dweights = dout @ v.swapaxes(-1, -2)                               # (B, H, T, T)  dP
+    row_dot = (dweights * weights).sum(axis=-1, keepdims=True)         # (B, H, T, 1)
+    dscores = weights * (dweights - row_dot)                           # (B, H, T, T)  dS
+    dq = (dscores @ k) * scale                                         # (B, H, T, d)
+    dk = (dscores.swapaxes(-1, -2) @ q) * scale                        # (B, H, T, d)
+    return dq, dk, dv

@@ -15,7 +15,7 @@ import importlib
 import numpy as np
 
 from minillm import layers
-from minillm.attention import causal_attention
+from minillm.attention import causal_attention, causal_attention_backward
 
 
 class NumpyBackend:
@@ -39,6 +39,20 @@ class NumpyBackend:
     def gelu(self, x: np.ndarray) -> np.ndarray:
         """GELU, tanh form.  (...) -> (...)"""
         return layers.gelu(x)
+
+    def linear_backward(self, dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
+        """dx (..., in), dW (in, out), db (out,) of y = x W + b, from dy (..., out)."""
+        return layers.linear_backward(dy, x, weight)
+
+    def attention_train(self, q: np.ndarray, k: np.ndarray, v: np.ndarray):
+        """Causal attention for training (Tq = Tk, no padding) -> (out (B,H,T,d), saved).
+        The reference saves nothing: its backward recomputes the probabilities."""
+        return causal_attention(q, k, v), None
+
+    def attention_backward(self, dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                           out: np.ndarray, saved) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """dq, dk, dv: (B,H,T,d) each, from dout and the forward's inputs."""
+        return causal_attention_backward(dout, q, k, v)
 
 
 # name -> "module:class"; imported on first use so numba/CUDA load only when asked for.

@@ -58,3 +58,63 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     if bias is not None:
         out += bias
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward passes. Each takes the upstream gradient dy = dL/dy (shaped like the forward's
+# output) and the forward's inputs, and returns dL/d(each input), shaped like that input.
+# What the forward computed cheaply (LayerNorm's statistics, GELU's tanh) is recomputed here
+# rather than stored, so the training tape holds only the layer inputs.
+
+def linear_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
+    """y = x W + b.  dy: (..., out), x: (..., in), W: (in, out) -> dx, dW, db.
+
+        dx = dy W^T              (..., in)
+        dW = sum over rows of x^T dy    (in, out)   every row used the same W
+        db = sum over rows of dy        (out,)
+    """
+    n_in, n_out = weight.shape
+    dy_rows = dy.reshape(-1, n_out)                              # (M, out)
+    x_rows = x.reshape(-1, n_in)                                 # (M, in)
+    dx = (dy_rows @ weight.T).reshape(x.shape)                   # (..., in)
+    dweight = x_rows.T @ dy_rows                                 # (in, out)
+    dbias = dy_rows.sum(axis=0)                                  # (out,)
+    return dx, dweight, dbias
+
+
+def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: float = 1e-5):
+    """y = x_hat * g + b with x_hat = (x - mean) * r, r = 1 / sqrt(var + eps).  -> dx, dg, db.
+
+    dx_hat = dy * g. Both mean and var depend on every x_j of the row, so the gradient of x_i
+    collects three paths, the direct one and one through each statistic:
+
+        dx = r * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
+
+    (the mean term is the path through `mean`, the x_hat term the path through `var`).
+    x, dy: (..., C); gain: (C,). dg = sum of dy * x_hat and db = sum of dy over all rows.
+    """
+    C = x.shape[-1]
+    mean = x.mean(axis=-1, keepdims=True)                                 # (..., 1)
+    centered = x - mean                                                   # (..., C)
+    inv_std = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + np.float32(eps))
+    x_hat = centered * inv_std                                            # (..., C)
+    dx_hat = dy * gain                                                    # (..., C)
+    mean_dx_hat = dx_hat.mean(axis=-1, keepdims=True)                     # (..., 1)
+    mean_dx_hat_x_hat = (dx_hat * x_hat).mean(axis=-1, keepdims=True)     # (..., 1)
+    dx = inv_std * (dx_hat - mean_dx_hat - x_hat * mean_dx_hat_x_hat)     # (..., C)
+    dgain = (dy * x_hat).reshape(-1, C).sum(axis=0)                       # (C,)
+    dbias = dy.reshape(-1, C).sum(axis=0)                                 # (C,)
+    return dx, dgain, dbias
+
+
+def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """d/dx of 0.5 x (1 + tanh(u)), u = s (x + c x^3), s = sqrt(2/pi), c = 0.044715.
+
+        dGELU/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) s (1 + 3 c x^2)
+
+    dy, x: (...) -> dx: (...)
+    """
+    tanh_u = np.tanh(_GELU_TANH_SCALE * (x + _GELU_CUBIC * x * x * x))
+    du_dx = _GELU_TANH_SCALE * (np.float32(1.0) + np.float32(3.0) * _GELU_CUBIC * x * x)
+    half = np.float32(0.5)
+    return dy * (half * (np.float32(1.0) + tanh_u) + half * x * (np.float32(1.0) - tanh_u * tanh_u) * du_dx)

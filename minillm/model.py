@@ -22,7 +22,7 @@ from minillm.attention import merge_heads, split_heads
 from minillm.backends import get_backend
 from minillm.config import GPT2Config
 from minillm.kv_cache import KVCache
-from minillm.params import BlockParams, GPT2Params
+from minillm.params import BlockParams, GPT2Params, params_to_hf
 
 
 @dataclass
@@ -68,6 +68,12 @@ class GPT2:
     def set_backend(self, backend) -> None:
         """Switch the kernels used from now on: "numpy", "numba" or "cuda"."""
         self.backend = get_backend(backend)
+
+    def named_parameters(self) -> dict[str, np.ndarray]:
+        """The model's own arrays keyed by hub tensor name (`wte.weight` once: the head is tied).
+
+        The arrays are not copies: updating one in place (as an optimiser does) updates the model."""
+        return params_to_hf(self.params)
 
     def __call__(self, ids, **kwargs) -> np.ndarray:
         """Logits for every position: (T,) ids -> (T, V); (B, T) ids -> (B, T, V)."""

@@ -399,11 +399,13 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 
 
 def save_checkpoint(params: GPT2Params, config: GPT2Config, path: str | Path,
-                    dtype=np.float32, prefix: str = "", lm_head: bool = False) -> Path:
+                    dtype=np.float32, prefix: str = "", lm_head: bool = False,
+                    extra_config: dict | None = None) -> Path:
     """Write params in HF's layout: `path` (a directory) gets model.safetensors + config.json.
 
     dtype: np.float32, np.float16 or "bfloat16". prefix="transformer." and lm_head=True give
-    the layout of save_pretrained instead of the hub's.
+    the layout of save_pretrained instead of the hub's. extra_config: more config.json keys
+    (e.g. a trained tokenizer's bos_token_id / eos_token_id, which HF reads from there).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -415,6 +417,6 @@ def save_checkpoint(params: GPT2Params, config: GPT2Config, path: str | Path,
         tensors[LM_HEAD] = np.asarray(params.wte, dtype=store_dtype)
     write_safetensors(path / WEIGHTS_FILE, tensors, bfloat16=bfloat16)
     hf_config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-                 "activation_function": "gelu_new", **config.to_dict()}
+                 "activation_function": "gelu_new", **config.to_dict(), **(extra_config or {})}
     (path / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     return path
