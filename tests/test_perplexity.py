@@ -29,7 +29,7 @@ def test_sliding_window_loss_equals_hf(reference_model, eval_reference, stride):
 def test_score_text_reports_per_token_byte_and_char(reference_model, eval_reference):
     from minillm.tokenizer import Tokenizer
     corpus = Path(__file__).parent / "data" / "tokenizer_corpus.txt"
-    text = corpus.read_text(encoding="utf-8")[: eval_reference["text_chars"]]
+    text = corpus.read_bytes().decode("utf-8")[: eval_reference["text_chars"]]   # keep its \r\n
     score = score_text(reference_model, Tokenizer.gpt2(), text, stride=64)
     expected = next(s for s in eval_reference["strides"] if s["stride"] == 64)
     assert score.n_bytes == eval_reference["text_utf8_bytes"] and score.n_chars == len(text)
