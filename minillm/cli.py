@@ -10,6 +10,7 @@ COMMANDS = {
     "generate": ("minillm.cli_generate", "generate text from a prompt, streaming it"),
     "tokenize": ("minillm.cli_tokenize", "show how text splits into GPT-2 tokens"),
     "download": ("minillm.download", "download GPT-2 weights from the Hugging Face hub"),
+    "eval": ("minillm.cli_eval", "loss and perplexity of a text under a model"),
     "train": ("minillm.cli_train", "train, fine-tune or resume a GPT-2 on a text"),
     "verify": ("minillm.verify", "check a model's logits against a reference file"),
     "assignments": ("minillm.assignments", "release or grade the course assignments"),

@@ -137,10 +137,10 @@ def loss_and_grads(model, ids, targets) -> tuple[float, dict[str, np.ndarray]]:
     del logits
 
     grads = {}
-    # Tied head: logits = h wte^T, so dh = dlogits wte and the head's part of dwte = dlogits^T h.
-    C = config.n_embd
-    dh = dlogits @ p.wte                                                      # (B, T, C)
-    dwte_head = dlogits.reshape(-1, config.vocab_size).T @ h.reshape(-1, C)   # (V, C)
+    # Tied head: logits = h wte^T, a linear layer with weight wte^T (C, V), so its backward
+    # gives dh = dlogits wte and d(wte^T) = h^T dlogits, the head's part of dwte (transposed).
+    dh, dwte_head_t, _ = backend.linear_backward(dlogits, h, p.wte.T)          # (B, T, C), (C, V)
+    dwte_head = dwte_head_t.T                                                 # (V, C)
     del dlogits
     dx, grads["ln_f.weight"], grads["ln_f.bias"] = layer_norm_backward(dh, x, p.ln_f_gain, eps)
     for i in reversed(range(len(p.blocks))):

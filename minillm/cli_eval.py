@@ -1,0 +1,43 @@
+"""`minillm eval`: loss, perplexity and nats per byte of a text under a model.
+
+    minillm eval --model shakespeare --text data/shakespeare/val.txt --stride 64
+
+Windows of the model's context slide by --stride (default: the context, disjoint windows),
+each token scored once, as in HF's perplexity guide.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    from minillm.backends import available_backends
+
+    parser.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="the model to score with")
+    parser.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="tokens between window starts (default: the model's context)")
+    parser.add_argument("--backend", default="numpy", choices=available_backends())
+
+
+def run(args) -> int:
+    from minillm.model import GPT2
+    from minillm.perplexity import score_text
+    from minillm.training.loop import load_tokenizer
+
+    try:
+        text = Path(args.text).read_bytes().decode("utf-8")
+        model = GPT2.from_pretrained(args.model, backend=args.backend)
+        tokenizer = load_tokenizer(str(args.model)) if (Path(args.model) / "vocab.json").is_file() \
+            else load_tokenizer("gpt2")
+        score = score_text(model, tokenizer, text, args.stride)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        print(f"minillm eval: {error}", file=sys.stderr)
+        return 2
+    print(f"{score.n_tokens} tokens scored ({score.n_chars} characters, {score.n_bytes} bytes)")
+    print(f"loss           {score.loss:.4f} nats/token")
+    print(f"perplexity     {score.perplexity:.2f}")
+    print(f"nats per byte  {score.nats_per_byte:.4f}")
+    print(f"nats per char  {score.nats_per_char:.4f}")
+    return 0
