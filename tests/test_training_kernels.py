@@ -1,0 +1,66 @@
+"""The fused numba attention for training (minillm.kernels.attention_backward_cpu) against the
+NumPy reference forward and backward it replaces (minillm.attention)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minillm.attention import causal_attention, causal_attention_backward
+from minillm.kernels import attention_backward_cpu as kernel
+from minillm.kernels.workers import WorkerPool
+
+
+def random_qkv(rng, B, H, T, d, scale=1.0):
+    return [(scale * rng.standard_normal((B, H, T, d))).astype(np.float32) for _ in range(4)]
+
+
+def logsumexp_reference(q, k):
+    T, d = q.shape[-2:]
+    scores = (q.astype(np.float64) @ k.astype(np.float64).swapaxes(-1, -2)) / np.sqrt(d)
+    scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
+    top = scores.max(-1, keepdims=True)
+    return (top + np.log(np.exp(scores - top).sum(-1, keepdims=True)))[..., 0]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 4), (2, 3, 13, 8), (1, 2, 33, 64), (3, 1, 7, 5)])
+def test_forward_and_backward_match_the_reference(shape):
+    rng = np.random.default_rng(sum(shape))
+    q, k, v, dout = random_qkv(rng, *shape)
+    out, lse = kernel.attention_forward(q, k, v)
+    np.testing.assert_allclose(out, causal_attention(q, k, v), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(lse, logsumexp_reference(q, k), rtol=0, atol=1e-5)
+    for got, expected in zip(kernel.attention_backward(dout, q, k, v, out, lse),
+                             causal_attention_backward(dout, q, k, v)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 2), H=st.integers(1, 3), T=st.integers(1, 20), d=st.integers(1, 17),
+       scale=st.sampled_from([0.1, 1.0, 4.0]), seed=st.integers(0, 2**16))
+def test_kernel_matches_reference_on_any_small_shape(B, H, T, d, scale, seed):
+    q, k, v, dout = random_qkv(np.random.default_rng(seed), B, H, T, d, scale)
+    out, lse = kernel.attention_forward(q, k, v)
+    reference = causal_attention_backward(dout, q, k, v)
+    size = max(1.0, max(np.abs(r).max() for r in reference))
+    for got, expected in zip(kernel.attention_backward(dout, q, k, v, out, lse), reference):
+        np.testing.assert_allclose(got / size, expected / size, rtol=0, atol=1e-5)
+
+
+def test_same_bits_on_any_number_of_threads():
+    q, k, v, dout = random_qkv(np.random.default_rng(1), 2, 3, 40, 16)
+    results = []
+    for pool in (None, WorkerPool(2), WorkerPool(3)):
+        out, lse = kernel.attention_forward(q, k, v, pool=pool)
+        results.append((out, lse, *kernel.attention_backward(dout, q, k, v, out, lse, pool=pool)))
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_views_and_non_contiguous_inputs_are_accepted():
+    """The model passes q, k, v as transposed views of the qkv projection."""
+    rng = np.random.default_rng(2)
+    qkv = rng.standard_normal((2, 9, 3, 3, 4)).astype(np.float32)     # (B, T, 3, H, d)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # (B, H, T, d) views
+    out, _ = kernel.attention_forward(q, k, v)
+    np.testing.assert_allclose(out, causal_attention(q, k, v), rtol=0, atol=1e-5)
