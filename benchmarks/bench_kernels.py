@@ -4,7 +4,7 @@
                                        [--threads N] [--cpu-time]
 
 Prints, at T = 128 / 512 / 1024 (batch 1):
-1. attention, 12 heads of 64: the fused kernel vs minillm.attention.causal_attention, time and
+1. attention, 12 heads of 64: the fused kernel vs minillm.model.attention.causal_attention, time and
    peak extra memory (tracemalloc: beyond the output; numba allocates through CPython, so its
    allocations count too). Target: fused >= 2x faster at T = 1024.
 2. matmul: the numba kernel's GFLOPS vs NumPy's BLAS on GPT-2 124M's shapes, x (T, 768) times
@@ -49,15 +49,15 @@ clock = time.process_time if ARGS.cpu_time else time.perf_counter
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from minillm.attention import causal_attention, split_heads  # noqa: E402
-from minillm.config import GPT2_SIZES  # noqa: E402
+from minillm.inference.kv_cache import KVCache  # noqa: E402
 from minillm.kernels.attention_cpu import flash_attention  # noqa: E402
-from minillm.kernels.workers import WorkerPool  # noqa: E402
 from minillm.kernels.backend import NumbaBackend, cuda_unavailable_reason  # noqa: E402
 from minillm.kernels.matmul_cpu import matmul  # noqa: E402
-from minillm.kv_cache import KVCache  # noqa: E402
-from minillm.model import GPT2  # noqa: E402
-from minillm.params import random_params  # noqa: E402
+from minillm.kernels.workers import WorkerPool  # noqa: E402
+from minillm.model.attention import causal_attention, split_heads  # noqa: E402
+from minillm.model.config import GPT2_SIZES  # noqa: E402
+from minillm.model.gpt2 import GPT2  # noqa: E402
+from minillm.model.params import random_params  # noqa: E402
 
 N_HEADS, HEAD_DIM, WIDTH, VOCAB = 12, 64, 768, 50257
 ATTENTION_TARGET = 2.0       # fused speed-up over the reference at T = 1024

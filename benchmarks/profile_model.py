@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import minillm.model                                   # noqa: E402
-from minillm.config import GPT2Config                  # noqa: E402
-from minillm.kv_cache import KVCache                   # noqa: E402
-from minillm.model import GPT2                         # noqa: E402
-from minillm.params import random_params               # noqa: E402
+from minillm.inference.kv_cache import KVCache              # noqa: E402
+from minillm.model.config import GPT2Config                 # noqa: E402
+import minillm.model.gpt2                                   # noqa: E402
+from minillm.model.gpt2 import GPT2                         # noqa: E402
+from minillm.model.params import random_params              # noqa: E402
 
 DECODE_PROMPT_LEN = 16
 DECODE_STEPS = 128
@@ -78,8 +78,8 @@ class TimedBackend:
 @contextlib.contextmanager
 def timing(model: GPT2, clock: OpClock):
     """Time every operation of `model` into `clock` while inside the block."""
-    patches = [(minillm.model, "split_heads", "head split/merge"),
-               (minillm.model, "merge_heads", "head split/merge"),
+    patches = [(minillm.model.gpt2, "split_heads", "head split/merge"),
+               (minillm.model.gpt2, "merge_heads", "head split/merge"),
                (KVCache, "update", "cache write"),
                (GPT2, "_embed", "embedding")]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]

@@ -2,7 +2,7 @@
 
     out = softmax(Q K^T / sqrt(d) + M) V      q: (B, H, Tq, d), k, v: (B, H, Tk, d) -> (B, H, Tq, d)
 
-Reference: `minillm.attention.causal_attention` (imported here as `reference`);
+Reference: `minillm.model.attention.causal_attention` (imported here as `reference`);
 tests/test_kernels_cpu.py compares the two.
 The queries are the last Tq of the Tk positions (query i sits at Tk - Tq + i), M masks future
 keys and keys whose `key_valid[b, j]` is False, and a query that can see no key at all gets
@@ -64,8 +64,8 @@ from numba import boolean, errors, float32, njit, types, void
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from minillm.attention import causal_attention as reference  # noqa: F401  what they compute
 from minillm.kernels.workers import WorkerPool
+from minillm.model.attention import causal_attention as reference  # noqa: F401  what they compute
 
 BQ = 64            # queries per tile: 2 panels of NR lanes
 BK = 96            # keys per tile, a multiple of MR (48 and 72 measured about as fast)

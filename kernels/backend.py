@@ -1,6 +1,6 @@
 """The "numba" and "cuda" backends: the model's two heavy operations on the kernels of this package.
 
-Both follow the protocol of minillm/backends.py: `linear(x, weight, bias=None)` with x (..., in)
+Both follow the protocol of minillm/model/backends.py: `linear(x, weight, bias=None)` with x (..., in)
 and weight (in, out) -- the LM head passes `wte.T`, a transposed view -- and
 `attention(q, k, v, key_valid=None)` with q (B, H, Tq, d), k, v (B, H, Tk, d), possibly views into
 the KV cache, the queries being the last Tq of the Tk positions. NumbaBackend also brings fused
@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from minillm import layers
+from minillm.model import layers
 
 
 # Calls over at least this many token positions (batch x queries) run on the worker pool. On 2

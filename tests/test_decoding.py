@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from minillm.config import GPT2Config
-from minillm.generate import generate, stream
-from minillm.kv_cache import KVCache
+from minillm.inference.generate import generate, stream
+from minillm.inference.kv_cache import KVCache
+from minillm.model.config import GPT2Config
 
 rng = np.random.default_rng(0)
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minillm import verify
-from minillm.config import GPT2_SIZES
+from minillm.checkpoint import verify
+from minillm.cli import verify as verify_cli
+from minillm.model.config import GPT2_SIZES
 
 GPT2_DIR = Path(__file__).resolve().parents[1] / "weights" / "gpt2"
 
@@ -25,7 +26,7 @@ EXPECTED = [464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688, 2
 
 @pytest.fixture(scope="module")
 def gpt2():
-    from minillm.model import GPT2
+    from minillm.model.gpt2 import GPT2
     return GPT2.from_pretrained(GPT2_DIR)
 
 
@@ -43,6 +44,6 @@ def test_greedy_continuation_of_the_dog(gpt2):
 
 def test_verify_command_on_gpt2(capsys):
     parser = argparse.ArgumentParser()
-    verify.add_arguments(parser)
-    assert verify.run(parser.parse_args(["--model", str(GPT2_DIR)])) == 0
+    verify_cli.add_arguments(parser)
+    assert verify_cli.run(parser.parse_args(["--model", str(GPT2_DIR)])) == 0
     assert "PASS" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """The numba CPU kernels against the NumPy references they replace.
 
-attention: minillm.kernels.attention_cpu.flash_attention vs minillm.attention.causal_attention,
+attention: minillm.kernels.attention_cpu.flash_attention vs minillm.model.attention.causal_attention,
     max abs difference <= 1e-5, over odd shapes: T not a multiple of the tiles, head_dim 16, 64
     and odd ones, T = 1, T = 1024, fewer queries than keys (decoding, chunked prefill), padding
     masks with fully masked rows, and the strided views the model passes (split heads, KV cache).
@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm.attention import causal_attention, split_heads
+from minillm.inference.kv_cache import KVCache
 from minillm.kernels import attention_cpu, matmul_cpu
 from minillm.kernels.attention_cpu import exp_nonpositive, flash_attention
 from minillm.kernels.matmul_cpu import matmul
-from minillm.kv_cache import KVCache
+from minillm.model.attention import causal_attention, split_heads
 
 TOLERANCE = 1e-5
 

@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from minillm.attention import (attention_mask_bias, causal_attention, causal_mask, merge_heads,
+from minillm.model.attention import (attention_mask_bias, causal_attention, causal_mask, merge_heads,
                                split_heads)
-from minillm.layers import gelu, layer_norm, linear, softmax
+from minillm.model.layers import gelu, layer_norm, linear, softmax
 
 rng = np.random.default_rng(0)
 erf = np.vectorize(math.erf)

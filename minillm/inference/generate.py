@@ -28,9 +28,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from minillm.kv_cache import KVCache
-from minillm.model import check_token_ids
-from minillm.sampling import TokenChooser
+from minillm.inference.kv_cache import KVCache
+from minillm.inference.sampling import TokenChooser
+from minillm.model.inputs import check_token_ids
 
 
 @dataclass

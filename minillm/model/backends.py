@@ -14,8 +14,8 @@ import importlib
 
 import numpy as np
 
-from minillm import layers
-from minillm.attention import causal_attention
+from minillm.model import layers
+from minillm.model.attention import causal_attention
 
 
 class NumpyBackend:
@@ -43,7 +43,7 @@ class NumpyBackend:
 
 # name -> "module:class"; imported on first use so numba/CUDA load only when asked for.
 _BACKENDS = {
-    "numpy": "minillm.backends:NumpyBackend",
+    "numpy": "minillm.model.backends:NumpyBackend",
     "numba": "minillm.kernels.backend:NumbaBackend",
     "cuda": "minillm.kernels.backend:CudaBackend",
 }

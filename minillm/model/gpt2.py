@@ -18,36 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm.attention import merge_heads, split_heads
-from minillm.backends import get_backend
-from minillm.config import GPT2Config
-from minillm.kv_cache import KVCache
-from minillm.params import BlockParams, GPT2Params
+from minillm.inference.kv_cache import KVCache
+from minillm.model.attention import merge_heads, split_heads
+from minillm.model.backends import get_backend
+from minillm.model.config import GPT2Config
+from minillm.model.inputs import check_token_ids
+from minillm.model.params import BlockParams, GPT2Params
 
 
 @dataclass
 class ForwardOutput:
     logits: np.ndarray                       # (B, T, V) or (T, V) for 1-D input
     hidden_states: list[np.ndarray] | None   # n_layer + 1 arrays, shaped like the input + (C,)
-
-
-def check_token_ids(ids, vocab_size: int) -> tuple[np.ndarray, bool]:
-    """Validate token ids: (T,) or (B, T), integers in [0, vocab_size), T >= 1.
-
-    Returns them as (B, T) int64 and whether the input was 1-D. TypeError for a non-integer
-    dtype, ValueError for a bad shape or an id out of range. `GPT2.forward` and `generate`
-    both check their ids here.
-    """
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-    if ids.ndim not in (1, 2) or ids.shape[-1] == 0:
-        raise ValueError(f"token ids must have shape (T,) or (B, T) with T >= 1, got {ids.shape}")
-    bad = (ids < 0) | (ids >= vocab_size)
-    if bad.any():
-        raise ValueError(f"token id {ids[bad].flat[0]} is out of range: ids must be in [0, {vocab_size})")
-    squeeze = ids.ndim == 1
-    return (ids[None, :] if squeeze else ids).astype(np.int64), squeeze
 
 
 class GPT2:
@@ -60,7 +42,7 @@ class GPT2:
     def from_pretrained(cls, path: str | Path, backend="numpy") -> "GPT2":
         """Load a GPT-2 checkpoint: a directory with model.safetensors (+ config.json), a
         .safetensors file, or a released model name (gpt2, gpt2-medium, ...) already downloaded."""
-        from minillm.weights import load_checkpoint, resolve_model_path
+        from minillm.checkpoint.weights import load_checkpoint, resolve_model_path
 
         config, params = load_checkpoint(resolve_model_path(path))
         return cls(config, params, backend=backend)
@@ -159,10 +141,10 @@ class GPT2:
     # ----------------------------------------------------------------------------------------
     def generate(self, ids, max_new_tokens: int | None = None, **kwargs) -> np.ndarray:
         """Prompt + new ids; see minillm.generate.generate for the arguments (HF's meanings)."""
-        from minillm.generate import generate
+        from minillm.inference.generate import generate
         return generate(self, ids, max_new_tokens, **kwargs)
 
     def stream(self, ids, max_new_tokens: int | None = None, **kwargs):
-        """Yield new token ids one at a time; see minillm.generate.stream."""
-        from minillm.generate import stream
+        """Yield new token ids one at a time; see minillm.inference.generate.stream."""
+        from minillm.inference.generate import stream
         return stream(self, ids, max_new_tokens, **kwargs)

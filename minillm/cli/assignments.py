@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .grading import format_report, grade
-from .manifest import (AssignmentError, find_repository, load_manifest, parse_assignment_number,
-                       parse_only)
-from .markers import coverage_warnings, scan_repository
-from .releasing import release
-from .roundtrip import verify_round_trip
-from .runner import _pytest_command, _test_environment
+from minillm.assignments.grading import format_report, grade
+from minillm.assignments.manifest import (AssignmentError, find_repository, load_manifest,
+                                         parse_assignment_number, parse_only)
+from minillm.assignments.markers import coverage_warnings, scan_repository
+from minillm.assignments.releasing import release
+from minillm.assignments.roundtrip import verify_round_trip
+from minillm.assignments.runner import _pytest_command, _test_environment
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

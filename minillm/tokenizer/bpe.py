@@ -11,7 +11,7 @@ A tokenizer turns text into a list of integer ids, and back. GPT-2's does it in 
    newline as ``Ċ``). Any text at all can be spelled with these 256 symbols, so there is no
    "unknown" token; the printable spelling only exists so the vocabulary files are readable.
 3. **Merge.** The merge list ranks symbol pairs in the order they were learned in training
-   (see :mod:`minillm.bpe_train`). Find the adjacent pair with the lowest rank, fuse every
+   (see :mod:`minillm.tokenizer.train`). Find the adjacent pair with the lowest rank, fuse every
    occurrence of it, and repeat until no adjacent pair is in the list. Each remaining symbol
    is a token; the vocabulary maps it to its id.
 
@@ -51,7 +51,7 @@ next word, so that the word keeps its leading space."""
 ENDOFTEXT = "<|endoftext|>"
 
 GPT2_SPLIT_REGEX = regex.compile(GPT2_SPLIT_PATTERN)
-"""GPT2_SPLIT_PATTERN compiled, shared by encoding and :mod:`minillm.bpe_train`."""
+"""GPT2_SPLIT_PATTERN compiled, shared by encoding and :mod:`minillm.tokenizer.train`."""
 
 # (vocabulary, merges) file names, Hugging Face's first; save() writes the first pair.
 _FILE_NAMES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
@@ -63,7 +63,7 @@ _PIECE_CACHE_SIZE = 100_000
 
 def default_vocab_dir() -> Path:
     """The folder holding the GPT-2 vocabulary shipped with the repository."""
-    return Path(__file__).resolve().parents[1] / "weights" / "gpt2"
+    return Path(__file__).resolve().parents[2] / "weights" / "gpt2"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -173,12 +173,10 @@ class Tokenizer:
     def gpt2(cls, fast: bool = True) -> Tokenizer:
         """OpenAI's GPT-2 tokenizer, from the repository's ``weights/gpt2`` folder.
 
-        ``fast=True`` returns a :class:`~minillm.tokenizer_fast.FastTokenizer`, which gives the
-        same ids much faster; ``fast=False`` this readable implementation.
+        ``fast=True`` returns a :class:`FastTokenizer`, which gives the same ids much faster;
+        ``fast=False`` this readable implementation.
         """
         if fast:
-            from minillm.tokenizer_fast import FastTokenizer  # it subclasses Tokenizer
-
             return FastTokenizer.from_pretrained(default_vocab_dir())
         return cls.from_pretrained(default_vocab_dir())
 
@@ -400,6 +398,24 @@ class Tokenizer:
         return index
 
 
+
+class FastTokenizer(Tokenizer):
+    """:class:`Tokenizer` with ordinary text encoded by compiled code (minillm/tokenizer/fast.py)."""
+
+    def __init__(
+        self,
+        vocab: Mapping[str, int],
+        merges: Sequence[tuple[str, str]],
+        special_tokens: Mapping[str, int] | None = None,
+    ) -> None:
+        from minillm.tokenizer.fast import CompiledEncoder  # numba loads only when asked for
+
+        super().__init__(vocab, merges, special_tokens)
+        self._compiled = CompiledEncoder(self.vocab, self.merges, self.byte_encoder, self._token_bytes)
+
+    def _encode_chunk(self, text: str) -> list[int]:
+        return self._compiled.encode(text)
+
 def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
     """Fuse every occurrence of ``pair``, left to right: "aaa" with (a, a) gives aa, a."""
     ### BEGIN SOLUTION a1: the merge step (fuse every occurrence of the pair, left to right)
@@ -434,7 +450,7 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
 def special_token_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
     """A regex matching any of ``tokens``, longest first so that no token hides a longer one.
 
-    Encoding and :mod:`minillm.bpe_train` both cut text at special tokens with it. Cached: it
+    Encoding and :mod:`minillm.tokenizer.train` both cut text at special tokens with it. Cached: it
     is asked for on every encode, and building it costs more than encoding a short text."""
     longest_first = sorted(tokens, key=len, reverse=True)
     return regex.compile("|".join(regex.escape(token) for token in longest_first))
