@@ -1,21 +1,42 @@
-"""Backends: who does the two heavy operations of the model, matmul and attention.
+"""Backends: who computes the model's heavy operations, behind one small interface.
 
-The model is written once. Everything it computes goes through plain NumPy except
-`linear` (x @ W + b, ~all of the FLOPs) and `attention` (softmax(QK^T/sqrt(d) + M) V),
-which it asks its backend for. The "numpy" backend is the readable reference; "numba" and
-"cuda" run the kernels in `minillm.kernels`, each tested against that reference.
-
-The backend also runs `layer_norm` and `gelu`: cheap in FLOPs, but elementwise passes over
-(T, 4C) arrays that a fused kernel does in one loop instead of NumPy's chain of temporaries.
+The model is written once. Everything it computes goes through plain NumPy except the four
+methods of `Backend` below: `linear` (x @ W + b, ~all of the FLOPs), `attention`
+(softmax(QK^T/sqrt(d) + M) V), and `layer_norm` and `gelu`, cheap in FLOPs but elementwise
+passes over (T, 4C) arrays that a fused kernel does in one loop instead of NumPy's chain of
+temporaries. "numpy" is the readable reference; "numba" and "cuda" run the kernels in
+`minillm.kernels`, each tested against that reference.
 """
 from __future__ import annotations
 
-import importlib
+from typing import Callable, Protocol
 
 import numpy as np
 
 from minillm.model import layers
 from minillm.model.attention import causal_attention
+
+
+class Backend(Protocol):
+    """The contract. Every array is float32; B batch, H heads, T tokens, d head size."""
+
+    name: str
+
+    def linear(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        """x (..., in) @ weight (in, out) + bias (out,) -> (..., out). weight may be a
+        transposed view (the LM head passes wte.T)."""
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  key_valid: np.ndarray | None = None) -> np.ndarray:
+        """Causal attention. q (B, H, Tq, d); k, v (B, H, Tk, d), possibly views into the KV
+        cache; the queries are the last Tq of the Tk positions. key_valid (B, Tk) bool marks
+        real (not padding) keys, None for all. -> (B, H, Tq, d)."""
+
+    def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        """LayerNorm over the last axis: x (..., C), gain and bias (C,) -> (..., C)."""
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        """GELU, tanh form, elementwise: (...) -> (...)."""
 
 
 class NumpyBackend:
@@ -24,40 +45,41 @@ class NumpyBackend:
     name = "numpy"
 
     def linear(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        """(..., in) @ (in, out) + (out,) -> (..., out)"""
         return layers.linear(x, weight, bias)
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                   key_valid: np.ndarray | None = None) -> np.ndarray:
-        """q: (B,H,Tq,d), k, v: (B,H,Tk,d), key_valid: (B,Tk) bool or None -> (B,H,Tq,d)"""
         return causal_attention(q, k, v, key_valid)
 
     def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-        """(..., C) -> (..., C), statistics over the last axis"""
         return layers.layer_norm(x, gain, bias, eps)
 
     def gelu(self, x: np.ndarray) -> np.ndarray:
-        """GELU, tanh form.  (...) -> (...)"""
         return layers.gelu(x)
 
 
-# name -> "module:class"; imported on first use so numba/CUDA load only when asked for.
-_BACKENDS = {
-    "numpy": "minillm.model.backends:NumpyBackend",
-    "numba": "minillm.kernels.backend:NumbaBackend",
-    "cuda": "minillm.kernels.backend:CudaBackend",
-}
+def _numba() -> Backend:
+    from minillm.kernels.backend import NumbaBackend   # compiles (or loads) numba kernels
+    return NumbaBackend()
+
+
+def _cuda() -> Backend:
+    from minillm.kernels.backend import CudaBackend    # needs a GPU or numba's CUDA simulator
+    return CudaBackend()
+
+
+# name -> a function that builds it; numba and CUDA are imported only when asked for.
+BACKENDS: dict[str, Callable[[], Backend]] = {"numpy": NumpyBackend, "numba": _numba, "cuda": _cuda}
 
 
 def available_backends() -> list[str]:
-    return list(_BACKENDS)
+    return list(BACKENDS)
 
 
-def get_backend(backend) -> object:
-    """A backend instance from its name (or an instance, returned as is)."""
+def get_backend(backend: str | Backend) -> Backend:
+    """A backend from its name, or `backend` itself if it is already one."""
     if not isinstance(backend, str):
         return backend
-    if backend not in _BACKENDS:
+    if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {available_backends()}")
-    module_name, class_name = _BACKENDS[backend].split(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+    return BACKENDS[backend]()
