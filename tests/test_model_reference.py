@@ -18,6 +18,8 @@ import minillm.model.backends
 import minillm.model.gpt2
 import minillm.model.layers
 
+from oracles import greedy_by_recompute
+
 TOLERANCE = 1e-4
 PROMPTS = ["english", "chinese", "code", "long"]
 
@@ -32,17 +34,6 @@ def logit_diff(model, reference, name) -> float:
 
 def worst_logit_diff(model, reference) -> float:
     return max(logit_diff(model, reference, name) for name in PROMPTS)
-
-
-def greedy(model, ids, n_new, attention_mask=None):
-    """Greedy decoding by full recompute: append the argmax, run everything again."""
-    ids = np.asarray(ids)
-    for _ in range(n_new):
-        next_ids = model(ids, attention_mask=attention_mask)[..., -1, :].argmax(-1)
-        ids = np.concatenate([ids, next_ids[..., None]], axis=-1)
-        if attention_mask is not None:
-            attention_mask = np.concatenate([attention_mask, np.ones_like(attention_mask[:, :1])], -1)
-    return ids
 
 
 # ------------------------------------------------------------------------- agreement with HF
@@ -78,14 +69,14 @@ def test_hidden_states_match_hf(reference_model, reference, name):
 def test_greedy_continuation_matches_hf(reference_model, reference, name):
     expected = reference[f"{name}.greedy"]
     prompt = reference[f"{name}.ids"]
-    got = greedy(reference_model, prompt, len(expected) - len(prompt))
+    got = greedy_by_recompute(reference_model, prompt, len(expected) - len(prompt))
     assert got.tolist() == expected.tolist()
 
 
 def test_left_padded_batch_greedy_matches_hf(reference_model, reference):
     padded, mask, expected = (reference[f"batch.{k}"] for k in ("ids", "attention_mask", "greedy"))
     assert (mask == 0).any(axis=1).sum() >= 2                  # rows really are padded
-    got = greedy(reference_model, padded, expected.shape[1] - padded.shape[1], attention_mask=mask)
+    got = greedy_by_recompute(reference_model, padded, expected.shape[1] - padded.shape[1], attention_mask=mask)
     assert got.tolist() == expected.tolist()
 
 

@@ -7,13 +7,11 @@ import pytest
 
 from minillm.model.layers import gelu, layer_norm
 
+from oracles import float32_normals
+
 fused = pytest.importorskip("minillm.kernels.fused_cpu")
 
-rng = np.random.default_rng(0)
-
-
-def randn(*shape, scale=1.0, shift=0.0):
-    return (scale * rng.standard_normal(shape) + shift).astype(np.float32)
+randn = float32_normals(seed=0)
 
 
 def gelu_f64(x):

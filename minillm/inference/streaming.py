@@ -46,7 +46,7 @@ class TextStreamer:
 
 def stream_text(model, tokenizer, prompt, max_new_tokens: int | None = None, **kwargs) -> Iterator[str]:
     """Generate from `prompt` (a string, or a list of token ids) and yield the new text piece
-    by piece, each piece whole characters. Arguments as in minillm.generate.generate."""
+    by piece, each piece whole characters. Arguments as in minillm.inference.generate.generate."""
     from minillm.inference.generate import stream
 
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
