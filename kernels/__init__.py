@@ -2,6 +2,9 @@
 
     attention_cpu   fused causal attention (online softmax), and a decode variant
                     -- against minillm.model.attention.causal_attention
+    attention_cpu_v1, attention_cpu_v2
+                    the steps towards it, tested against the same reference: v1 the
+                    reference's loops one query at a time, v2 the online softmax in one pass
     matmul_cpu      packed, register-blocked matmul -- against x @ w
     attention_cuda  the fused attention as a CUDA kernel (numba.cuda)
     matmul_cuda     shared-memory tiled matmul as a CUDA kernel

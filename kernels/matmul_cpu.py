@@ -55,6 +55,8 @@ def reference(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> n
 
 
 # ---- registers ----------------------------------------------------------------------------------
+# attention_cpu.py holds a copy of these two (numba's cache would not see edits made here);
+# tests/test_kernels_cpu.py checks that the copies stay identical.
 @intrinsic
 def stack_floats(typingctx, count):
     """A pointer to `count` float32 on the stack; `count` must be a compile-time constant.
