@@ -25,15 +25,7 @@ from minillm.model.backends import get_backend
 from minillm.model.config import GPT2_SIZES
 from minillm.model.gpt2 import GPT2
 from minillm.model.params import random_params
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time                  # benchmarks/timing.py, beside this script
 
 
 def prefill_seconds(model: GPT2, T: int, repeats: int) -> float:

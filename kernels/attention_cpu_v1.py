@@ -21,10 +21,15 @@ NEG_INF = np.float32(-np.inf)
 
 def attention(q, k, v, key_valid=None) -> np.ndarray:
     """Causal attention; key_valid (B, Tk) bool marks real keys (None: all). -> (B, H, Tq, d)"""
+    return run(_attention, q, k, v, key_valid)
+
+
+def run(kernel, q, k, v, key_valid) -> np.ndarray:
+    """kernel(q, k, v, key_valid, out) into zeros; key_valid None means every key is real."""
     if key_valid is None:
         key_valid = np.ones((k.shape[0], k.shape[2]), np.bool_)
     out = np.zeros(q.shape, np.float32)
-    _attention(q, k, v, np.asarray(key_valid, np.bool_), out)
+    kernel(q, k, v, np.asarray(key_valid, np.bool_), out)
     return out
 
 

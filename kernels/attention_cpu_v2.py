@@ -16,16 +16,14 @@ import math
 import numpy as np
 from numba import njit
 
+from minillm.kernels.attention_cpu_v1 import run   # plain Python: numba's cache is not involved
+
 NEG_INF = np.float32(-np.inf)
 
 
 def attention(q, k, v, key_valid=None) -> np.ndarray:
     """Causal attention; key_valid (B, Tk) bool marks real keys (None: all). -> (B, H, Tq, d)"""
-    if key_valid is None:
-        key_valid = np.ones((k.shape[0], k.shape[2]), np.bool_)
-    out = np.zeros(q.shape, np.float32)
-    _attention(q, k, v, np.asarray(key_valid, np.bool_), out)
-    return out
+    return run(_attention, q, k, v, key_valid)
 
 
 @njit(cache=True)

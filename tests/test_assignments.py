@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from minillm import assignments
-from minillm.assignments import runner
+from minillm import course as assignments
+from minillm.course import runner
 from minillm.cli import assignments as assignments_cli
-from minillm.assignments import (AssignmentError, Manifest, RunResult, allocate_points,
+from minillm.course import (AssignmentError, Manifest, RunResult, allocate_points,
                                  check_release, format_report, load_manifest, release,
                                  scan_repository, score_run, verify_round_trip)
 
