@@ -30,7 +30,6 @@ a user cannot smuggle a control token into the model.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import operator
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Literal
 
 import regex
+
+from minillm.tokenizer.special import replace_lone_surrogates, split_on_special
 
 GPT2_SPLIT_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -263,7 +264,7 @@ class Tokenizer:
         encoding, become U+FFFD first, as in tiktoken.
         """
         ids: list[int] = []
-        for chunk, special in self._split_on_special(text, allowed_special, disallowed_special):
+        for chunk, special in split_on_special(text, self.special_tokens_set, allowed_special, disallowed_special):
             ids += self._encode_chunk(chunk)
             if special is not None:
                 ids.append(self.special_tokens[special])
@@ -286,46 +287,6 @@ class Tokenizer:
             ids += piece_ids
         return ids
 
-    def _split_on_special(
-        self,
-        text: str,
-        allowed_special: Collection[str] | Literal["all"],
-        disallowed_special: Collection[str] | Literal["all"],
-    ) -> list[tuple[str, str | None]]:
-        """Cut text at allowed special tokens: a list of (ordinary text, special token or None).
-
-        Raises ValueError if the text contains a disallowed special token.
-        """
-        text = replace_lone_surrogates(text)
-        specials = self.special_tokens_set
-        allowed = specials if allowed_special == "all" else frozenset(allowed_special)
-        if allowed - specials:
-            raise ValueError(
-                f"allowed_special names {sorted(allowed - specials)},"
-                " which are not special tokens of this tokenizer"
-            )
-        if disallowed_special == "all":
-            disallowed = specials - allowed
-        else:
-            disallowed = frozenset(disallowed_special)
-        if disallowed and (found := special_token_regex(disallowed).search(text)):
-            token = found.group()
-            raise ValueError(
-                f"the text contains the special token {token!r}, which is disallowed.\n"
-                f"To encode it as the special token, pass allowed_special={{{token!r}}}"
-                " (or 'all').\n"
-                "To encode it as ordinary text, pass disallowed_special=()."
-            )
-        if not allowed:
-            return [(text, None)]
-        chunks: list[tuple[str, str | None]] = []
-        start = 0
-        for match in special_token_regex(allowed).finditer(text):
-            chunks.append((text[start : match.start()], match.group()))
-            start = match.end()
-        chunks.append((text[start:], None))
-        return chunks
-
     # ----------------------------------------------------------------------- explanation
 
     def explain(
@@ -337,7 +298,7 @@ class Tokenizer:
     ) -> list[PieceTrace]:
         """Encode like :meth:`encode`, returning each piece with the merges that made its tokens."""
         traces: list[PieceTrace] = []
-        for chunk, special in self._split_on_special(text, allowed_special, disallowed_special):
+        for chunk, special in split_on_special(text, self.special_tokens_set, allowed_special, disallowed_special):
             traces += [self._trace_piece(piece) for piece in GPT2_SPLIT_REGEX.findall(chunk)]
             if special is not None:
                 ids = (self.special_tokens[special],)
@@ -444,22 +405,3 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
                              f"got {line!r}")
         merges.append((parts[0], parts[1]))
     return merges
-
-
-@functools.lru_cache(maxsize=64)
-def special_token_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
-    """A regex matching any of ``tokens``, longest first so that no token hides a longer one.
-
-    Encoding and :mod:`minillm.tokenizer.train` both cut text at special tokens with it. Cached: it
-    is asked for on every encode, and building it costs more than encoding a short text."""
-    longest_first = sorted(tokens, key=len, reverse=True)
-    return regex.compile("|".join(regex.escape(token) for token in longest_first))
-
-
-def replace_lone_surrogates(text: str) -> str:
-    """Replace unpaired surrogates, which UTF-8 cannot encode, with U+FFFD, as tiktoken does."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text

@@ -35,9 +35,8 @@ from minillm.tokenizer.bpe import (
     GPT2_SPLIT_REGEX,
     Tokenizer,
     bytes_to_unicode,
-    replace_lone_surrogates,
-    special_token_regex,
 )
+from minillm.tokenizer.special import replace_lone_surrogates, special_token_regex
 
 Pair = tuple[int, int]
 
