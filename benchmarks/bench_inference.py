@@ -19,21 +19,13 @@ import time
 
 import numpy as np
 
-from minillm.backends import get_backend
-from minillm.config import GPT2_SIZES
-from minillm.generate import generate_steps
-from minillm.kv_cache import KVCache
-from minillm.model import GPT2
-from minillm.params import random_params
-
-
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from minillm.inference.generate import generate_steps
+from minillm.inference.kv_cache import KVCache
+from minillm.model.backends import get_backend
+from minillm.model.config import GPT2_SIZES
+from minillm.model.gpt2 import GPT2
+from minillm.model.params import random_params
+from timing import best_time                  # benchmarks/timing.py, beside this script
 
 
 def prefill_seconds(model: GPT2, T: int, repeats: int) -> float:

@@ -4,9 +4,10 @@
                                        [--threads N] [--cpu-time]
 
 Prints, at T = 128 / 512 / 1024 (batch 1):
-1. attention, 12 heads of 64: the fused kernel vs minillm.attention.causal_attention, time and
-   peak extra memory (tracemalloc: beyond the output; numba allocates through CPython, so its
-   allocations count too). Target: fused >= 2x faster at T = 1024.
+1. attention, 12 heads of 64: the staged kernels (attention_cpu_v1, _v2, and the fused
+   attention_cpu) vs minillm.model.attention.causal_attention: time, and for the reference and
+   the fused kernel peak extra memory (tracemalloc: beyond the output; numba allocates through
+   CPython, so its allocations count too). Target: fused >= 2x faster at T = 1024.
 2. matmul: the numba kernel's GFLOPS vs NumPy's BLAS on GPT-2 124M's shapes, x (T, 768) times
    the qkv (768, 2304), MLP (768, 3072) and (3072, 768) weights and the tied LM head wte.T
    (768, 50257), a transposed view. Target: >= 50% of BLAS.
@@ -49,15 +50,16 @@ clock = time.process_time if ARGS.cpu_time else time.perf_counter
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from minillm.attention import causal_attention, split_heads  # noqa: E402
-from minillm.config import GPT2_SIZES  # noqa: E402
+from minillm.inference.kv_cache import KVCache  # noqa: E402
+from minillm.kernels import attention_cpu_v1, attention_cpu_v2  # noqa: E402
 from minillm.kernels.attention_cpu import flash_attention  # noqa: E402
-from minillm.kernels.workers import WorkerPool  # noqa: E402
 from minillm.kernels.backend import NumbaBackend, cuda_unavailable_reason  # noqa: E402
 from minillm.kernels.matmul_cpu import matmul  # noqa: E402
-from minillm.kv_cache import KVCache  # noqa: E402
-from minillm.model import GPT2  # noqa: E402
-from minillm.params import random_params  # noqa: E402
+from minillm.kernels.workers import WorkerPool  # noqa: E402
+from minillm.model.attention import causal_attention, split_heads  # noqa: E402
+from minillm.model.config import GPT2_SIZES  # noqa: E402
+from minillm.model.gpt2 import GPT2  # noqa: E402
+from minillm.model.params import random_params  # noqa: E402
 
 N_HEADS, HEAD_DIM, WIDTH, VOCAB = 12, 64, 768, 50257
 ATTENTION_TARGET = 2.0       # fused speed-up over the reference at T = 1024
@@ -94,21 +96,23 @@ def mib(n_bytes: int) -> str:
 
 # ---- 1. attention -------------------------------------------------------------------------------
 def bench_attention(lengths, repeats, rng, pool) -> float:
-    print(f"\n1. Causal attention, B=1, {N_HEADS} heads x {HEAD_DIM}: "
-          "fused kernel vs NumPy reference")
-    print(f"{'T':>6} {'reference':>12} {'fused':>10} {'speed-up':>9}   "
+    print(f"\n1. Causal attention, B=1, {N_HEADS} heads x {HEAD_DIM}: the staged kernels "
+          "(v1 loops, v2 online softmax, v3 fused and tiled) vs the NumPy reference")
+    print(f"{'T':>6} {'reference':>12} {'v1':>10} {'v2':>10} {'v3 fused':>10} {'speed-up':>9}   "
           f"{'ref. memory':>12} {'fused memory':>13}")
     speedup = 0.0
     for T in lengths:
         qkv = rng.standard_normal((1, T, 3 * WIDTH), dtype=np.float32)     # as the model makes them
         q, k, v = (split_heads(part, N_HEADS) for part in np.split(qkv, 3, axis=-1))
-        t_ref, t_fused = best_times([lambda: causal_attention(q, k, v),
-                                     lambda: flash_attention(q, k, v, pool=pool)], repeats)
+        t_ref, t_v1, t_v2, t_fused = best_times([lambda: causal_attention(q, k, v),
+                                                 lambda: attention_cpu_v1.attention(q, k, v),
+                                                 lambda: attention_cpu_v2.attention(q, k, v),
+                                                 lambda: flash_attention(q, k, v, pool=pool)], repeats)
         m_ref = peak_extra_bytes(lambda: causal_attention(q, k, v))
         m_fused = peak_extra_bytes(lambda: flash_attention(q, k, v, pool=pool))
         speedup = t_ref / t_fused
-        print(f"{T:>6} {t_ref * 1e3:>9.1f} ms {t_fused * 1e3:>7.1f} ms {speedup:>8.2f}x   "
-              f"{mib(m_ref):>12} {mib(m_fused):>13}")
+        print(f"{T:>6} {t_ref * 1e3:>9.1f} ms {t_v1 * 1e3:>7.1f} ms {t_v2 * 1e3:>7.1f} ms "
+              f"{t_fused * 1e3:>7.1f} ms {speedup:>8.2f}x   {mib(m_ref):>12} {mib(m_fused):>13}")
     return speedup
 
 

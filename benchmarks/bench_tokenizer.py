@@ -21,8 +21,8 @@ from pathlib import Path
 
 import tiktoken
 
-from minillm.bpe_train import train_bpe
-from minillm.tokenizer import ENDOFTEXT, GPT2_SPLIT_PATTERN, Tokenizer
+from minillm.tokenizer.bpe import ENDOFTEXT, GPT2_SPLIT_PATTERN, Tokenizer
+from minillm.tokenizer.train import train_bpe
 
 
 @functools.cache

@@ -58,9 +58,9 @@ def limit_threads(n: int) -> None:
 def minillm_side(shape, backend):
     import numpy as np
 
-    from minillm.config import GPT2Config
-    from minillm.model import GPT2
-    from minillm.params import random_params
+    from minillm.model.config import GPT2Config
+    from minillm.model.gpt2 import GPT2
+    from minillm.model.params import random_params
     from minillm.training import AdamW, clip_grad_norm, loss_and_grads
 
     L, C, H, T, B, V = shape

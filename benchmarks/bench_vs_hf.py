@@ -73,10 +73,10 @@ def minillm_from_hf(hf_model, backend: str):
     """The HF model's weights (copied, float32, contiguous) in a minillm GPT2."""
     import numpy as np
 
-    from minillm.config import GPT2Config
-    from minillm.model import GPT2
-    from minillm.params import params_from_hf
-    from minillm.weights import check_tensors, gpt2_tensors
+    from minillm.checkpoint.weights import check_tensors, gpt2_tensors
+    from minillm.model.config import GPT2Config
+    from minillm.model.gpt2 import GPT2
+    from minillm.model.params import params_from_hf
 
     state = {name: np.ascontiguousarray(t.detach().numpy(), dtype=np.float32)
              for name, t in hf_model.state_dict().items()}
@@ -100,7 +100,7 @@ def check_logits_agree(hf_model, model, T: int = 64) -> float:
     import numpy as np
     import torch
 
-    from minillm.kv_cache import KVCache
+    from minillm.inference.kv_cache import KVCache
 
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, T))
     with torch.inference_mode():
@@ -136,7 +136,7 @@ def prefill_runners(hf_model, model, T: int):
     import numpy as np
     import torch
 
-    from minillm.kv_cache import KVCache
+    from minillm.inference.kv_cache import KVCache
 
     ids = np.random.default_rng(T).integers(0, model.config.vocab_size, (1, T))
     hf_ids = torch.from_numpy(ids)

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import minillm.model                                   # noqa: E402
-from minillm.config import GPT2Config                  # noqa: E402
-from minillm.kv_cache import KVCache                   # noqa: E402
-from minillm.model import GPT2                         # noqa: E402
-from minillm.params import random_params               # noqa: E402
+from minillm.inference.kv_cache import KVCache              # noqa: E402
+from minillm.model.config import GPT2Config                 # noqa: E402
+import minillm.model.gpt2                                   # noqa: E402
+from minillm.model.gpt2 import GPT2                         # noqa: E402
+from minillm.model.params import random_params              # noqa: E402
+from timing import best_time                                # noqa: E402  benchmarks/timing.py
 
 DECODE_PROMPT_LEN = 16
 DECODE_STEPS = 128
@@ -78,8 +79,8 @@ class TimedBackend:
 @contextlib.contextmanager
 def timing(model: GPT2, clock: OpClock):
     """Time every operation of `model` into `clock` while inside the block."""
-    patches = [(minillm.model, "split_heads", "head split/merge"),
-               (minillm.model, "merge_heads", "head split/merge"),
+    patches = [(minillm.model.gpt2, "split_heads", "head split/merge"),
+               (minillm.model.gpt2, "merge_heads", "head split/merge"),
                (KVCache, "update", "cache write"),
                (GPT2, "_embed", "embedding")]
     originals = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
@@ -154,25 +155,16 @@ def profile_decode(model: GPT2, repeats: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ machine
-def best_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def print_machine_limits(config: GPT2Config, repeats: int) -> None:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((1024, config.n_embd), dtype=np.float32)
     w = rng.standard_normal((config.n_embd, 4 * config.n_embd), dtype=np.float32)
-    gflops = 2 * a.shape[0] * w.size / best_seconds(lambda: a @ w, repeats) / 1e9
+    gflops = 2 * a.shape[0] * w.size / best_time(lambda: a @ w, repeats) / 1e9
     C = config.n_embd
     weights = rng.standard_normal((config.n_params() // C, C), dtype=np.float32)   # ~all of them
     x, copy = rng.standard_normal(C, dtype=np.float32), weights.copy()    # copy: pages touched
-    read_gbs = weights.nbytes / best_seconds(lambda: weights @ x, repeats) / 1e9
-    copy_gbs = 2 * weights.nbytes / best_seconds(lambda: np.copyto(copy, weights), repeats) / 1e9
+    read_gbs = weights.nbytes / best_time(lambda: weights @ x, repeats) / 1e9
+    copy_gbs = 2 * weights.nbytes / best_time(lambda: np.copyto(copy, weights), repeats) / 1e9
     matmul_flops = 2 * (config.n_params() - config.vocab_size * config.n_embd
                         - config.n_positions * config.n_embd) * 1024
     print(f"machine: sgemm (1024 x {config.n_embd} x {4 * config.n_embd}) {gflops:.0f} GFLOPS "

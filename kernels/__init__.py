@@ -1,11 +1,14 @@
 """numba kernels (CPU JIT and CUDA) for the hot path, each tested against its NumPy reference.
 
     attention_cpu   fused causal attention (online softmax), and a decode variant
-                    -- against minillm.attention.causal_attention
+                    -- against minillm.model.attention.causal_attention
+    attention_cpu_v1, attention_cpu_v2
+                    the steps towards it, tested against the same reference: v1 the
+                    reference's loops one query at a time, v2 the online softmax in one pass
     matmul_cpu      packed, register-blocked matmul -- against x @ w
     attention_cuda  the fused attention as a CUDA kernel (numba.cuda)
     matmul_cuda     shared-memory tiled matmul as a CUDA kernel
-    fused_cpu       LayerNorm and GELU, one loop each -- against minillm/layers.py
+    fused_cpu       LayerNorm and GELU, one loop each -- against minillm/model/layers.py
     workers         one pool of threads that shares out every big CPU operation
     backend         NumbaBackend and CudaBackend: GPT2(..., backend="numba" or "cuda")
 

@@ -1,7 +1,7 @@
 """Causal attention for training, fused in numba: a forward that keeps one statistic per row,
 and the FlashAttention-2 backward that recomputes the probabilities from it.
 
-Reference: `causal_attention` and `causal_attention_backward` in minillm/attention.py;
+Reference: `causal_attention` and `causal_attention_backward` in minillm/model/attention.py;
 tests/test_training_kernels.py compares the two.
 
 The NumPy reference backward materialises P = softmax(S), a (T, T) matrix per head, and keeps

@@ -2,8 +2,9 @@
 
     out = softmax(Q K^T / sqrt(d) + M) V      q: (B, H, Tq, d), k, v: (B, H, Tk, d) -> (B, H, Tq, d)
 
-Reference: `minillm.attention.causal_attention` (imported here as `reference`);
-tests/test_kernels_cpu.py compares the two.
+Reference: `minillm.model.attention.causal_attention` (imported here as `reference`);
+tests/test_kernels_cpu.py compares the two. This is version 3 of the staged kernels: read
+attention_cpu_v1.py (the reference's loops) and attention_cpu_v2.py (the online softmax) first.
 The queries are the last Tq of the Tk positions (query i sits at Tk - Tq + i), M masks future
 keys and keys whose `key_valid[b, j]` is False, and a query that can see no key at all gets
 zeros. q, k, v may be any strided views (the KV cache hands out slices of a bigger buffer).
@@ -64,8 +65,8 @@ from numba import boolean, errors, float32, njit, types, void
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from minillm.attention import causal_attention as reference  # noqa: F401  what they compute
 from minillm.kernels.workers import WorkerPool
+from minillm.model.attention import causal_attention as reference  # noqa: F401  what they compute
 
 BQ = 64            # queries per tile: 2 panels of NR lanes
 BK = 96            # keys per tile, a multiple of MR (48 and 72 measured about as fast)
@@ -110,11 +111,15 @@ def exp_nonpositive(x):
 
 
 # ---- register tiles -----------------------------------------------------------------------------
-# The same helper as in matmul_cpu.py, repeated rather than imported: numba's on-disk cache only
-# notices edits to this file, so nothing jitted here may depend on another file.
+# The same two helpers as in matmul_cpu.py, repeated rather than imported: numba's on-disk cache
+# only notices edits to this file, so nothing jitted here may depend on another file.
+# tests/test_kernels_cpu.py checks that the two copies stay identical.
 @intrinsic
-def _stack_floats(typingctx, count):
-    """A pointer to `count` float32 on the stack; `count` must be a compile-time constant."""
+def stack_floats(typingctx, count):
+    """A pointer to `count` float32 on the stack; `count` must be a compile-time constant.
+
+    numba has no local fixed-size arrays on the CPU; this is one, for tiles meant to live in
+    registers (LLVM promotes a stack array whose address never escapes to registers)."""
     if not isinstance(count, types.IntegerLiteral):
         raise errors.RequireLiteralValue(count)
 
@@ -126,19 +131,19 @@ def _stack_floats(typingctx, count):
 
 
 @njit(inline="always", cache=True)
-def _register_tile():
-    """An MR x NR float32 tile of zeros on the stack, promoted to registers by LLVM."""
-    tile = numba.carray(_stack_floats(TILE_FLOATS), (MR, NR))
+def register_tile():
+    """An MR x NR float32 tile of zeros on the stack."""
+    tile = numba.carray(stack_floats(TILE_FLOATS), (MR, NR))
     for r in range(MR):
-        for i in range(NR):
-            tile[r, i] = 0.0
+        for c in range(NR):
+            tile[r, c] = 0.0
     return tile
 
 
 @njit(inline="always", cache=True)
 def _register_lanes():
     """NR float32 zeros on the stack: one value per query lane."""
-    lanes = numba.carray(_stack_floats(NR), NR)
+    lanes = numba.carray(stack_floats(NR), NR)
     for i in range(NR):
         lanes[i] = 0.0
     return lanes
@@ -158,7 +163,7 @@ def _scores_block(k_tile, key_valid, b, k0, n_keys, q_panel, query_pos, scores, 
     for j0 in range(0, n_keys, MR):
         # Rows past n_keys repeat the last key; they are masked below and nothing reads them.
         row0, row1, row2 = min(j0, last), min(j0 + 1, last), min(j0 + 2, last)
-        tile = _register_tile()
+        tile = register_tile()
         for t in range(q_panel.shape[0]):
             k0t, k1t, k2t = k_tile[row0, t], k_tile[row1, t], k_tile[row2, t]
             for i in range(NR):
@@ -220,7 +225,7 @@ def _pv_block(v_tile, n_keys, weights, correction, acc):
     last_col = v_tile.shape[1] - 1
     for t0 in range(0, acc.shape[0], MR):
         col0, col1, col2 = min(t0, last_col), min(t0 + 1, last_col), min(t0 + 2, last_col)
-        tile = _register_tile()
+        tile = register_tile()
         for r in range(MR):
             for i in range(NR):
                 tile[r, i] = acc[t0 + r, i]

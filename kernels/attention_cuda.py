@@ -2,7 +2,7 @@
 
     out = softmax(Q K^T / sqrt(d) + M) V      q: (B, H, Tq, d), k, v: (B, H, Tk, d) -> (B, H, Tq, d)
 
-Reference: `minillm.attention.causal_attention` (here `reference`); tests/test_kernels_cuda.py
+Reference: `minillm.model.attention.causal_attention` (here `reference`); tests/test_kernels_cuda.py
 compares the two, on the GPU when there is one and in numba's CUDA simulator
 (NUMBA_ENABLE_CUDASIM=1) when not.
 Same conventions as the CPU kernel (kernels/attention_cpu.py): the queries are the last Tq of
@@ -29,7 +29,7 @@ import math
 
 from numba import cuda, float32
 
-from minillm.attention import causal_attention as reference  # noqa: F401  what the kernel computes
+from minillm.model.attention import causal_attention as reference  # noqa: F401  what the kernel computes
 
 BLOCK_Q = 32            # queries per block = threads per block
 BLOCK_K = 32            # keys per shared-memory tile

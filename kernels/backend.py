@@ -1,10 +1,8 @@
-"""The "numba" and "cuda" backends: the model's two heavy operations on the kernels of this package.
+"""The "numba" and "cuda" backends: the model's heavy operations on the kernels of this package.
 
-Both follow the protocol of minillm/backends.py: `linear(x, weight, bias=None)` with x (..., in)
-and weight (in, out) -- the LM head passes `wte.T`, a transposed view -- and
-`attention(q, k, v, key_valid=None)` with q (B, H, Tq, d), k, v (B, H, Tk, d), possibly views into
-the KV cache, the queries being the last Tq of the Tk positions. NumbaBackend also brings fused
-`layer_norm` and `gelu` (minillm.kernels.fused_cpu), which the model uses instead of its own.
+Both implement `minillm.model.backends.Backend` (its docstrings give every shape). NumbaBackend
+brings fused `layer_norm` and `gelu` (minillm.kernels.fused_cpu); CudaBackend keeps those two on
+the host. Measured speeds are in benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -13,12 +11,12 @@ import os
 
 import numpy as np
 
-from minillm import layers
+from minillm.model import layers
 
 
-# Calls over at least this many token positions (batch x queries) run on the worker pool. On 2
-# cores (benchmarks/bench_vs_hf.py-style prefills, pool against OpenBLAS's threads) the pool
-# was 3-11% slower at T = 256 and 4-8% faster at T = 512; this sits between the two.
+# Calls over at least this many token positions (batch x queries) run on the worker pool: below
+# it OpenBLAS's own threads split a matmul better; the crossover measured on 2 cores lies
+# between T = 256 and T = 512 (benchmarks/README.md).
 POOL_MIN_ROWS = 384
 
 
@@ -26,39 +24,34 @@ class NumbaBackend:
     """CPU kernels compiled by numba: fused FlashAttention-style attention, and BLAS matmul.
 
     attention: always the fused kernel (minillm.kernels.attention_cpu); it needs O(T d) memory
-    where the NumPy reference needs O(T^2), and is 4x faster than it at T = 1024 (one thread).
+    where the NumPy reference needs O(T^2).
 
-    linear: NumPy's BLAS by default, because the numba matmul (minillm.kernels.matmul_cpu) does
-    not beat it on any shape the model uses. On an AVX2 machine (AMD EPYC, OpenBLAS 0.3.31;
-    `benchmarks/bench_kernels.py` measures yours) the kernel reached 60-80% of BLAS's GFLOPS
-    single-threaded on x (T, 768) @ (768, 2304), (768, 3072), (3072, 768) and on the LM head
-    (768, 50257), T = 128-1024 (45-80% with 2 threads, on a busy machine), and it is 13-16x
-    slower for decoding (T = 1), where BLAS runs a matrix-vector product while the kernel
-    packs the whole weight for one row. This backend is for speed, so it uses the kernel only
-    where it wins: nowhere, on these measurements. `NumbaBackend(matmul="numba")` runs the
-    model on the kernel anyway, e.g. to test it end to end.
+    linear: NumPy's BLAS by default. The numba matmul (minillm.kernels.matmul_cpu) is a
+    teaching kernel that stays below BLAS on every shape the model uses, and far below it for
+    decoding (T = 1), where BLAS runs a matrix-vector product while the kernel packs the whole
+    weight for one row. `NumbaBackend(matmul="numba")` runs the model on it anyway, e.g. to
+    test it end to end.
 
     layer_norm, gelu: one loop each (minillm.kernels.fused_cpu) instead of NumPy's chain of
-    temporaries; 7x faster for GELU at T = 1024.
+    temporaries.
 
     Threads. A call over at least `pool_min_rows` token positions (a long prompt) runs on one
     pool of `threads` workers (minillm.kernels.workers): each matmul as row blocks, one
     single-threaded BLAS call per worker, and each kernel as per-worker shares. OpenBLAS's own
     threads and numba's would otherwise take turns with the cores, and an idle OpenBLAS worker
-    spins for ~0.1 s after every call, halving the speed of a parallel kernel that runs next
-    to it. Shorter calls (decoding, short prompts) run their matmuls on OpenBLAS's threads,
-    which split a few rows better than row blocks can (each block would read the whole
-    weight), and every kernel on the calling thread alone: attention over a short prompt is
-    too small a share of the work to be worth a fight for the cores.
+    spins for a while after every call, slowing a parallel kernel that runs next to it.
+    Shorter calls (decoding, short prompts) run their matmuls on OpenBLAS's threads, which
+    split a few rows better than row blocks can (each block would read the whole weight), and
+    every kernel on the calling thread alone: attention over a short prompt is too small a
+    share of the work to be worth a fight for the cores.
 
     Layout for decoding. One row times a weight (in, out) with out < in -- the MLP's
-    down-projection, (3072, 768) -- reads the weight in strips of only `out` floats, and
-    OpenBLAS's gemv gets ~19 GB/s from it against ~27 GB/s on the other shapes. With
-    `decode_copies=True` (the default) such a weight is used through a contiguous copy of its
-    transpose, so that each output is one dot product along a contiguous row: 12% faster
-    decoding on 2 cores. The price is memory: one more copy of those weights (113 MB for GPT-2
-    124M, +23%), made on first use and kept while the backend lives. The copies assume the
-    weights never change in place; call `clear()` if they do.
+    down-projection, (3072, 768) -- reads the weight in strips of only `out` floats, which
+    OpenBLAS's gemv streams more slowly than the other shapes. With `decode_copies=True` (the
+    default) such a weight is used through a contiguous copy of its transpose, so that each
+    output is one dot product along a contiguous row. The price is memory: one more copy of
+    those weights (113 MB for GPT-2 124M, +23%), made on first use and kept while the backend
+    lives. The copies assume the weights never change in place; call `clear()` if they do.
     """
 
     name = "numba"

@@ -1,6 +1,6 @@
 """LayerNorm and GELU as one loop each, in numba, for the CPU.
 
-Reference: `layer_norm` and `gelu` in minillm/layers.py; tests/test_performance_paths.py
+Reference: `layer_norm` and `gelu` in minillm/model/layers.py; tests/test_performance_paths.py
 compares the two.
 
 NumPy evaluates those formulas one operation at a time: GELU's `0.5 * x * (1 + tanh(...))` is

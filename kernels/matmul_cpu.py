@@ -23,9 +23,8 @@ The loop nest is GotoBLAS/BLIS's:
 
 Memory: the packed copy of A (M x K floats), one packed B block per worker (KC x NC floats), C.
 
-How far from BLAS, and why. Single-threaded on an AVX2 machine (AMD EPYC, OpenBLAS 0.3) this
-kernel runs at 55-75% of OpenBLAS's GFLOPS on GPT-2's shapes; `benchmarks/bench_kernels.py`
-prints the figures for your machine. The rest of the gap: OpenBLAS's micro-kernels are written
+Why it stays below BLAS (benchmarks/README.md has the measured gap; `benchmarks/bench_kernels.py`
+prints it for your machine): OpenBLAS's micro-kernels are written
 in assembly for each CPU generation, with software prefetching and an instruction order LLVM
 does not find (here it only gets the register allocation right); its block sizes are tuned to
 each cache hierarchy, not fixed constants; it packs with vector shuffles and splits work over
@@ -56,6 +55,8 @@ def reference(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> n
 
 
 # ---- registers ----------------------------------------------------------------------------------
+# attention_cpu.py holds a copy of these two (numba's cache would not see edits made here);
+# tests/test_kernels_cpu.py checks that the copies stay identical.
 @intrinsic
 def stack_floats(typingctx, count):
     """A pointer to `count` float32 on the stack; `count` must be a compile-time constant.

@@ -3,8 +3,8 @@
 The problem it solves: NumPy's OpenBLAS and numba each keep their own threads. When an
 OpenBLAS call ends, its idle worker keeps spinning on its core for ~2^28 cycles (~0.1 s) in
 case more work comes, so a numba-parallel kernel started right after a matmul shares a core
-with a thread doing nothing: on 2 cores, 1024-token attention took 44 ms per layer after a
-matmul against 29 ms alone. Two pools that take turns keep stepping on each other.
+with a thread doing nothing (benchmarks/README.md has the slowdown measured on 2 cores). Two
+pools that take turns keep stepping on each other.
 
 The fix is to have only one pool. `WorkerPool.run(piece, n)` runs piece(0), ..., piece(n-1) at
 once, one per thread (the caller runs piece 0), and every heavy operation of a forward pass

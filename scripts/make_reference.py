@@ -33,8 +33,8 @@ from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from minillm.config import GPT2Config                       # noqa: E402
-from minillm.params import (BlockParams, GPT2Params, block_shapes,  # noqa: E402
+from minillm.model.config import GPT2Config                       # noqa: E402
+from minillm.model.params import (BlockParams, GPT2Params, block_shapes,  # noqa: E402
                             params_to_hf)
 
 OUT_DIR = REPO_ROOT / "weights" / "reference"

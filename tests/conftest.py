@@ -23,7 +23,7 @@ def reference() -> dict:
 
 @pytest.fixture(scope="session")
 def reference_model():
-    from minillm.model import GPT2
+    from minillm.model.gpt2 import GPT2
     return GPT2.from_pretrained(REFERENCE_DIR)
 
 
@@ -57,7 +57,7 @@ def tiktoken_gpt2():
     """tiktoken's GPT-2 encoding, built from the repository's vocabulary files (no download)."""
     import tiktoken
 
-    from minillm.tokenizer import GPT2_SPLIT_PATTERN, default_vocab_dir
+    from minillm.tokenizer.bpe import GPT2_SPLIT_PATTERN, default_vocab_dir
 
     return tiktoken.Encoding(
         name="gpt2_local",
@@ -70,13 +70,13 @@ def tiktoken_gpt2():
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     """The readable GPT-2 tokenizer."""
-    from minillm.tokenizer import Tokenizer
+    from minillm.tokenizer.bpe import Tokenizer
     return Tokenizer.gpt2(fast=False)
 
 
 @pytest.fixture(scope="session")
 def gpt2_fast_tokenizer():
-    from minillm.tokenizer import Tokenizer
+    from minillm.tokenizer.bpe import Tokenizer
     return Tokenizer.gpt2(fast=True)
 
 

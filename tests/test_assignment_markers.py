@@ -1,6 +1,6 @@
 """Solution markers: how regions are found, validated and rendered into stubs.
 
-The rules are in minillm/assignments/markers.py; these tests pin each one down on small
+The rules are in minillm/course/markers.py; these tests pin each one down on small
 sources, and on the manifest of tests/assignments_fixtures/toyrepo.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from minillm import assignments
-from minillm.assignments import load_manifest, render, scan_source
+from minillm import course as assignments
+from minillm.course import load_manifest, render, scan_source
 
 FIXTURE = Path(__file__).parent / "assignments_fixtures" / "toyrepo"
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from minillm import assignments
-from minillm.assignments import runner
-from minillm.assignments import (AssignmentError, Manifest, RunResult, allocate_points,
+from minillm import course as assignments
+from minillm.course import runner
+from minillm.cli import assignments as assignments_cli
+from minillm.course import (AssignmentError, Manifest, RunResult, allocate_points,
                                  check_release, format_report, load_manifest, release,
                                  scan_repository, score_run, verify_round_trip)
 
@@ -52,10 +53,10 @@ def released_a1(tmp_path_factory) -> Path:
 
 def run_cli(*argv) -> tuple[int, str]:
     parser = argparse.ArgumentParser(prog="minillm assignments")
-    assignments.add_arguments(parser)
+    assignments_cli.add_arguments(parser)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = assignments.run(parser.parse_args([str(a) for a in argv]))
+        code = assignments_cli.run(parser.parse_args([str(a) for a in argv]))
     return code, out.getvalue()
 
 

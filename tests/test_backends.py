@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minillm.backends import available_backends, get_backend
-from minillm.config import GPT2Config
+from minillm.inference.kv_cache import KVCache
 from minillm.kernels.backend import NumbaBackend
-from minillm.kv_cache import KVCache
-from minillm.model import GPT2
-from minillm.params import random_params
+from minillm.model.backends import available_backends, get_backend
+from minillm.model.config import GPT2Config
+from minillm.model.gpt2 import GPT2
+from minillm.model.params import random_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT / "weights" / "reference"
@@ -81,7 +81,7 @@ def test_numba_cached_decoding_equals_recompute(tiny_params, padded_batch):
 def test_numba_backend_matches_hf_reference():
     if not all((REFERENCE_DIR / name).is_file() for name in ("model.safetensors", "reference.npz")):
         pytest.skip("weights/reference/ (model.safetensors, reference.npz) is not there yet")
-    from minillm import verify
+    from minillm.checkpoint import verify
 
     model = GPT2.from_pretrained(REFERENCE_DIR, backend="numba")
     reference = verify.load_reference(REFERENCE_DIR / verify.REFERENCE_FILE)
@@ -121,10 +121,10 @@ def run_python(code: str, simulator: bool) -> subprocess.CompletedProcess:
 
 CUDA_VS_NUMPY = """
 import numpy as np
-from minillm.config import GPT2Config
-from minillm.kv_cache import KVCache
-from minillm.model import GPT2
-from minillm.params import random_params
+from minillm.inference.kv_cache import KVCache
+from minillm.model.config import GPT2Config
+from minillm.model.gpt2 import GPT2
+from minillm.model.params import random_params
 config = GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)
 params = random_params(config, seed=1, std=0.3)
 ids = np.random.default_rng(0).integers(0, 40, (2, 5))
@@ -150,7 +150,7 @@ from numba import cuda
 if cuda.is_available():
     print("HAS_GPU")
 else:
-    from minillm.backends import get_backend
+    from minillm.model.backends import get_backend
     try:
         get_backend("cuda")
     except RuntimeError as err:

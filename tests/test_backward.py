@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from gradcheck import mutate, numerical_gradient, relative_error
-from minillm.attention import causal_attention, causal_attention_backward
-from minillm.layers import gelu, gelu_backward, layer_norm, layer_norm_backward, linear, linear_backward
-from minillm.loss import IGNORE_INDEX, cross_entropy, negative_log_likelihood
+from minillm.model.attention import causal_attention, causal_attention_backward
+from minillm.model.layers import gelu, gelu_backward, layer_norm, layer_norm_backward, linear, linear_backward
+from minillm.model.loss import IGNORE_INDEX, cross_entropy, negative_log_likelihood
 from minillm.training.backprop import embedding_backward
 
 TOLERANCE = 1e-6

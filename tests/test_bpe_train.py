@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm.bpe_train import BpeTrainer, count_pieces, merge_ids, train_bpe
-from minillm.tokenizer import ENDOFTEXT, Tokenizer, bytes_to_unicode
-from minillm.tokenizer_fast import FastTokenizer
+from minillm.tokenizer.bpe import ENDOFTEXT, Tokenizer, bytes_to_unicode
+from minillm.tokenizer.bpe import FastTokenizer
+from minillm.tokenizer.train import BpeTrainer, count_pieces, merge_ids, train_bpe
 
 
 def naive_merges(texts, n_merges, special_tokens=()):

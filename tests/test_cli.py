@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from minillm import cli_generate
+from minillm.cli import generate as cli_generate
 
 REFERENCE_PROMPT = "The quick brown fox"
 
@@ -19,8 +19,8 @@ def run_generate(argv: list[str]) -> int:
 
 
 def test_subcommand_modules_import_without_numba_or_the_hub():
-    code = ("import sys, minillm.cli_generate, minillm.download; "
-            "print(sorted(m for m in ('numba', 'huggingface_hub', 'numpy', 'minillm.model') if m in sys.modules))")
+    code = ("import sys, minillm.cli.generate, minillm.checkpoint.download; "
+            "print(sorted(m for m in ('numba', 'huggingface_hub', 'numpy', 'minillm.model.gpt2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -43,15 +43,15 @@ def test_registered_in_the_minillm_command():
 def reference():
     from conftest import REFERENCE_DIR
 
-    tokenizer_module = pytest.importorskip("minillm.tokenizer")
+    tokenizer_module = pytest.importorskip("minillm.tokenizer.bpe")
     if not (REFERENCE_DIR / "model.safetensors").is_file():
         pytest.skip("weights/reference/ is not there")
-    from minillm.model import GPT2
+    from minillm.model.gpt2 import GPT2
     return str(REFERENCE_DIR), GPT2.from_pretrained(REFERENCE_DIR), tokenizer_module.Tokenizer.gpt2()
 
 
 def expected_output(reference, prompt: str, **kwargs) -> str:
-    from minillm.generate import generate
+    from minillm.inference.generate import generate
 
     _, model, tokenizer = reference
     ids = tokenizer.encode(prompt)

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from minillm.config import GPT2_SIZES
-from minillm.params import block_shapes, top_shapes
+from minillm.model.config import GPT2_SIZES
+from minillm.model.params import block_shapes, top_shapes
 
 
 @pytest.mark.parametrize("name", list(GPT2_SIZES))

@@ -8,15 +8,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from minillm.config import GPT2Config
-from minillm.generate import generate, stream
-from minillm.kv_cache import KVCache
+from minillm.inference.generate import generate, stream
+from minillm.inference.kv_cache import KVCache
+from minillm.model.config import GPT2Config
 
-rng = np.random.default_rng(0)
+from oracles import float32_normals
 
-
-def randn(*shape):
-    return rng.standard_normal(shape).astype(np.float32)
+randn = float32_normals(seed=0)
 
 
 class NextTokenModel:

@@ -15,9 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from minillm.config import GPT2Config
-from minillm.download import ChecksumError, DownloadError, download, partial_path
-from minillm.params import params_to_hf, random_params
+from minillm.checkpoint.download import ChecksumError, DownloadError, download, partial_path
+from minillm.model.config import GPT2Config
+from minillm.model.params import params_to_hf, random_params
 
 REPO = "openai-community/gpt2"
 COMMIT = "607a30d783dfa663caf39e06633721c8d4cfcd7e"
@@ -184,7 +184,7 @@ def test_download_then_the_model_loads(hub, tmp_path, model_files):
         assert (model_dir / filename).read_bytes() == data
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
 
-    from minillm.model import GPT2
+    from minillm.model.gpt2 import GPT2
     model = GPT2.from_pretrained(model_dir)
     expected = random_params(TINY, seed=3)
     assert model.config == TINY

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minillm.backends import get_backend
-from minillm.config import GPT2Config
-from minillm.generate import generate, generate_steps, pad_batch, stream
-from minillm.model import GPT2
-from minillm.params import random_params
-from minillm.sampling import filtered_probs
+from minillm.inference.generate import generate, generate_steps, pad_batch, stream
+from minillm.inference.sampling import filtered_probs
+from minillm.model.backends import get_backend
+from minillm.model.config import GPT2Config
+from minillm.model.gpt2 import GPT2
+from minillm.model.params import random_params
 
 SMALL = GPT2Config(vocab_size=300, n_positions=40, n_embd=32, n_layer=2, n_head=4)
 PROMPTS = [[5, 17, 42], [7, 8, 9, 10, 11, 12, 13], [99], [250, 3, 3, 3]]
@@ -308,7 +308,7 @@ def test_bad_arguments_raise_clear_errors(model, ids, kwargs, message):
 
 
 def test_non_integer_ids_are_a_type_error(model):
-    # The same TypeError as GPT2.forward's: both check ids with minillm.model.check_token_ids.
+    # The same TypeError as GPT2.forward's: both check ids with minillm.model.inputs.check_token_ids.
     with pytest.raises(TypeError, match=r"token ids must be integers, got dtype float64"):
         generate(model, [1.0, 2.0], max_new_tokens=3)
 

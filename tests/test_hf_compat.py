@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minillm.model import GPT2
-from minillm.training.loop import load_tokenizer
+from minillm.model.gpt2 import GPT2
+from minillm.checkpoint.pretrained import tokenizer_for
 
 CHECKPOINT = Path(__file__).parent / "data" / "minillm_checkpoint"
 
@@ -19,7 +19,7 @@ def hf_outputs() -> dict:
 
 
 def test_hf_tokenizer_gives_minillm_ids(hf_outputs):
-    tokenizer = load_tokenizer(str(CHECKPOINT))
+    tokenizer = tokenizer_for(CHECKPOINT)
     texts = json.loads(str(hf_outputs["texts"]))
     assert any("<|endoftext|>" in text for text in texts)
     for k, text in enumerate(texts):

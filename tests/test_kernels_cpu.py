@@ -1,6 +1,6 @@
 """The numba CPU kernels against the NumPy references they replace.
 
-attention: minillm.kernels.attention_cpu.flash_attention vs minillm.attention.causal_attention,
+attention: minillm.kernels.attention_cpu.flash_attention vs minillm.model.attention.causal_attention,
     max abs difference <= 1e-5, over odd shapes: T not a multiple of the tiles, head_dim 16, 64
     and odd ones, T = 1, T = 1024, fewer queries than keys (decoding, chunked prefill), padding
     masks with fully masked rows, and the strided views the model passes (split heads, KV cache).
@@ -9,7 +9,9 @@ matmul: minillm.kernels.matmul_cpu.matmul vs `a @ b`. A length-K dot product in 
     |C - (a @ b + bias)| <= 1e-5 * (|a| @ |b| + |bias|) elementwise (for K = 3072 that allows
     ~1e-5 relative error, where the typical one is ~1e-6).
 """
+import ast
 import tracemalloc
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -17,18 +19,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm.attention import causal_attention, split_heads
-from minillm.kernels import attention_cpu, matmul_cpu
+from minillm.inference.kv_cache import KVCache
+from minillm.kernels import attention_cpu, attention_cpu_v1, attention_cpu_v2, matmul_cpu
 from minillm.kernels.attention_cpu import exp_nonpositive, flash_attention
 from minillm.kernels.matmul_cpu import matmul
-from minillm.kv_cache import KVCache
+from minillm.model.attention import causal_attention, split_heads
+
+from oracles import random_qkv
 
 TOLERANCE = 1e-5
-
-
-def random_qkv(rng, B, H, Tq, Tk, d):
-    normal = lambda *shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
-    return normal(B, H, Tq, d), normal(B, H, Tk, d), normal(B, H, Tk, d)
 
 
 def assert_attention_matches(q, k, v, key_valid=None):
@@ -71,6 +70,31 @@ def test_exp_nonpositive_is_within_2_ulp_of_exp():
 ])
 def test_attention_matches_reference(rng, B, H, Tq, Tk, d):
     assert_attention_matches(*random_qkv(rng, B, H, Tq, Tk, d))
+
+
+# The staged versions (kernels/attention_cpu_v1.py, _v2.py, and v3 = attention_cpu.py): each one
+# against the same reference, on the same inputs.
+ATTENTION_VERSIONS = {
+    "v1_loops": attention_cpu_v1.attention,
+    "v2_online_softmax": attention_cpu_v2.attention,
+    "v3_tiled": flash_attention,
+}
+
+
+@pytest.mark.parametrize("version", list(ATTENTION_VERSIONS))
+@pytest.mark.parametrize("B, H, Tq, Tk, d", [
+    (1, 1, 1, 1, 8), (2, 3, 7, 7, 16), (1, 2, 1, 40, 64), (2, 2, 33, 70, 64), (1, 1, 100, 100, 24),
+])
+def test_every_attention_version_matches_reference(rng, version, B, H, Tq, Tk, d):
+    attention = ATTENTION_VERSIONS[version]
+    q, k, v = random_qkv(rng, B, H, Tq, Tk, d)
+    key_valid = np.ones((B, Tk), bool)
+    key_valid[0, : Tk // 2] = False                  # left padding: some queries see no key
+    for mask in (None, key_valid):
+        got = attention(q, k, v, mask)
+        want = attention_cpu.reference(q, k, v, mask)
+        assert got.shape == want.shape and got.dtype == np.float32
+        assert np.abs(got - want).max() <= TOLERANCE
 
 
 @pytest.mark.assignment(5, uses=[2])
@@ -321,3 +345,36 @@ def test_attention_all_negative_scores_after_a_fully_masked_key_tile(rng):
     key_valid = np.arange(T)[None, :] >= 70                              # keys 0..69: padding
     assert_attention_matches(q, k, v, key_valid)
     assert np.abs(flash_attention(q, k, v, key_valid)[0, 0, 70:]).max() > 0.1
+
+
+# ---- deliberate copies --------------------------------------------------------------------------
+# numba's on-disk cache keys a function on its own file only, so a kernel that called jitted
+# code from another file could run a stale compiled copy after that file changed. The kernels
+# therefore repeat their small helpers; these tests keep the copies identical.
+KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels"
+
+
+def _source_of(file_name: str, function_name: str) -> str:
+    """The text of a top-level function of kernels/<file_name>, decorators included."""
+    text = (KERNELS_DIR / file_name).read_text(encoding="utf-8")
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == function_name:
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            return "\n".join(text.splitlines()[start - 1: node.end_lineno])
+    raise AssertionError(f"kernels/{file_name} has no function {function_name}")
+
+
+@pytest.mark.parametrize("name", ["stack_floats", "register_tile"])
+def test_register_tile_helpers_are_identical_copies(name):
+    assert _source_of("attention_cpu.py", name) == _source_of("matmul_cpu.py", name)
+    assert (attention_cpu.MR, attention_cpu.NR) == (matmul_cpu.MR, matmul_cpu.NR)
+
+
+def test_both_cephes_exps_use_the_same_constants():
+    # exp_nonpositive (attention, x <= 0, 0 below the underflow) and exp_f32 (GELU, clamped at
+    # both ends) differ in their domain by design, not in the approximation.
+    from minillm.kernels import fused_cpu
+
+    a = attention_cpu
+    assert (a._LOG2E, a._LN2_HI, a._LN2_LO) == (fused_cpu.LOG2_E, fused_cpu.LN2_HIGH, fused_cpu.LN2_LOW)
+    assert (a._P0, a._P1, a._P2, a._P3, a._P4, a._P5) == fused_cpu.EXP_POLY

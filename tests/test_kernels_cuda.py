@@ -59,11 +59,11 @@ else:
     import numba
     from numba import cuda
 
-    from minillm.attention import causal_attention, split_heads
-    from minillm.config import GPT2Config
     from minillm.kernels import attention_cuda, matmul_cuda
     from minillm.kernels.backend import CudaBackend
-    from minillm.params import random_params
+    from minillm.model.attention import causal_attention, split_heads
+    from minillm.model.config import GPT2Config
+    from minillm.model.params import random_params
 
     SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
     if not SIMULATOR and not cuda.is_available():

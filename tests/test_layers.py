@@ -4,16 +4,14 @@ import math
 import numpy as np
 import pytest
 
-from minillm.attention import (attention_mask_bias, causal_attention, causal_mask, merge_heads,
+from minillm.model.attention import (attention_mask_bias, causal_attention, causal_mask, merge_heads,
                                split_heads)
-from minillm.layers import gelu, layer_norm, linear, softmax
+from minillm.model.layers import gelu, layer_norm, linear, softmax
 
-rng = np.random.default_rng(0)
+from oracles import float32_normals, naive_attention
+
+randn = float32_normals(seed=0)
 erf = np.vectorize(math.erf)
-
-
-def randn(*shape, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
 
 
 def gelu_tanh_f64(x):
@@ -128,26 +126,6 @@ def test_linear_uses_in_out_layout():
 
 
 # ------------------------------------------------------------------------------- attention
-def naive_attention(q, k, v, key_valid=None):
-    """One query at a time in float64: scores with the keys it may see, softmax, weighted sum."""
-    B, H, Tq, d = q.shape
-    Tk = k.shape[2]
-    out = np.zeros((B, H, Tq, d))
-    for b in range(B):
-        for h in range(H):
-            for i in range(Tq):
-                position = Tk - Tq + i
-                keys = [j for j in range(position + 1) if key_valid is None or key_valid[b, j]]
-                if not keys:
-                    continue                           # a padding query: zero output
-                scores = np.array([q[b, h, i] @ k[b, h, j] for j in keys], np.float64)
-                scores /= math.sqrt(d)
-                weights = np.exp(scores - scores.max())
-                weights /= weights.sum()
-                out[b, h, i] = sum(w * v[b, h, j].astype(np.float64) for w, j in zip(weights, keys))
-    return out
-
-
 @pytest.mark.assignment(2)
 @pytest.mark.parametrize("n_queries, n_keys", [(6, 6), (1, 7), (3, 8)])
 def test_attention_matches_naive_loop(n_queries, n_keys):

@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm.backends import NumpyBackend
-from minillm.config import GPT2Config
-from minillm.kv_cache import KVCache
-from minillm.model import GPT2
-from minillm.params import random_params
+from minillm.inference.kv_cache import KVCache
+from minillm.model.backends import NumpyBackend
+from minillm.model.config import GPT2Config
+from minillm.model.gpt2 import GPT2
+from minillm.model.params import random_params
 
 CAUSAL_TOLERANCE = 1e-6      # an earlier position must not see a later token at all
 CACHE_TOLERANCE = 1e-5       # the cache reorders float32 sums, so allow rounding

@@ -12,10 +12,13 @@ import shutil
 import numpy as np
 import pytest
 
-import minillm.backends
-import minillm.layers
-import minillm.model
-from minillm import verify
+from minillm.checkpoint import verify
+from minillm.cli import verify as verify_cli
+import minillm.model.backends
+import minillm.model.gpt2
+import minillm.model.layers
+
+from oracles import greedy_by_recompute
 
 TOLERANCE = 1e-4
 PROMPTS = ["english", "chinese", "code", "long"]
@@ -31,17 +34,6 @@ def logit_diff(model, reference, name) -> float:
 
 def worst_logit_diff(model, reference) -> float:
     return max(logit_diff(model, reference, name) for name in PROMPTS)
-
-
-def greedy(model, ids, n_new, attention_mask=None):
-    """Greedy decoding by full recompute: append the argmax, run everything again."""
-    ids = np.asarray(ids)
-    for _ in range(n_new):
-        next_ids = model(ids, attention_mask=attention_mask)[..., -1, :].argmax(-1)
-        ids = np.concatenate([ids, next_ids[..., None]], axis=-1)
-        if attention_mask is not None:
-            attention_mask = np.concatenate([attention_mask, np.ones_like(attention_mask[:, :1])], -1)
-    return ids
 
 
 # ------------------------------------------------------------------------- agreement with HF
@@ -77,14 +69,14 @@ def test_hidden_states_match_hf(reference_model, reference, name):
 def test_greedy_continuation_matches_hf(reference_model, reference, name):
     expected = reference[f"{name}.greedy"]
     prompt = reference[f"{name}.ids"]
-    got = greedy(reference_model, prompt, len(expected) - len(prompt))
+    got = greedy_by_recompute(reference_model, prompt, len(expected) - len(prompt))
     assert got.tolist() == expected.tolist()
 
 
 def test_left_padded_batch_greedy_matches_hf(reference_model, reference):
     padded, mask, expected = (reference[f"batch.{k}"] for k in ("ids", "attention_mask", "greedy"))
     assert (mask == 0).any(axis=1).sum() >= 2                  # rows really are padded
-    got = greedy(reference_model, padded, expected.shape[1] - padded.shape[1], attention_mask=mask)
+    got = greedy_by_recompute(reference_model, padded, expected.shape[1] - padded.shape[1], attention_mask=mask)
     assert got.tolist() == expected.tolist()
 
 
@@ -112,24 +104,24 @@ def layer_norm_eps(original, eps):
 def test_mutations_exceed_the_tolerance(monkeypatch, reference_model, reference, mutation):
     assert worst_logit_diff(reference_model, reference) <= TOLERANCE
     if mutation == "erf_gelu":
-        monkeypatch.setattr(minillm.layers, "gelu", erf_gelu)
+        monkeypatch.setattr(minillm.model.layers, "gelu", erf_gelu)
     elif mutation == "layer_norm_eps_1e-6":
-        monkeypatch.setattr(minillm.layers, "layer_norm", layer_norm_eps(minillm.layers.layer_norm, 1e-6))
+        monkeypatch.setattr(minillm.model.layers, "layer_norm", layer_norm_eps(minillm.model.layers.layer_norm, 1e-6))
     else:
-        monkeypatch.setattr(minillm.backends, "causal_attention",
-                            unscaled_attention(minillm.backends.causal_attention))
+        monkeypatch.setattr(minillm.model.backends, "causal_attention",
+                            unscaled_attention(minillm.model.backends.causal_attention))
     assert worst_logit_diff(reference_model, reference) > TOLERANCE
 
 
 # ----------------------------------------------------------------------- minillm verify
 def verify_args(*argv):
     parser = argparse.ArgumentParser()
-    verify.add_arguments(parser)
+    verify_cli.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
 def test_verify_passes_on_the_reference(capsys, reference_dir):
-    assert verify.run(verify_args("--model", str(reference_dir))) == 0
+    assert verify_cli.run(verify_args("--model", str(reference_dir))) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out
     for name in PROMPTS:
@@ -139,10 +131,10 @@ def test_verify_passes_on_the_reference(capsys, reference_dir):
 
 
 def test_verify_fails_on_a_wrong_model(capsys, monkeypatch, reference_dir):
-    monkeypatch.setattr(minillm.backends, "causal_attention",
-                        unscaled_attention(minillm.backends.causal_attention))
+    monkeypatch.setattr(minillm.model.backends, "causal_attention",
+                        unscaled_attention(minillm.model.backends.causal_attention))
     reference_file = reference_dir / "reference.npz"
-    assert verify.run(verify_args("--model", str(reference_dir / "model.safetensors"),
+    assert verify_cli.run(verify_args("--model", str(reference_dir / "model.safetensors"),
                                   "--reference", str(reference_file))) == 1
     out = capsys.readouterr().out
     assert "prompt: english" in out and "FAIL" in out
@@ -151,7 +143,7 @@ def test_verify_fails_on_a_wrong_model(capsys, monkeypatch, reference_dir):
 def test_verify_without_a_reference(capsys, tmp_path, reference_dir):
     for file in ("model.safetensors", "config.json"):
         shutil.copy(reference_dir / file, tmp_path)
-    assert verify.run(verify_args("--model", str(tmp_path))) == 2
+    assert verify_cli.run(verify_args("--model", str(tmp_path))) == 2
     assert "no reference" in capsys.readouterr().out
 
 
@@ -161,19 +153,19 @@ def test_verify_gpt2_uses_the_published_continuation(capsys, monkeypatch, tmp_pa
     # greedy continuation standing in for the published one.
     for file in ("model.safetensors", "config.json"):
         shutil.copy(reference_dir / file, tmp_path)
-    monkeypatch.setattr(verify, "_is_gpt2_124m", lambda config: True)
+    monkeypatch.setattr(verify, "is_gpt2_124m", lambda config: True)
     monkeypatch.setattr(verify, "GPT2_PROMPT_IDS", reference["english.ids"].tolist())
     monkeypatch.setattr(verify, "GPT2_GREEDY_IDS", reference["english.greedy"].tolist())
-    assert verify.run(verify_args("--model", str(tmp_path))) == 0
+    assert verify_cli.run(verify_args("--model", str(tmp_path))) == 0
     out = capsys.readouterr().out
     assert "published greedy continuation" in out and "PASS" in out
     monkeypatch.setattr(verify, "GPT2_GREEDY_IDS", reference["chinese.greedy"][:30].tolist())
-    assert verify.run(verify_args("--model", str(tmp_path))) == 1
+    assert verify_cli.run(verify_args("--model", str(tmp_path))) == 1
     assert "ids differ from position 0" in capsys.readouterr().out
 
 
 def test_verify_reports_missing_files(capsys, tmp_path, reference_dir):
-    assert verify.run(verify_args("--model", str(reference_dir), "--reference", "nope.npz")) == 2
+    assert verify_cli.run(verify_args("--model", str(reference_dir), "--reference", "nope.npz")) == 2
     assert "error: reference file not found: nope.npz" in capsys.readouterr().err
-    assert verify.run(verify_args("--model", str(tmp_path))) == 2
+    assert verify_cli.run(verify_args("--model", str(tmp_path))) == 2
     assert f"error: no model.safetensors in {tmp_path}" in capsys.readouterr().err

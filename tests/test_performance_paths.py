@@ -1,19 +1,17 @@
-"""The fast paths compute what the reference computes: each fused kernel against minillm/layers.py
+"""The fast paths compute what the reference computes: each fused kernel against minillm/model/layers.py
 (and float64), within the stated tolerances. No timing here: speed is benchmarks/' business."""
 import math
 
 import numpy as np
 import pytest
 
-from minillm.layers import gelu, layer_norm
+from minillm.model.layers import gelu, layer_norm
+
+from oracles import float32_normals
 
 fused = pytest.importorskip("minillm.kernels.fused_cpu")
 
-rng = np.random.default_rng(0)
-
-
-def randn(*shape, scale=1.0, shift=0.0):
-    return (scale * rng.standard_normal(shape) + shift).astype(np.float32)
+randn = float32_normals(seed=0)
 
 
 def gelu_f64(x):
@@ -91,7 +89,7 @@ def test_layer_norm_eps_matters_for_a_constant_row():
 # ------------------------------------------------------------------------------ the numba backend
 @pytest.fixture(scope="module")
 def numba_backend():
-    from minillm.backends import get_backend
+    from minillm.model.backends import get_backend
     try:
         return get_backend("numba")
     except ImportError as error:
@@ -138,7 +136,7 @@ def test_attention_matches_reference_and_leaves_numba_threads_alone(numba_backen
                                                                      n_keys):
     import numba
 
-    from minillm.attention import causal_attention
+    from minillm.model.attention import causal_attention
 
     q, k, v = randn(1, 12, n_queries, 64), randn(1, 12, n_keys, 64), randn(1, 12, n_keys, 64)
     threads = numba.get_num_threads()
@@ -180,8 +178,8 @@ def fast_backend(request, numba_backend, pooled_backend):
 
 @pytest.mark.parametrize("name", ["english", "long"])
 def test_numba_model_matches_numpy_model(fast_backend, reference_model, reference, name):
-    from minillm.kv_cache import KVCache
-    from minillm.model import GPT2
+    from minillm.inference.kv_cache import KVCache
+    from minillm.model.gpt2 import GPT2
 
     fast = GPT2(reference_model.config, reference_model.params, backend=fast_backend)
     ids = reference[f"{name}.ids"]
@@ -194,7 +192,7 @@ def test_numba_model_matches_numpy_model(fast_backend, reference_model, referenc
 
 
 def test_numba_greedy_generation_matches_hf(fast_backend, reference_model, reference):
-    from minillm.model import GPT2
+    from minillm.model.gpt2 import GPT2
 
     fast = GPT2(reference_model.config, reference_model.params, backend=fast_backend)
     expected = reference["english.greedy"]

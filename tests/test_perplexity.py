@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minillm.loss import IGNORE_INDEX
-from minillm.perplexity import score_ids, score_text, window_targets
+from minillm.model.loss import IGNORE_INDEX
+from minillm.inference.perplexity import score_ids, score_text, window_targets
 
 EVAL_REFERENCE = Path(__file__).parent / "data" / "eval_reference.json"
 
@@ -27,7 +27,7 @@ def test_sliding_window_loss_equals_hf(reference_model, eval_reference, stride):
 
 
 def test_score_text_reports_per_token_byte_and_char(reference_model, eval_reference):
-    from minillm.tokenizer import Tokenizer
+    from minillm.tokenizer.bpe import Tokenizer
     corpus = Path(__file__).parent / "data" / "tokenizer_corpus.txt"
     text = corpus.read_bytes().decode("utf-8")[: eval_reference["text_chars"]]   # keep its \r\n
     score = score_text(reference_model, Tokenizer.gpt2(), text, stride=64)

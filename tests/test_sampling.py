@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm.sampling import (TokenChooser, check_sampling_args, draw, filtered_probs, greedy, sample,
+from minillm.inference.sampling import (TokenChooser, check_sampling_args, draw, filtered_probs, greedy, sample,
                               top_k_filter, top_p_filter)
 
 # probabilities 0.1, 0.2, 0.3, 0.4

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm.streaming import TextStreamer, stream_text
+from minillm.inference.streaming import TextStreamer, stream_text
 
 
 class ByteChunks:
@@ -69,7 +69,7 @@ def is_utf8(data: bytes) -> bool:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tokenizer_module = pytest.importorskip("minillm.tokenizer")
+    tokenizer_module = pytest.importorskip("minillm.tokenizer.bpe")
     return tokenizer_module.Tokenizer.gpt2()
 
 
@@ -84,8 +84,8 @@ def test_gpt2_tokens_of_multibyte_text(tokenizer, text):
 
 def test_stream_text_matches_generate(tokenizer):
     from conftest import REFERENCE_DIR
-    from minillm.generate import generate
-    from minillm.model import GPT2
+    from minillm.inference.generate import generate
+    from minillm.model.gpt2 import GPT2
 
     if not (REFERENCE_DIR / "model.safetensors").is_file():
         pytest.skip("weights/reference/ is not there")
@@ -102,9 +102,9 @@ def test_stream_text_matches_generate(tokenizer):
 
 
 def test_stream_text_takes_one_prompt(tokenizer):
-    from minillm.params import random_params
-    from minillm.config import GPT2Config
-    from minillm.model import GPT2
+    from minillm.model.config import GPT2Config
+    from minillm.model.gpt2 import GPT2
+    from minillm.model.params import random_params
 
     config = GPT2Config(vocab_size=50257, n_positions=8, n_embd=8, n_layer=1, n_head=2)
     model = GPT2(config, random_params(config))

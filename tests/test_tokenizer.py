@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm import tokenizer as tokenizer_module
-from minillm.tokenizer import ENDOFTEXT, MergeStep, Tokenizer, bytes_to_unicode, default_vocab_dir
+from minillm.tokenizer import bpe as tokenizer_module
+from minillm.tokenizer.bpe import ENDOFTEXT, MergeStep, Tokenizer, bytes_to_unicode, default_vocab_dir
 
 VOCAB_SHA256 = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
@@ -289,7 +289,7 @@ def test_piece_cache_stays_bounded(monkeypatch, tiktoken_gpt2):
 # ---- the command line -------------------------------------------------------------------------
 
 def run_cli(capsys, *argv):
-    from minillm import cli_tokenize
+    from minillm.cli import tokenize as cli_tokenize
 
     parser = argparse.ArgumentParser()
     cli_tokenize.add_arguments(parser)

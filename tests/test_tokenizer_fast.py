@@ -8,11 +8,11 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm.bpe_train import train_bpe
-from minillm.tokenizer import ENDOFTEXT, GPT2_SPLIT_PATTERN, Tokenizer, bytes_to_unicode
-from minillm.tokenizer_fast import (
-    LETTER, NUMBER, OTHER, SPACE, FastTokenizer, _piece_end, character_classes,
+from minillm.tokenizer.bpe import (
+    ENDOFTEXT, GPT2_SPLIT_PATTERN, FastTokenizer, Tokenizer, bytes_to_unicode,
 )
+from minillm.tokenizer.fast import LETTER, NUMBER, OTHER, SPACE, _piece_end, character_classes
+from minillm.tokenizer.train import train_bpe
 
 any_text = st.text(st.characters(exclude_categories=("Cs",)))
 # Fragments that meet at the boundaries GPT-2's regex cares about.

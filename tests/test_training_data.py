@@ -17,7 +17,7 @@ def test_held_out_split_is_made_of_whole_documents():
 
 
 def test_documents_are_joined_by_endoftext():
-    from minillm.tokenizer import Tokenizer
+    from minillm.tokenizer.bpe import Tokenizer
     tokenizer = Tokenizer.gpt2()
     docs = split_documents("First play.\n<|endoftext|>\nSecond play.\n<|endoftext|>\n\n")
     assert docs == ["First play.", "Second play."]
@@ -49,7 +49,7 @@ def test_eval_windows_cover_the_start_without_overlap():
 
 
 def test_tokens_are_cached_and_retokenised_when_the_text_changes(tmp_path):
-    from minillm.tokenizer import Tokenizer
+    from minillm.tokenizer.bpe import Tokenizer
     tokenizer = Tokenizer.gpt2()
     data = tmp_path / "corpus.txt"
     data.write_text("One.\n<|endoftext|>\nTwo two.\n<|endoftext|>\nThree three three.\n")
@@ -64,7 +64,7 @@ def test_tokens_are_cached_and_retokenised_when_the_text_changes(tmp_path):
 
 
 def test_a_folder_without_val_txt_is_refused(tmp_path):
-    from minillm.tokenizer import Tokenizer
+    from minillm.tokenizer.bpe import Tokenizer
     (tmp_path / "train.txt").write_text("text")
     with pytest.raises(DataError, match="no val.txt"):
         prepare_tokens(tmp_path, Tokenizer.gpt2(), tmp_path / "tokens")

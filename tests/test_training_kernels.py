@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minillm.attention import causal_attention, causal_attention_backward
+from minillm.model.attention import causal_attention, causal_attention_backward
 from minillm.kernels import attention_backward_cpu as kernel
 from minillm.kernels.workers import WorkerPool
 

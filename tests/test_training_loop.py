@@ -12,10 +12,10 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from minillm.cli import main
-from minillm.model import GPT2
+from minillm.model.gpt2 import GPT2
 from minillm.training import TrainConfig, TrainingError, loop, train
 from minillm.training.data import DataError
-from minillm.weights import read_safetensors
+from minillm.checkpoint.weights import read_safetensors
 
 SHAKESPEARE = Path(__file__).resolve().parents[1] / "data" / "shakespeare"
 
@@ -31,7 +31,7 @@ def one_blas_thread():
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
     """300 KB of the training plays and 40 KB of a held-out play, and a 512-token BPE of them."""
-    from minillm.bpe_train import train_bpe
+    from minillm.tokenizer.train import train_bpe
     folder = tmp_path_factory.mktemp("data")
     train_text = (SHAKESPEARE / "train.txt").read_text(encoding="utf-8")[:300_000]
     (folder / "train.txt").write_text(train_text, encoding="utf-8")
@@ -103,8 +103,8 @@ def test_checkpoint_is_a_complete_hf_folder(small_data, tmp_path):
     assert hf_config["model_type"] == "gpt2" and hf_config["vocab_size"] == 512
     assert hf_config["eos_token_id"] == hf_config["bos_token_id"] == 511     # <|endoftext|>
     assert "lm_head.weight" not in read_safetensors(run / "model.safetensors")  # tied
-    from minillm.training.loop import load_tokenizer
-    model, tokenizer = GPT2.from_pretrained(run), load_tokenizer(str(run))
+    from minillm.checkpoint.pretrained import tokenizer_for
+    model, tokenizer = GPT2.from_pretrained(run), tokenizer_for(run)
     assert tokenizer.n_vocab == model.config.vocab_size == 512
     text = "ROMEO:\nBut soft, what light"
     assert tokenizer.decode(tokenizer.encode(text)) == text

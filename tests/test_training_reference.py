@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from gradcheck import mutate
-from minillm.model import GPT2
-from minillm.params import params_from_hf
+from minillm.model.gpt2 import GPT2
+from minillm.model.params import params_from_hf
 from minillm.training import AdamW, clip_grad_norm, learning_rate, loss_and_grads
 from minillm.training import backprop
 

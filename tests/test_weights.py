@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from minillm import weights
-from minillm.config import GPT2Config
-from minillm.model import GPT2
-from minillm.params import params_to_hf, random_params
-from minillm.weights import (CheckpointError, check_vocab_matches, float32_to_bfloat16_bits,
+from minillm.checkpoint import weights
+from minillm.model.config import GPT2Config
+from minillm.model.gpt2 import GPT2
+from minillm.model.params import params_to_hf, random_params
+from minillm.checkpoint.weights import (CheckpointError, check_vocab_matches, float32_to_bfloat16_bits,
                              load_checkpoint, read_header, read_safetensors, resolve_model_path,
                              save_checkpoint, write_safetensors)
 

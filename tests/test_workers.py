@@ -9,12 +9,10 @@ import pytest
 workers = pytest.importorskip("minillm.kernels.workers")
 from minillm.kernels import attention_cpu, fused_cpu  # noqa: E402
 
+from oracles import float32_normals  # noqa: E402
+
 WorkerPool = workers.WorkerPool
-rng = np.random.default_rng(0)
-
-
-def randn(*shape, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
+randn = float32_normals(seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@
                x_{l+1} = block_l(x_l)                    (the same equations as minillm.model)
                logits = LN_f(x_L) wte^T ;  loss = cross_entropy(logits, targets)
     backward:  the same steps in reverse, each layer's backward (beside its forward in
-               layers.py, attention.py, loss.py) turning dL/d(output) into dL/d(input) and
+               minillm/model: layers.py, attention.py, loss.py) turning dL/d(output) into dL/d(input) and
                dL/d(its weights).
 
 The forward records, per block, the inputs each backward needs (a `BlockTape`); nothing else
@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minillm.attention import merge_heads, split_heads
-from minillm.layers import gelu_backward, layer_norm_backward, linear_backward
-from minillm.loss import cross_entropy
-from minillm.model import check_token_ids
-from minillm.params import HF_BLOCK_NAMES, BlockParams
+from minillm.model.attention import merge_heads, split_heads
+from minillm.model.backends import TrainingBackend
+from minillm.model.layers import gelu_backward, layer_norm_backward
+from minillm.model.loss import cross_entropy
+from minillm.model.inputs import check_token_ids
+from minillm.model.params import HF_BLOCK_NAMES, BlockParams
 
 
 @dataclass
@@ -122,6 +123,9 @@ def loss_and_grads(model, ids, targets) -> tuple[float, dict[str, np.ndarray]]:
     float32 and shaped like its weight. Runs on the model's backend ("numpy" or "numba").
     """
     config, p, backend = model.config, model.params, model.backend
+    if not isinstance(backend, TrainingBackend):
+        raise TypeError(f"the {getattr(backend, 'name', type(backend).__name__)!r} backend has no "
+                        "backward passes: train on the 'numpy' or 'numba' backend")
     ids, targets = check_training_batch(ids, targets, config)
     B, T = ids.shape
     eps = config.layer_norm_epsilon

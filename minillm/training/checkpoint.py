@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from minillm.weights import read_safetensors, save_checkpoint, write_safetensors
+from minillm.checkpoint.weights import read_safetensors, save_checkpoint, write_safetensors
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"

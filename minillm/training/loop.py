@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from minillm.config import GPT2Config
-from minillm.loss import negative_log_likelihood
-from minillm.model import GPT2
-from minillm.params import random_params
-from minillm.tokenizer import Tokenizer
+from minillm.model.config import GPT2Config
+from minillm.model.loss import negative_log_likelihood
+from minillm.model.gpt2 import GPT2
+from minillm.model.params import random_params
+from minillm.checkpoint.pretrained import tokenizer_for
+from minillm.tokenizer.bpe import Tokenizer
 from minillm.training import checkpoint
 from minillm.training.backprop import loss_and_grads
 from minillm.training.config import SHAPE_KEYS, TrainConfig
@@ -197,12 +198,12 @@ def _resumed_config(config: TrainConfig, state: dict, out: Path) -> TrainConfig:
 def _load_model(config: TrainConfig, resume_from: Path | None) -> tuple[GPT2, Tokenizer]:
     """The model and tokenizer to train: the saved run's, an --init checkpoint's, or new ones."""
     if resume_from is not None:
-        return GPT2.from_pretrained(resume_from, backend=config.backend), load_tokenizer(str(resume_from))
+        return GPT2.from_pretrained(resume_from, backend=config.backend), tokenizer_for(resume_from)
     if config.init:
         model = GPT2.from_pretrained(config.init, backend=config.backend)
-        tokenizer = load_tokenizer(config.init if _has_tokenizer(config.init) else config.tokenizer)
+        tokenizer = tokenizer_for(config.init)
     else:
-        tokenizer = load_tokenizer(config.tokenizer)
+        tokenizer = tokenizer_for(config.tokenizer)
         shape = GPT2Config(vocab_size=config.vocab_size or tokenizer.n_vocab, n_positions=config.context,
                            n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head)
         model = GPT2(shape, random_params(shape, seed=config.seed, std=config.init_std), backend=config.backend)
@@ -213,15 +214,3 @@ def _load_model(config: TrainConfig, resume_from: Path | None) -> tuple[GPT2, To
         raise TrainingError(f"context {config.context} is longer than the model's n_positions "
                             f"{model.config.n_positions}")
     return model, tokenizer
-
-
-def _has_tokenizer(folder: str) -> bool:
-    return (Path(folder) / "vocab.json").is_file() and (Path(folder) / "merges.txt").is_file()
-
-
-def load_tokenizer(name_or_folder: str) -> Tokenizer:
-    """GPT-2's tokenizer for "gpt2", else the (fast) tokenizer of a folder's vocab.json + merges.txt."""
-    from minillm.tokenizer_fast import FastTokenizer
-    if name_or_folder == "gpt2":
-        return Tokenizer.gpt2()
-    return FastTokenizer.from_pretrained(name_or_folder)

@@ -46,8 +46,8 @@ class TextStreamer:
 
 def stream_text(model, tokenizer, prompt, max_new_tokens: int | None = None, **kwargs) -> Iterator[str]:
     """Generate from `prompt` (a string, or a list of token ids) and yield the new text piece
-    by piece, each piece whole characters. Arguments as in minillm.generate.generate."""
-    from minillm.generate import stream
+    by piece, each piece whole characters. Arguments as in minillm.inference.generate.generate."""
+    from minillm.inference.generate import stream
 
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
     if np.ndim(ids) != 1:

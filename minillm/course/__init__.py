@@ -36,11 +36,11 @@ manifest's points. The process imports the packages of DIR, never the installed 
 
 Modules: manifest (assignments.toml), sources (which files a copy holds, reading them), markers
 (finding and checking regions), releasing (the student copy), runner (a pytest process on a
-graded tree), grading (points and the score table), roundtrip (verify), cli (the subcommand).
+graded tree), grading (points and the score table), roundtrip (verify). The subcommand is
+minillm/cli/assignments.py.
 """
 from __future__ import annotations
 
-from .cli import add_arguments, run
 from .grading import (OUTCOMES, AssignmentScore, GradeReport, ScoredTest, allocate_points,
                     format_report, grade, score_run)
 from .manifest import (MANIFEST_PATH, Assignment, AssignmentError, Manifest, find_repository,
@@ -54,8 +54,8 @@ from .sources import list_repo_files, python_view
 __all__ = [
     "MANIFEST_PATH", "OUTCOMES", "Assignment", "AssignmentError", "AssignmentScore", "GradeReport",
     "Manifest", "Region", "ReleaseResult", "RoundTripReport", "RunResult", "ScoredTest",
-    "add_arguments", "allocate_points", "check_release", "coverage_warnings", "find_repository",
+    "allocate_points", "check_release", "coverage_warnings", "find_repository",
     "format_report", "grade", "list_repo_files", "load_manifest", "parse_assignment_number",
-    "parse_only", "python_view", "release", "render", "run", "run_tests", "score_run",
+    "parse_only", "python_view", "release", "render", "run_tests", "score_run",
     "scan_repository", "scan_source", "verify_round_trip",
 ]

@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .grading import format_report, grade
-from .manifest import (AssignmentError, find_repository, load_manifest, parse_assignment_number,
-                       parse_only)
-from .markers import coverage_warnings, scan_repository
-from .releasing import release
-from .roundtrip import verify_round_trip
-from .runner import _pytest_command, _test_environment
+from minillm.course.grading import format_report, grade
+from minillm.course.manifest import (AssignmentError, find_repository, load_manifest,
+                                         parse_assignment_number, parse_only)
+from minillm.course.markers import coverage_warnings, scan_repository
+from minillm.course.releasing import release
+from minillm.course.roundtrip import verify_round_trip
+from minillm.course.runner import _pytest_command, _test_environment
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,7 @@
-"""The `minillm` command line: one subcommand per module, each with add_arguments() and run()."""
+"""The `minillm` command line: one module per subcommand, each with add_arguments() and run().
+
+Every argument and every line a command prints lives here; the stage packages only compute.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,13 +10,13 @@ import sys
 
 # subcommand -> (module implementing it, one-line help)
 COMMANDS = {
-    "generate": ("minillm.cli_generate", "generate text from a prompt, streaming it"),
-    "tokenize": ("minillm.cli_tokenize", "show how text splits into GPT-2 tokens"),
-    "download": ("minillm.download", "download GPT-2 weights from the Hugging Face hub"),
-    "eval": ("minillm.cli_eval", "loss and perplexity of a text under a model"),
-    "train": ("minillm.cli_train", "train, fine-tune or resume a GPT-2 on a text"),
-    "verify": ("minillm.verify", "check a model's logits against a reference file"),
-    "assignments": ("minillm.assignments", "release or grade the course assignments"),
+    "generate": ("minillm.cli.generate", "generate text from a prompt, streaming it"),
+    "tokenize": ("minillm.cli.tokenize", "show how text splits into GPT-2 tokens"),
+    "download": ("minillm.cli.download", "download GPT-2 weights from the Hugging Face hub"),
+    "eval": ("minillm.cli.eval", "loss and perplexity of a text under a model"),
+    "train": ("minillm.cli.train", "train, fine-tune or resume a GPT-2 on a text"),
+    "verify": ("minillm.cli.verify", "check a model's logits against a reference file"),
+    "assignments": ("minillm.cli.assignments", "release or grade the course assignments"),
 }
 
 
@@ -34,6 +37,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

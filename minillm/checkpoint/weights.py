@@ -48,11 +48,10 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-import minillm
-from minillm.config import GPT2_SIZES, GPT2Config
-from minillm.params import GPT2Params, hf_state_dict_shapes, params_from_hf, params_to_hf
+from minillm.model.config import GPT2_SIZES, GPT2Config
+from minillm.model.params import GPT2Params, hf_state_dict_shapes, params_from_hf, params_to_hf
 
-REPO_ROOT = Path(minillm.__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]      # minillm/checkpoint/ -> the repository
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 

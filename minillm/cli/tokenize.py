@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minillm.tokenizer import PieceTrace, Tokenizer
+from minillm.tokenizer.bpe import PieceTrace, Tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

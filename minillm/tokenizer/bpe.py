@@ -11,7 +11,7 @@ A tokenizer turns text into a list of integer ids, and back. GPT-2's does it in 
    newline as ``Ċ``). Any text at all can be spelled with these 256 symbols, so there is no
    "unknown" token; the printable spelling only exists so the vocabulary files are readable.
 3. **Merge.** The merge list ranks symbol pairs in the order they were learned in training
-   (see :mod:`minillm.bpe_train`). Find the adjacent pair with the lowest rank, fuse every
+   (see :mod:`minillm.tokenizer.train`). Find the adjacent pair with the lowest rank, fuse every
    occurrence of it, and repeat until no adjacent pair is in the list. Each remaining symbol
    is a token; the vocabulary maps it to its id.
 
@@ -30,7 +30,6 @@ a user cannot smuggle a control token into the model.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import operator
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Literal
 
 import regex
+
+from minillm.tokenizer.special import replace_lone_surrogates, split_on_special
 
 GPT2_SPLIT_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -51,7 +52,7 @@ next word, so that the word keeps its leading space."""
 ENDOFTEXT = "<|endoftext|>"
 
 GPT2_SPLIT_REGEX = regex.compile(GPT2_SPLIT_PATTERN)
-"""GPT2_SPLIT_PATTERN compiled, shared by encoding and :mod:`minillm.bpe_train`."""
+"""GPT2_SPLIT_PATTERN compiled, shared by encoding and :mod:`minillm.tokenizer.train`."""
 
 # (vocabulary, merges) file names, Hugging Face's first; save() writes the first pair.
 _FILE_NAMES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
@@ -63,7 +64,7 @@ _PIECE_CACHE_SIZE = 100_000
 
 def default_vocab_dir() -> Path:
     """The folder holding the GPT-2 vocabulary shipped with the repository."""
-    return Path(__file__).resolve().parents[1] / "weights" / "gpt2"
+    return Path(__file__).resolve().parents[2] / "weights" / "gpt2"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -173,12 +174,10 @@ class Tokenizer:
     def gpt2(cls, fast: bool = True) -> Tokenizer:
         """OpenAI's GPT-2 tokenizer, from the repository's ``weights/gpt2`` folder.
 
-        ``fast=True`` returns a :class:`~minillm.tokenizer_fast.FastTokenizer`, which gives the
-        same ids much faster; ``fast=False`` this readable implementation.
+        ``fast=True`` returns a :class:`FastTokenizer`, which gives the same ids much faster;
+        ``fast=False`` this readable implementation.
         """
         if fast:
-            from minillm.tokenizer_fast import FastTokenizer  # it subclasses Tokenizer
-
             return FastTokenizer.from_pretrained(default_vocab_dir())
         return cls.from_pretrained(default_vocab_dir())
 
@@ -265,7 +264,7 @@ class Tokenizer:
         encoding, become U+FFFD first, as in tiktoken.
         """
         ids: list[int] = []
-        for chunk, special in self._split_on_special(text, allowed_special, disallowed_special):
+        for chunk, special in split_on_special(text, self.special_tokens_set, allowed_special, disallowed_special):
             ids += self._encode_chunk(chunk)
             if special is not None:
                 ids.append(self.special_tokens[special])
@@ -288,46 +287,6 @@ class Tokenizer:
             ids += piece_ids
         return ids
 
-    def _split_on_special(
-        self,
-        text: str,
-        allowed_special: Collection[str] | Literal["all"],
-        disallowed_special: Collection[str] | Literal["all"],
-    ) -> list[tuple[str, str | None]]:
-        """Cut text at allowed special tokens: a list of (ordinary text, special token or None).
-
-        Raises ValueError if the text contains a disallowed special token.
-        """
-        text = replace_lone_surrogates(text)
-        specials = self.special_tokens_set
-        allowed = specials if allowed_special == "all" else frozenset(allowed_special)
-        if allowed - specials:
-            raise ValueError(
-                f"allowed_special names {sorted(allowed - specials)},"
-                " which are not special tokens of this tokenizer"
-            )
-        if disallowed_special == "all":
-            disallowed = specials - allowed
-        else:
-            disallowed = frozenset(disallowed_special)
-        if disallowed and (found := special_token_regex(disallowed).search(text)):
-            token = found.group()
-            raise ValueError(
-                f"the text contains the special token {token!r}, which is disallowed.\n"
-                f"To encode it as the special token, pass allowed_special={{{token!r}}}"
-                " (or 'all').\n"
-                "To encode it as ordinary text, pass disallowed_special=()."
-            )
-        if not allowed:
-            return [(text, None)]
-        chunks: list[tuple[str, str | None]] = []
-        start = 0
-        for match in special_token_regex(allowed).finditer(text):
-            chunks.append((text[start : match.start()], match.group()))
-            start = match.end()
-        chunks.append((text[start:], None))
-        return chunks
-
     # ----------------------------------------------------------------------- explanation
 
     def explain(
@@ -339,7 +298,7 @@ class Tokenizer:
     ) -> list[PieceTrace]:
         """Encode like :meth:`encode`, returning each piece with the merges that made its tokens."""
         traces: list[PieceTrace] = []
-        for chunk, special in self._split_on_special(text, allowed_special, disallowed_special):
+        for chunk, special in split_on_special(text, self.special_tokens_set, allowed_special, disallowed_special):
             traces += [self._trace_piece(piece) for piece in GPT2_SPLIT_REGEX.findall(chunk)]
             if special is not None:
                 ids = (self.special_tokens[special],)
@@ -400,6 +359,24 @@ class Tokenizer:
         return index
 
 
+
+class FastTokenizer(Tokenizer):
+    """:class:`Tokenizer` with ordinary text encoded by compiled code (minillm/tokenizer/fast.py)."""
+
+    def __init__(
+        self,
+        vocab: Mapping[str, int],
+        merges: Sequence[tuple[str, str]],
+        special_tokens: Mapping[str, int] | None = None,
+    ) -> None:
+        from minillm.tokenizer.fast import CompiledEncoder  # numba loads only when asked for
+
+        super().__init__(vocab, merges, special_tokens)
+        self._compiled = CompiledEncoder(self.vocab, self.merges, self.byte_encoder, self._token_bytes)
+
+    def _encode_chunk(self, text: str) -> list[int]:
+        return self._compiled.encode(text)
+
 def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
     """Fuse every occurrence of ``pair``, left to right: "aaa" with (a, a) gives aa, a."""
     ### BEGIN SOLUTION a1: the merge step (fuse every occurrence of the pair, left to right)
@@ -428,22 +405,3 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
                              f"got {line!r}")
         merges.append((parts[0], parts[1]))
     return merges
-
-
-@functools.lru_cache(maxsize=64)
-def special_token_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
-    """A regex matching any of ``tokens``, longest first so that no token hides a longer one.
-
-    Encoding and :mod:`minillm.bpe_train` both cut text at special tokens with it. Cached: it
-    is asked for on every encode, and building it costs more than encoding a short text."""
-    longest_first = sorted(tokens, key=len, reverse=True)
-    return regex.compile("|".join(regex.escape(token) for token in longest_first))
-
-
-def replace_lone_surrogates(text: str) -> str:
-    """Replace unpaired surrogates, which UTF-8 cannot encode, with U+FFFD, as tiktoken does."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text

@@ -21,16 +21,15 @@ positions get pad_token_id (default: the EOS id), and generation stops once ever
 """
 from __future__ import annotations
 
-import inspect
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from minillm.kv_cache import KVCache
-from minillm.model import check_token_ids
-from minillm.sampling import TokenChooser
+from minillm.inference.kv_cache import KVCache
+from minillm.inference.sampling import TokenChooser
+from minillm.model.inputs import check_token_ids
 
 
 @dataclass
@@ -53,33 +52,48 @@ class _Request:
     use_cache: bool
 
 
+@dataclass(frozen=True)
+class GenerationConfig:
+    """What generate, stream and generate_steps take besides the prompt, with HF's names and
+    meanings (see the module docstring); each is a keyword argument of those functions."""
+    max_new_tokens: int | None = None    # new tokens; or give max_length, not both
+    max_length: int | None = None        # prompt (left padding included) + new tokens
+    do_sample: bool = False              # False: greedy
+    temperature: float = 1.0             # only when sampling; 0 means greedy
+    top_k: int | None = None             # keep the k most likely tokens (HF samples with 50)
+    top_p: float | None = None           # keep the smallest set whose probability is >= top_p
+    seed: int | None = None              # the sampler's random generator; None: fresh entropy
+    eos_token_id: int | Sequence[int] | None = None   # a row stops at any of these
+    pad_token_id: int | None = None      # written after a row stops; default: the first EOS id or 0
+    attention_mask: np.ndarray | None = None          # (B, T) 0 on left padding, 1 on tokens
+    use_cache: bool = True               # False: recompute the whole sequence every step
+
+
 # ------------------------------------------------------------------------------------------------
-def generate(model, ids, max_new_tokens: int | None = None, **kwargs) -> np.ndarray:
+def generate(model, ids, max_new_tokens: int | None = None, **options) -> np.ndarray:
     """Prompt + generated ids: (T,) -> (T + n,), (B, T) -> (B, T + n), int64.
 
-    n is max_new_tokens, or fewer if every row reached eos_token_id. Pass max_new_tokens or
-    max_length (= T + max_new_tokens, HF's meaning), not both. The keyword arguments, with
-    their defaults, are those of `_prepare`: max_length, do_sample, temperature, top_k, top_p,
-    seed, eos_token_id, pad_token_id, attention_mask, use_cache (see the module docstring).
+    n is max_new_tokens, or fewer if every row reached eos_token_id. The keyword arguments are
+    the fields of GenerationConfig; all are checked before any work is done.
     """
-    request = _prepare(model, ids, max_new_tokens, **kwargs)
+    request = _prepare(model, ids, _config(max_new_tokens, options))
     new_ids = [step.token_ids for step in _decode(model, request)]
     out = np.concatenate([request.ids, np.stack(new_ids, axis=1)], axis=1)
     return out[0] if request.squeeze else out
 
 
-def stream(model, ids, max_new_tokens: int | None = None, **kwargs) -> Iterator:
+def stream(model, ids, max_new_tokens: int | None = None, **options) -> Iterator:
     """Yield the new tokens one step at a time: an int for a 1-D prompt, a (B,) array for a
     batch. Same arguments as `generate`; they are checked before the first token is computed."""
-    request = _prepare(model, ids, max_new_tokens, **kwargs)
+    request = _prepare(model, ids, _config(max_new_tokens, options))
     if request.squeeze:
         return (int(step.token_ids[0]) for step in _decode(model, request))
     return (step.token_ids for step in _decode(model, request))
 
 
-def generate_steps(model, ids, max_new_tokens: int | None = None, **kwargs) -> Iterator[Step]:
+def generate_steps(model, ids, max_new_tokens: int | None = None, **options) -> Iterator[Step]:
     """Like `stream`, but each step also carries the (B, V) logits the tokens were chosen from."""
-    return _decode(model, _prepare(model, ids, max_new_tokens, **kwargs))
+    return _decode(model, _prepare(model, ids, _config(max_new_tokens, options)))
 
 
 def pad_batch(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,33 +163,31 @@ def _last_logits(model, ids: np.ndarray, mask: np.ndarray | None, cache: KVCache
 
 
 # ------------------------------------------------------------------------------------------------
-def _prepare(model, ids, max_new_tokens: int | None = None, *, max_length: int | None = None,
-             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None,
-             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             attention_mask=None, use_cache: bool = True, **unexpected) -> _Request:
-    """Check every argument of generate / stream / generate_steps, whose defaults are these
-    (ValueError naming the value and what was expected; TypeError for ids that are not
-    integers and for an unknown keyword)."""
+def _config(max_new_tokens: int | None, options: dict) -> GenerationConfig:
+    """The GenerationConfig of one call; TypeError naming any keyword it does not know."""
+    known = [field.name for field in fields(GenerationConfig)]
+    unexpected = sorted(options.keys() - set(known))
     if unexpected:
-        raise TypeError(f"unexpected argument(s) {sorted(unexpected)}; expected some of {list(_OPTIONS)}")
-    config = model.config
-    ids_2d, squeeze = _check_prompt(ids, config.vocab_size)
+        raise TypeError(f"unexpected argument(s) {unexpected}; expected some of {known[1:]}")
+    return GenerationConfig(max_new_tokens=max_new_tokens, **options)
+
+
+def _prepare(model, ids, config: GenerationConfig) -> _Request:
+    """Check the prompt and every option against the model (ValueError naming the value and
+    what was expected; TypeError for ids that are not integers)."""
+    model_config = model.config
+    ids_2d, squeeze = _check_prompt(ids, model_config.vocab_size)
     T = ids_2d.shape[1]
-    n_new = _check_length(T, max_new_tokens, max_length, config.n_positions)
-    mask = _check_mask(attention_mask, ids_2d.shape, squeeze)
-    choose = TokenChooser(do_sample, temperature, top_k, top_p, seed)
-    eos_ids = _check_token_list("eos_token_id", eos_token_id, config.vocab_size)
-    if pad_token_id is None:
+    n_new = _check_length(T, config.max_new_tokens, config.max_length, model_config.n_positions)
+    mask = _check_mask(config.attention_mask, ids_2d.shape, squeeze)
+    choose = TokenChooser(config.do_sample, config.temperature, config.top_k, config.top_p, config.seed)
+    eos_ids = _check_token_list("eos_token_id", config.eos_token_id, model_config.vocab_size)
+    if config.pad_token_id is None:
         pad_token_id = int(eos_ids[0]) if eos_ids is not None else 0
     else:
-        pad_token_id = int(_check_token_list("pad_token_id", pad_token_id, config.vocab_size)[0])
-    return _Request(ids_2d, mask, squeeze, n_new, choose, eos_ids, pad_token_id, bool(use_cache))
-
-
-# The keyword arguments generate and friends accept: _prepare's keyword-only parameters.
-_OPTIONS = tuple(name for name, parameter in inspect.signature(_prepare).parameters.items()
-                 if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
+        pad_token_id = int(_check_token_list("pad_token_id", config.pad_token_id,
+                                             model_config.vocab_size)[0])
+    return _Request(ids_2d, mask, squeeze, n_new, choose, eos_ids, pad_token_id, bool(config.use_cache))
 
 
 def _check_prompt(ids, vocab_size: int) -> tuple[np.ndarray, bool]:

@@ -24,7 +24,7 @@ import re
 import sys
 from pathlib import Path
 
-from minillm.config import GPT2_SIZES
+from minillm.model.config import GPT2_SIZES
 
 # Each released GPT-2 (the sizes of config.GPT2_SIZES) -> its hub repository (the old bare ids
 # like "gpt2" redirect there).
@@ -174,29 +174,6 @@ def _offline_mode() -> bool:
 
 
 def _default_weights_dir() -> Path:
-    from minillm.weights import REPO_ROOT
+    from minillm.checkpoint.weights import REPO_ROOT
 
     return REPO_ROOT / "weights"
-
-
-# ------------------------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    parser.add_argument("name", choices=list(HUB_REPOS), help="which GPT-2 to download")
-    parser.add_argument("--dir", default=None, metavar="DIR",
-                        help="weights folder; the files go to DIR/NAME/ (default: <repo>/weights)")
-    parser.add_argument("--endpoint", default=None, metavar="URL",
-                        help=f"hub to download from (default: $HF_ENDPOINT or {DEFAULT_ENDPOINT})")
-    parser.add_argument("--revision", default="main", help="branch, tag or commit (default: main)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                        help="how long to wait for the hub to answer (default: %(default)s)")
-
-
-def run(args) -> int:
-    try:
-        model_dir = download(args.name, args.dir, args.endpoint, args.revision, args.timeout)
-    except DownloadError as error:
-        print(f"minillm download: {error}", file=sys.stderr)
-        return 1
-    model = args.name if args.dir is None else model_dir
-    print(f"{args.name} is ready in {model_dir}: minillm generate --model {model} \"Hello\"")
-    return 0

@@ -1,4 +1,4 @@
-"""`minillm verify`: check that a model computes what Hugging Face transformers computes.
+"""The checks behind `minillm verify`: does a model compute what Hugging Face transformers computes?
 
     minillm verify --model weights/reference              # uses weights/reference/reference.npz
     minillm verify --model gpt2                           # the released 124M model
@@ -10,13 +10,11 @@ well-known greedy continuation of "The dog".
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from minillm.config import GPT2_SIZES
+from minillm.model.config import GPT2_SIZES
 
 TOLERANCE = 1e-4
 REFERENCE_FILE = "reference.npz"
@@ -25,47 +23,6 @@ REFERENCE_FILE = "reference.npz"
 GPT2_PROMPT_IDS = [464, 3290]
 GPT2_GREEDY_IDS = [464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688, 290,
                    2688, 27262, 13, 198, 198, 464, 3290]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="model directory, .safetensors file, or released name (gpt2, ...)")
-    parser.add_argument("--reference", default=None,
-                        help=f"reference outputs (.npz); default: {REFERENCE_FILE} in the model "
-                             "directory")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
-                        help=f"largest allowed max-abs difference (default {TOLERANCE:g})")
-    parser.add_argument("--backend", default="numpy", help="numpy, numba or cuda")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Print a table of checks; exit code 0 if all pass, 1 if any fails, 2 if none can run."""
-    from minillm.model import GPT2
-    from minillm.weights import CheckpointError, load_checkpoint, resolve_model_path
-
-    try:
-        model_path = resolve_model_path(args.model)        # resolved once, loaded from there
-        config, params = load_checkpoint(model_path)
-        model = GPT2(config, params, backend=args.backend)
-        reference_path = find_reference(model_path, args.reference)
-    except (FileNotFoundError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    tolerance = args.tolerance
-    if reference_path is not None:
-        print(f"verifying {model_path} against {reference_path} (tolerance {tolerance:g})")
-        rows = reference_checks(model, load_reference(reference_path), tolerance)
-    elif _is_gpt2_124m(model.config):
-        print(f"verifying {model_path} (GPT-2 124M) by its published greedy continuation")
-        rows = [continuation_check(model, "The dog", GPT2_PROMPT_IDS, GPT2_GREEDY_IDS)]
-    else:
-        print(f"no reference for {model_path}: pass --reference FILE, or put {REFERENCE_FILE} "
-              "in the model directory")
-        return 2
-    print_table(rows)
-    failed = sum(not row["passed"] for row in rows)
-    print(f"{len(rows) - failed}/{len(rows)} checks passed")
-    return 1 if failed else 0
 
 
 def find_reference(model_path: Path, reference: str | None) -> Path | None:
@@ -78,7 +35,7 @@ def find_reference(model_path: Path, reference: str | None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _is_gpt2_124m(config) -> bool:
+def is_gpt2_124m(config) -> bool:
     return config == GPT2_SIZES["gpt2"]
 
 
@@ -150,15 +107,3 @@ def reference_checks(model, reference: dict, tolerance: float) -> list[dict]:
         rows.append(continuation_check(model, "left-padded batch", reference["batch.ids"],
                                        reference["batch.greedy"], reference["batch.attention_mask"]))
     return rows
-
-
-def print_table(rows: list[dict]) -> None:
-    header = {"check": "check", "tokens": "tokens", "logits": "max|dlogits|",
-              "hidden": "max|dhidden|", "result": "result", "note": ""}
-    rows = [{**row, "result": "PASS" if row["passed"] else "FAIL"} for row in rows]
-    widths = {key: max(len(str(r[key])) for r in [header, *rows]) for key in header}
-    for row in [header, *rows]:
-        cells = [str(row["check"]).ljust(widths["check"])]
-        cells += [str(row[key]).rjust(widths[key]) for key in ("tokens", "logits", "hidden")]
-        cells += [str(row["result"]).ljust(widths["result"]), str(row["note"])]
-        print("  ".join(cells).rstrip())

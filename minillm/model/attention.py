@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minillm.layers import softmax
+from minillm.model.layers import softmax
 
 
 def causal_mask(n_queries: int, n_keys: int) -> np.ndarray:

@@ -26,7 +26,7 @@ FLAG_HELP = {
 
 
 def add_arguments(parser) -> None:
-    from minillm.backends import available_backends
+    from minillm.model.backends import available_backends
     from minillm.training.config import TrainConfig
 
     parser.add_argument("--config", metavar="FILE.toml", help="settings file (keys: the flag names with _)")

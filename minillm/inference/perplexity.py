@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minillm.loss import IGNORE_INDEX, negative_log_likelihood
+from minillm.model.loss import IGNORE_INDEX, negative_log_likelihood
 
 
 @dataclass

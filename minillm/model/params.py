@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from minillm.config import GPT2Config
+from minillm.model.config import GPT2Config
 
 
 @dataclass

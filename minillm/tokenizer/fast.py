@@ -1,6 +1,6 @@
-"""GPT-2 encoding compiled with numba: the same ids as :mod:`minillm.tokenizer`, much faster.
+"""GPT-2 encoding compiled with numba: the same ids as :mod:`minillm.tokenizer.bpe`, much faster.
 
-Read :mod:`minillm.tokenizer` first; this module changes how the work is done, not what is
+Read :mod:`minillm.tokenizer.bpe` first; this module changes how the work is done, not what is
 computed. In Python, splitting text with the regex alone costs about as much as tiktoken's
 whole encode, so the per-piece loop has to leave Python. :func:`_encode_text` does all of it
 in one numba call per text (``benchmarks/bench_tokenizer.py`` measures the speed):
@@ -18,8 +18,9 @@ in one numba call per text (``benchmarks/bench_tokenizer.py`` measures the speed
   list, so fusing two of them is O(1). Merges are looked up by pairs of token ids in a hash
   table (:class:`MergeTable`).
 
-Special tokens, decoding and :meth:`~minillm.tokenizer.Tokenizer.explain` are inherited
-unchanged; only the encoding of ordinary text is replaced.
+:class:`~minillm.tokenizer.bpe.FastTokenizer` uses :class:`CompiledEncoder` for ordinary text and
+inherits special tokens, decoding and :meth:`~minillm.tokenizer.bpe.Tokenizer.explain` unchanged.
+This module never imports bpe.py, so that bpe.py can build the fast tokenizer without a cycle.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import regex
-
-from minillm.tokenizer import Tokenizer
 
 # Character classes of GPT-2's pattern; a code point is in at most one of them.
 OTHER, LETTER, NUMBER, SPACE = 0, 1, 2, 3
@@ -47,7 +46,7 @@ def character_classes() -> np.ndarray:
     """Class (OTHER, LETTER, NUMBER or SPACE) of every code point, as the ``regex`` module sees it.
 
     Taking the classes from ``regex`` rather than from :mod:`unicodedata` keeps the scanner
-    on the same Unicode version as :class:`~minillm.tokenizer.Tokenizer`.
+    on the same Unicode version as :class:`~minillm.tokenizer.bpe.Tokenizer`.
     """
     code_points = np.arange(_N_CODE_POINTS, dtype=np.uint32)
     every_character = code_points.tobytes().decode("utf-32-le", "surrogatepass")
@@ -107,23 +106,24 @@ class TokenTable(NamedTuple):
         return table
 
 
-class FastTokenizer(Tokenizer):
-    """:class:`~minillm.tokenizer.Tokenizer` with ordinary text encoded by compiled code."""
+class CompiledEncoder:
+    """The tables :func:`_encode_text` reads, built once per vocabulary, and the call into it."""
 
     def __init__(
         self,
         vocab: Mapping[str, int],
         merges: Sequence[tuple[str, str]],
-        special_tokens: Mapping[str, int] | None = None,
+        byte_encoder: Mapping[int, str],
+        token_bytes: Sequence[bytes],
     ) -> None:
-        super().__init__(vocab, merges, special_tokens)
-        byte_ids = [self.vocab[self.byte_encoder[byte]] for byte in range(256)]
+        byte_ids = [vocab[byte_encoder[byte]] for byte in range(256)]
         self._byte_ids = np.array(byte_ids, dtype=np.int64)
-        self._merge_table = MergeTable.build(self.vocab, self.merges)
-        self._token_table = TokenTable.build(self._token_bytes, self._byte_ids, self._merge_table)
+        self._merge_table = MergeTable.build(vocab, merges)
+        self._token_table = TokenTable.build(token_bytes, self._byte_ids, self._merge_table)
         self._classes = character_classes()
 
-    def _encode_chunk(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
+        """The ids of ordinary text (no special tokens), as ``Tokenizer.encode_ordinary`` gives them."""
         code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         utf8 = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         ids = np.empty(len(utf8), dtype=np.int64)  # never more tokens than bytes

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minillm.config import GPT2Config
+from minillm.model.config import GPT2Config
 
 
 class KVCache:

@@ -15,7 +15,7 @@ DEFAULT_MAX_NEW_TOKENS = 50
 
 
 def add_arguments(parser) -> None:
-    from minillm.backends import available_backends   # the registered names; imports no kernels
+    from minillm.model.backends import available_backends   # the registered names; imports no kernels
 
     parser.add_argument("prompt", help="the text to continue")
     parser.add_argument("--model", default="gpt2", metavar="NAME_OR_PATH",
@@ -44,10 +44,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from minillm.generate import stream
-    from minillm.model import GPT2
-    from minillm.streaming import TextStreamer
-    from minillm.tokenizer import Tokenizer
+    from minillm.inference.generate import stream
+    from minillm.inference.streaming import TextStreamer
+    from minillm.model.gpt2 import GPT2
+    from minillm.tokenizer.bpe import Tokenizer
 
     try:
         model = GPT2.from_pretrained(args.model, backend=args.backend)

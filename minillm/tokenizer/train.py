@@ -2,7 +2,7 @@
 
 Training starts with one token per byte and repeatedly turns the most frequent adjacent
 pair of tokens into a new token, recording the pair as the next merge. Encoding
-(:mod:`minillm.tokenizer`) replays the merges in the same order.
+(:mod:`minillm.tokenizer.bpe`) replays the merges in the same order.
 
 * **Counting.** Text is pre-tokenised with GPT-2's regex, exactly as for encoding, and pairs
   are counted within pieces only. Identical pieces are stored once with their frequency, so
@@ -17,7 +17,7 @@ pair of tokens into a new token, recording the pair as the next merge. Encoding
   discards stale ones when they reach the top.
 * **Ties.** Among pairs with the highest count, the winner is the pair whose (left bytes,
   right bytes) sorts first, so training is deterministic whatever the order of the input.
-* **Ids.** Ids 0-255 are the single bytes in :func:`~minillm.tokenizer.bytes_to_unicode`
+* **Ids.** Ids 0-255 are the single bytes in :func:`~minillm.tokenizer.bpe.bytes_to_unicode`
   order, as in GPT-2 (so ``!`` is 0 and a space is 220); each learned token takes the next
   id; the special tokens come last.
 """
@@ -30,14 +30,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tqdm import tqdm
 
-from minillm.tokenizer import (
+from minillm.tokenizer.bpe import (
     ENDOFTEXT,
     GPT2_SPLIT_REGEX,
     Tokenizer,
     bytes_to_unicode,
-    replace_lone_surrogates,
-    special_token_regex,
 )
+from minillm.tokenizer.special import replace_lone_surrogates, special_token_regex
 
 Pair = tuple[int, int]
 
@@ -46,7 +45,7 @@ def count_pieces(texts: Iterable[str], special_tokens: Sequence[str] = ()) -> Co
     """How often each pre-tokenised piece occurs in ``texts``, with special tokens cut out.
 
     The text is cut and split with the tokenizer's own regexes, so the pieces are those that
-    :meth:`~minillm.tokenizer.Tokenizer.encode` would see with ``allowed_special="all"``, lone
+    :meth:`~minillm.tokenizer.bpe.Tokenizer.encode` would see with ``allowed_special="all"``, lone
     surrogates replaced by U+FFFD as there.
     """
     specials = special_token_regex(frozenset(special_tokens)) if special_tokens else None
@@ -129,7 +128,7 @@ class BpeTrainer:
         ### END SOLUTION
 
     def to_tokenizer(self, special_tokens: Sequence[str] = ()) -> Tokenizer:
-        """A :class:`~minillm.tokenizer.Tokenizer` for the merges learned so far."""
+        """A :class:`~minillm.tokenizer.bpe.Tokenizer` for the merges learned so far."""
         symbol = bytes_to_unicode()
 
         def spell(token_id: int) -> str:
@@ -166,8 +165,8 @@ def train_bpe(
 
     Training stops early, with a smaller vocabulary, if every piece of the text has become a
     single token. ``progress=True`` shows a progress bar. The result is a readable
-    :class:`~minillm.tokenizer.Tokenizer`; save it and load it with
-    :class:`~minillm.tokenizer_fast.FastTokenizer` for fast encoding.
+    :class:`~minillm.tokenizer.bpe.Tokenizer`; save it and load it with
+    :class:`~minillm.tokenizer.bpe.FastTokenizer` for fast encoding.
     """
     if len(set(special_tokens)) != len(special_tokens):
         raise ValueError(f"special tokens must be distinct, got {list(special_tokens)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def add_arguments(parser) -> None:
-    from minillm.backends import available_backends
+    from minillm.model.backends import available_backends
 
     parser.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="the model to score with")
     parser.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file")
@@ -22,15 +22,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from minillm.model import GPT2
-    from minillm.perplexity import score_text
-    from minillm.training.loop import load_tokenizer
+    from minillm.checkpoint.pretrained import load_pretrained
+    from minillm.inference.perplexity import score_text
 
     try:
         text = Path(args.text).read_bytes().decode("utf-8")
-        model = GPT2.from_pretrained(args.model, backend=args.backend)
-        tokenizer = load_tokenizer(str(args.model)) if (Path(args.model) / "vocab.json").is_file() \
-            else load_tokenizer("gpt2")
+        model, tokenizer = load_pretrained(args.model, backend=args.backend)
         score = score_text(model, tokenizer, text, args.stride)
     except (OSError, UnicodeDecodeError, ValueError) as error:
         print(f"minillm eval: {error}", file=sys.stderr)

@@ -18,36 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from minillm.attention import merge_heads, split_heads
-from minillm.backends import get_backend
-from minillm.config import GPT2Config
-from minillm.kv_cache import KVCache
-from minillm.params import BlockParams, GPT2Params, params_to_hf
+from minillm.inference.kv_cache import KVCache
+from minillm.model.attention import merge_heads, split_heads
+from minillm.model.backends import get_backend
+from minillm.model.config import GPT2Config
+from minillm.model.inputs import check_token_ids
+from minillm.model.params import BlockParams, GPT2Params, params_to_hf
 
 
 @dataclass
 class ForwardOutput:
     logits: np.ndarray                       # (B, T, V) or (T, V) for 1-D input
     hidden_states: list[np.ndarray] | None   # n_layer + 1 arrays, shaped like the input + (C,)
-
-
-def check_token_ids(ids, vocab_size: int) -> tuple[np.ndarray, bool]:
-    """Validate token ids: (T,) or (B, T), integers in [0, vocab_size), T >= 1.
-
-    Returns them as (B, T) int64 and whether the input was 1-D. TypeError for a non-integer
-    dtype, ValueError for a bad shape or an id out of range. `GPT2.forward` and `generate`
-    both check their ids here.
-    """
-    ids = np.asarray(ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
-    if ids.ndim not in (1, 2) or ids.shape[-1] == 0:
-        raise ValueError(f"token ids must have shape (T,) or (B, T) with T >= 1, got {ids.shape}")
-    bad = (ids < 0) | (ids >= vocab_size)
-    if bad.any():
-        raise ValueError(f"token id {ids[bad].flat[0]} is out of range: ids must be in [0, {vocab_size})")
-    squeeze = ids.ndim == 1
-    return (ids[None, :] if squeeze else ids).astype(np.int64), squeeze
 
 
 class GPT2:
@@ -60,7 +42,7 @@ class GPT2:
     def from_pretrained(cls, path: str | Path, backend="numpy") -> "GPT2":
         """Load a GPT-2 checkpoint: a directory with model.safetensors (+ config.json), a
         .safetensors file, or a released model name (gpt2, gpt2-medium, ...) already downloaded."""
-        from minillm.weights import load_checkpoint, resolve_model_path
+        from minillm.checkpoint.weights import load_checkpoint, resolve_model_path
 
         config, params = load_checkpoint(resolve_model_path(path))
         return cls(config, params, backend=backend)
@@ -92,28 +74,22 @@ class GPT2:
         last_only: compute logits for the last position only, (B, 1, V) — all that choosing
         the next token needs, and it skips (T - 1) / T of the LM head's work.
         """
-        ids_2d, squeeze = check_token_ids(ids, self.config.vocab_size)
-        B, T = ids_2d.shape
-        past = 0 if cache is None else cache.length
-        key_valid, positions = self._positions(B, T, past, attention_mask, cache)
+        ids, squeeze = check_token_ids(ids, self.config.vocab_size)       # (B, T) int64
+        key_valid, positions = self._positions(ids.shape, attention_mask, cache)
 
         p = self.params
-        x = self._embed(ids_2d, positions)                         # (B, T, C)
+        x = self._embed(ids, positions)                                   # (B, T, C)
         hidden = [x]
         for layer, block in enumerate(p.blocks):
-            x = self._block(x, block, layer, cache, key_valid)     # (B, T, C)
+            x = self._block(x, block, layer, cache, key_valid)            # (B, T, C)
             hidden.append(x)
-        x = self._layer_norm(x, p.ln_f_gain, p.ln_f_bias)         # (B, T, C)
+        x = self._layer_norm(x, p.ln_f_gain, p.ln_f_bias)                 # (B, T, C)
         hidden[-1] = x
-        if last_only:
-            x = x[:, -1:]                                          # (B, 1, C)
-        logits = self.backend.linear(x, p.wte.T)                   # (B, T, V): tied LM head
-        if cache is not None:
-            cache.advance(T)
+        logits = self._lm_head(x[:, -1:] if last_only else x)             # (B, T or 1, V)
 
-        if squeeze:
-            logits, hidden = logits[0], [h[0] for h in hidden]
-        return ForwardOutput(logits, hidden if output_hidden_states else None)
+        if cache is not None:
+            cache.advance(ids.shape[1])
+        return _output(logits, hidden if output_hidden_states else None, squeeze)
 
     def _embed(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Token embedding + position embedding.  ids, positions: (B, T) -> (B, T, C)"""
@@ -144,9 +120,15 @@ class GPT2:
         """LayerNorm over the last axis with the model's epsilon.  (..., C) -> (..., C)"""
         return self.backend.layer_norm(x, gain, bias, self.config.layer_norm_epsilon)
 
+    def _lm_head(self, x: np.ndarray) -> np.ndarray:
+        """Logits from the tied embedding: x (B, T, C) @ wte^T (C, V) -> (B, T, V)"""
+        return self.backend.linear(x, self.params.wte.T)
+
     # ----------------------------------------------------------------------------------------
-    def _positions(self, B: int, T: int, past: int, attention_mask, cache: KVCache | None):
+    def _positions(self, shape: tuple[int, int], attention_mask, cache: KVCache | None):
         """Key padding mask (B, past+T) bool or None, and the (B, T) position of each new token."""
+        B, T = shape
+        past = 0 if cache is None else cache.length
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"cache holds {cache.batch_size} sequences but ids have batch size {B}")
         if past + T > self.config.n_positions:
@@ -164,11 +146,19 @@ class GPT2:
 
     # ----------------------------------------------------------------------------------------
     def generate(self, ids, max_new_tokens: int | None = None, **kwargs) -> np.ndarray:
-        """Prompt + new ids; see minillm.generate.generate for the arguments (HF's meanings)."""
-        from minillm.generate import generate
+        """Prompt + new ids; the arguments are minillm.inference.generate.GenerationConfig's."""
+        from minillm.inference.generate import generate
         return generate(self, ids, max_new_tokens, **kwargs)
 
     def stream(self, ids, max_new_tokens: int | None = None, **kwargs):
-        """Yield new token ids one at a time; see minillm.generate.stream."""
-        from minillm.generate import stream
+        """Yield new token ids one at a time; see minillm.inference.generate.stream."""
+        from minillm.inference.generate import stream
         return stream(self, ids, max_new_tokens, **kwargs)
+
+
+def _output(logits: np.ndarray, hidden: list[np.ndarray] | None, squeeze: bool) -> ForwardOutput:
+    """The forward pass's result, 1-D input giving 1-D-shaped output (the batch axis dropped)."""
+    if squeeze:
+        logits = logits[0]
+        hidden = None if hidden is None else [h[0] for h in hidden]
+    return ForwardOutput(logits, hidden)

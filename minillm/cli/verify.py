@@ -1,0 +1,61 @@
+"""`minillm verify --model M`: run the checks of minillm/checkpoint/verify.py and print them as a table."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from minillm.checkpoint import verify as checks
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="model directory, .safetensors file, or released name (gpt2, ...)")
+    parser.add_argument("--reference", default=None,
+                        help=f"reference outputs (.npz); default: {checks.REFERENCE_FILE} in the model "
+                             "directory")
+    parser.add_argument("--tolerance", type=float, default=checks.TOLERANCE,
+                        help=f"largest allowed max-abs difference (default {checks.TOLERANCE:g})")
+    parser.add_argument("--backend", default="numpy", help="numpy, numba or cuda")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print a table of checks; exit code 0 if all pass, 1 if any fails, 2 if none can run."""
+    from minillm.checkpoint.weights import CheckpointError, load_checkpoint, resolve_model_path
+    from minillm.model.gpt2 import GPT2
+
+    try:
+        model_path = resolve_model_path(args.model)        # resolved once, loaded from there
+        config, params = load_checkpoint(model_path)
+        model = GPT2(config, params, backend=args.backend)
+        reference_path = checks.find_reference(model_path, args.reference)
+    except (FileNotFoundError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    tolerance = args.tolerance
+    if reference_path is not None:
+        print(f"verifying {model_path} against {reference_path} (tolerance {tolerance:g})")
+        rows = checks.reference_checks(model, checks.load_reference(reference_path), tolerance)
+    elif checks.is_gpt2_124m(model.config):
+        print(f"verifying {model_path} (GPT-2 124M) by its published greedy continuation")
+        rows = [checks.continuation_check(model, "The dog", checks.GPT2_PROMPT_IDS,
+                                          checks.GPT2_GREEDY_IDS)]
+    else:
+        print(f"no reference for {model_path}: pass --reference FILE, or put {checks.REFERENCE_FILE} "
+              "in the model directory")
+        return 2
+    print_table(rows)
+    failed = sum(not row["passed"] for row in rows)
+    print(f"{len(rows) - failed}/{len(rows)} checks passed")
+    return 1 if failed else 0
+
+
+def print_table(rows: list[dict]) -> None:
+    header = {"check": "check", "tokens": "tokens", "logits": "max|dlogits|",
+              "hidden": "max|dhidden|", "result": "result", "note": ""}
+    rows = [{**row, "result": "PASS" if row["passed"] else "FAIL"} for row in rows]
+    widths = {key: max(len(str(r[key])) for r in [header, *rows]) for key in header}
+    for row in [header, *rows]:
+        cells = [str(row["check"]).ljust(widths["check"])]
+        cells += [str(row[key]).rjust(widths[key]) for key in ("tokens", "logits", "hidden")]
+        cells += [str(row["result"]).ljust(widths["result"]), str(row["note"])]
+        print("  ".join(cells).rstrip())

@@ -1,0 +1,112 @@
+"""Backends: who computes the model's heavy operations, behind one small interface.
+
+The model is written once. Everything it computes goes through plain NumPy except the four
+methods of `Backend` below: `linear` (x @ W + b, ~all of the FLOPs), `attention`
+(softmax(QK^T/sqrt(d) + M) V), and `layer_norm` and `gelu`, cheap in FLOPs but elementwise
+passes over (T, 4C) arrays that a fused kernel does in one loop instead of NumPy's chain of
+temporaries. "numpy" is the readable reference; "numba" and "cuda" run the kernels in
+`minillm.kernels`, each tested against that reference.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from minillm.model import layers
+from minillm.model.attention import causal_attention, causal_attention_backward
+
+
+class Backend(Protocol):
+    """The contract. Every array is float32; B batch, H heads, T tokens, d head size."""
+
+    name: str
+
+    def linear(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        """x (..., in) @ weight (in, out) + bias (out,) -> (..., out). weight may be a
+        transposed view (the LM head passes wte.T)."""
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  key_valid: np.ndarray | None = None) -> np.ndarray:
+        """Causal attention. q (B, H, Tq, d); k, v (B, H, Tk, d), possibly views into the KV
+        cache; the queries are the last Tq of the Tk positions. key_valid (B, Tk) bool marks
+        real (not padding) keys, None for all. -> (B, H, Tq, d)."""
+
+    def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        """LayerNorm over the last axis: x (..., C), gain and bias (C,) -> (..., C)."""
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        """GELU, tanh form, elementwise: (...) -> (...)."""
+
+
+@runtime_checkable
+class TrainingBackend(Backend, Protocol):
+    """What training needs on top (minillm.training.backprop): the backward of the two heavy
+    operations. The "numpy" and "numba" backends have them."""
+
+    def linear_backward(self, dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
+        """Gradients of y = x W + b: dy (..., out), x (..., in), weight (in, out) ->
+        dx (..., in), dweight (in, out), dbias (out,)."""
+
+    def attention_train(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, object]:
+        """Causal attention over a whole window (Tq = Tk = T, no padding): q, k, v (B, H, T, d)
+        -> out (B, H, T, d) and whatever the backward needs besides the inputs ("saved")."""
+
+    def attention_backward(self, dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                           out: np.ndarray, saved) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """dq, dk, dv (B, H, T, d) from dout (B, H, T, d), the forward's inputs, out and saved."""
+
+
+class NumpyBackend:
+    """The reference: BLAS matmul through `@`, attention exactly as written in attention.py."""
+
+    name = "numpy"
+
+    def linear(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        return layers.linear(x, weight, bias)
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  key_valid: np.ndarray | None = None) -> np.ndarray:
+        return causal_attention(q, k, v, key_valid)
+
+    def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        return layers.layer_norm(x, gain, bias, eps)
+
+    def gelu(self, x: np.ndarray) -> np.ndarray:
+        return layers.gelu(x)
+
+    def linear_backward(self, dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
+        return layers.linear_backward(dy, x, weight)
+
+    def attention_train(self, q: np.ndarray, k: np.ndarray, v: np.ndarray):
+        return causal_attention(q, k, v), None           # the backward recomputes P
+
+    def attention_backward(self, dout, q, k, v, out, saved):
+        return causal_attention_backward(dout, q, k, v)
+
+
+def _numba() -> Backend:
+    from minillm.kernels.backend import NumbaBackend   # compiles (or loads) numba kernels
+    return NumbaBackend()
+
+
+def _cuda() -> Backend:
+    from minillm.kernels.backend import CudaBackend    # needs a GPU or numba's CUDA simulator
+    return CudaBackend()
+
+
+# name -> a function that builds it; numba and CUDA are imported only when asked for.
+BACKENDS: dict[str, Callable[[], Backend]] = {"numpy": NumpyBackend, "numba": _numba, "cuda": _cuda}
+
+
+def available_backends() -> list[str]:
+    return list(BACKENDS)
+
+
+def get_backend(backend: str | Backend) -> Backend:
+    """A backend from its name, or `backend` itself if it is already one."""
+    if not isinstance(backend, str):
+        return backend
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {available_backends()}")
+    return BACKENDS[backend]()
