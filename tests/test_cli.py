@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import subprocess
 import sys
 
@@ -91,4 +92,28 @@ def test_bad_arguments_exit_2_with_the_reason(reference, capsys, argv, message):
 
 def test_missing_model_says_how_to_get_it(reference, capsys, tmp_path):
     assert run_generate(["--model", str(tmp_path / "nowhere"), "hi"]) == 1
-    assert "neither an existing file or directory nor a released model name" in capsys.readouterr().err
+    assert "neither an existing file or directory nor a bundled or released model name (shakespeare, reference, gpt2" in capsys.readouterr().err
+
+
+def test_generate_defaults_to_the_bundled_shakespeare_model(capsys):
+    assert run_generate(["--max-new-tokens", "8", "ROMEO:"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ROMEO:") and len(out) > len("ROMEO:") + 8
+
+
+def test_every_model_brings_its_own_tokenizer():
+    from minillm.checkpoint.pretrained import load_pretrained, tokenizer_for
+    model, tokenizer = load_pretrained("shakespeare")
+    assert tokenizer.n_vocab == model.config.vocab_size == 4096
+    assert tokenizer_for("reference").n_vocab == 50257              # no vocab files: GPT-2's
+
+
+def test_a_vocabulary_mismatch_is_caught_at_load_time(tmp_path, capsys):
+    import shutil
+    folder = tmp_path / "mismatch"
+    shutil.copytree(Path(__file__).parent / "data" / "minillm_checkpoint", folder)
+    shutil.copy(Path(__file__).parents[1] / "weights" / "gpt2" / "encoder.json", folder / "vocab.json")
+    shutil.copy(Path(__file__).parents[1] / "weights" / "gpt2" / "vocab.bpe", folder / "merges.txt")
+    assert run_generate(["--model", str(folder), "hi"]) == 1
+    error = capsys.readouterr().err
+    assert "vocab_size 512 but its tokenizer has 50257 tokens" in error and "Traceback" not in error

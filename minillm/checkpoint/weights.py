@@ -378,12 +378,22 @@ def check_vocab_matches(config: GPT2Config, tokenizer_n_vocab: int) -> None:
                          f"but the tokenizer has {tokenizer_n_vocab} tokens")
 
 
+# Models that ship in the repository's weights/ folder, loadable by name like the released ones:
+# a GPT-2 that minillm trained on Shakespeare (the default model), and the random-weight
+# reference model whose logits HF recorded.
+BUNDLED_MODELS = {"shakespeare": "trained by minillm on Shakespeare's plays (the default)",
+                  "reference": "random weights, HF's logits recorded (for verification)"}
+DEFAULT_MODEL = "shakespeare"
+
+
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """An existing path as is, or a released model name -> <repo>/weights/<name>."""
+    """An existing path as is, a bundled model's name, or a released model name -> <repo>/weights/<name>."""
     path = Path(name_or_path)
     if path.exists():
         return path
     name = str(name_or_path)
+    if name in BUNDLED_MODELS and (REPO_ROOT / "weights" / name / WEIGHTS_FILE).is_file():
+        return REPO_ROOT / "weights" / name
     if name in GPT2_SIZES:
         model_dir = REPO_ROOT / "weights" / name
         if not (model_dir / WEIGHTS_FILE).is_file():
@@ -393,8 +403,8 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
                 f"from https://huggingface.co/openai-community/{name} in {model_dir}/")
         return model_dir
     raise FileNotFoundError(
-        f"{name!r} is neither an existing file or directory nor a released model name "
-        f"({', '.join(GPT2_SIZES)})")
+        f"{name!r} is neither an existing file or directory nor a bundled or released model name "
+        f"({', '.join([*BUNDLED_MODELS, *GPT2_SIZES])})")
 
 
 def save_checkpoint(params: GPT2Params, config: GPT2Config, path: str | Path,

@@ -1,5 +1,6 @@
 """`minillm generate`: continue a prompt, streaming the text as it is generated.
 
+    minillm generate "ROMEO:"                      # the bundled Shakespeare model
     minillm generate --model gpt2 --do-sample --max-length 50 --top-k 50 "我喜欢吃"
 
 The prompt is printed, then each new piece of text as soon as it forms whole characters, then
@@ -15,12 +16,15 @@ DEFAULT_MAX_NEW_TOKENS = 50
 
 
 def add_arguments(parser) -> None:
+    from minillm.checkpoint.weights import DEFAULT_MODEL
     from minillm.model.backends import available_backends   # the registered names; imports no kernels
 
     parser.add_argument("prompt", help="the text to continue")
-    parser.add_argument("--model", default="gpt2", metavar="NAME_OR_PATH",
-                        help="gpt2, gpt2-medium, gpt2-large, gpt2-xl (after `minillm download`), or a "
-                             "folder with model.safetensors + config.json (default: gpt2)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH",
+                        help="shakespeare (bundled), gpt2, gpt2-medium, gpt2-large, gpt2-xl (after "
+                             "`minillm download`), or a folder with model.safetensors + config.json; "
+                             f"its own vocab.json + merges.txt if it has them, GPT-2's otherwise "
+                             f"(default: {DEFAULT_MODEL})")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--max-new-tokens", type=int, metavar="N",
                         help=f"how many tokens to generate (default: {DEFAULT_MAX_NEW_TOKENS})")
@@ -44,17 +48,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from minillm.checkpoint.pretrained import load_pretrained
     from minillm.inference.generate import stream
     from minillm.inference.streaming import TextStreamer
-    from minillm.model.gpt2 import GPT2
-    from minillm.tokenizer.bpe import Tokenizer
 
     try:
-        model = GPT2.from_pretrained(args.model, backend=args.backend)
+        model, tokenizer = load_pretrained(args.model, backend=args.backend)
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"minillm generate: {error}", file=sys.stderr)
         return 1
-    tokenizer = Tokenizer.gpt2()
     ids = tokenizer.encode(args.prompt, allowed_special="all")   # <|endoftext|> may start a prompt
     if args.do_sample is False and (args.temperature != 1.0 or args.top_k or args.top_p):
         print("minillm generate: note: --temperature/--top-k/--top-p only apply with --do-sample",

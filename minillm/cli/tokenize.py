@@ -1,4 +1,4 @@
-"""``minillm tokenize "text"``: show how GPT-2 cuts text into pieces and tokens.
+"""``minillm tokenize "text"``: show how GPT-2 (or a model's own BPE) cuts text into pieces and tokens.
 
     $ minillm tokenize "Hello world, I'm 我"
     piece     ids            tokens
@@ -26,6 +26,9 @@ from minillm.tokenizer.bpe import PieceTrace, Tokenizer
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", help='the text to tokenize; "-" reads standard input')
     parser.add_argument("--ids-only", action="store_true", help="print only the list of token ids")
+    parser.add_argument("--model", default="gpt2", metavar="NAME_OR_PATH",
+                        help="use this model's tokenizer (its vocab.json + merges.txt), e.g. "
+                             "shakespeare (default: gpt2, GPT-2's)")
     parser.add_argument(
         "--allow-special",
         action="store_true",
@@ -35,7 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.text == "-" else args.text
-    tokenizer = Tokenizer.gpt2(fast=False)  # explain() is the readable implementation either way
+    from minillm.checkpoint.pretrained import tokenizer_for
+
+    try:
+        tokenizer = tokenizer_for(args.model)   # explain() is the readable implementation either way
+    except (FileNotFoundError, ValueError) as error:
+        print(f"minillm tokenize: {error}", file=sys.stderr)
+        return 1
     allowed_special = "all" if args.allow_special else ()
     traces = tokenizer.explain(text, allowed_special=allowed_special, disallowed_special=())
     ids = [token_id for trace in traces for token_id in trace.ids]
