@@ -56,8 +56,6 @@ def limit_threads(n: int) -> None:
 
 # ---- the two sides -------------------------------------------------------------------------
 def minillm_side(shape, backend):
-    import numpy as np
-
     from minillm.model.config import GPT2Config
     from minillm.model.gpt2 import GPT2
     from minillm.model.params import random_params
@@ -123,7 +121,6 @@ def time_round(step, data) -> float:
 
 
 def compare(shape_name, args):
-    import torch
     shape = SHAPES[shape_name]
     model, mini_step = minillm_side(shape, args.backend)
     torch_step = torch_side(shape, model)

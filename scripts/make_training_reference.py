@@ -52,11 +52,12 @@ import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
+from make_reference import load_tokenizer   # the real GPT-2 tokenizer, from weights/gpt2/ (same folder)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "tests" / "data"
 TRAIN_DIR = DATA_DIR / "training_reference"
 REFERENCE_MODEL = REPO_ROOT / "weights" / "reference"
-VOCAB_DIR = REPO_ROOT / "weights" / "gpt2"
 SEED = 0
 IGNORE = -100                   # cross_entropy's ignore_index: targets that do not count
 
@@ -265,20 +266,6 @@ def make_optim() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-def load_tokenizer() -> GPT2TokenizerFast:
-    """The real GPT-2 tokenizer, built from the vocabulary files in weights/gpt2/."""
-    vocab = json.loads((VOCAB_DIR / "encoder.json").read_text(encoding="utf-8"))
-    lines = (VOCAB_DIR / "vocab.bpe").read_text(encoding="utf-8").split("\n")
-    merges = [tuple(line.split(" ")) for line in lines[1:] if line]
-    try:                                   # transformers >= 5 (ignores vocab_file=)
-        tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges)
-    except TypeError:                      # transformers 4.x
-        tokenizer = GPT2TokenizerFast(vocab_file=str(VOCAB_DIR / "encoder.json"),
-                                      merges_file=str(VOCAB_DIR / "vocab.bpe"))
-    assert tokenizer("Hello world")["input_ids"] == [15496, 995], "wrong GPT-2 tokenizer"
-    return tokenizer
-
-
 @torch.no_grad()
 def sliding_window_perplexity(model, ids: torch.Tensor, max_length: int, stride: int) -> dict:
     """The loop of HF's guide, plus an exact count of what it scores.

@@ -9,7 +9,6 @@ folder (--out) gets a Hugging Face GPT-2 checkpoint, the optimiser state, log.js
 from __future__ import annotations
 
 import sys
-import typing
 from dataclasses import fields
 
 FLAG_HELP = {

@@ -8,7 +8,6 @@ Every figure in the card comes from this script, so rerunning it after a new run
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from minillm.checkpoint.pretrained import load_pretrained
