@@ -96,9 +96,12 @@ passes over the {n_train_tokens / 1e6:.2f}M tokens of the training plays; AdamW 
 weight decay {config['weight_decay']}, betas ({config['beta1']}, {config['beta2']}), clipping at {config['grad_clip']};
 backend {config['backend']}, seed {config['seed']}).
 Time in training steps: {training_minutes(train):.0f} minutes on a shared 2-core machine (log.jsonl
-has every step; loss.png the curve). The run was started with `steps = 1800` and, at step 175,
-stopped (Ctrl-C) and resumed with `steps = 1300`, the value in the config now; the learning rate of
-steps 100-175 therefore differs from a fresh run of the config by under 0.1%.
+has every step; loss.png the curve). The machine was shared with other work, so the run was
+shortened twice on the way (Ctrl-C, then `--resume` with a smaller `steps`): started with
+`steps = 1800`, resumed at step 175 with 1300 and at step 626 with 1100, the value in the config
+now. The cosine schedule depends on `steps`, so a fresh run of the config follows the same recipe
+with a lower learning rate between steps 100 and 626 (by at most 0.00025, at step 625, of a
+peak of 0.002), and gives a similar model, not this one bit for bit.
 
 ## Results
 | | |
