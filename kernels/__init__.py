@@ -1,7 +1,9 @@
 """numba kernels (CPU JIT and CUDA) for the hot path, each tested against its NumPy reference.
 
-    attention_cpu   fused causal attention (online softmax), and a decode variant
-                    -- against minillm.model.attention.causal_attention
+    attention_cpu   fused causal attention (online softmax) -- against
+                    minillm.model.attention.causal_attention
+    attention_decode_cpu
+                    the same for one new query per sequence against a KV cache (decoding)
     attention_cpu_v1, attention_cpu_v2
                     the steps towards it, tested against the same reference: v1 the
                     reference's loops one query at a time, v2 the online softmax in one pass
@@ -9,6 +11,9 @@
     attention_cuda  the fused attention as a CUDA kernel (numba.cuda)
     matmul_cuda     shared-memory tiled matmul as a CUDA kernel
     fused_cpu       LayerNorm and GELU, one loop each -- against minillm/model/layers.py
+    attention_backward_cpu
+                    attention for training: a forward that keeps each row's logsumexp, and the
+                    FlashAttention-2 backward -- against causal_attention_backward
     workers         one pool of threads that shares out every big CPU operation
     backend         NumbaBackend and CudaBackend: GPT2(..., backend="numba" or "cuda")
 

@@ -42,17 +42,11 @@ Memory beyond the output: per worker thread, the tile's queries, scores and accu
 (d + d rounded up to MR + BK + 3) x BQ floats, 57 KiB for d = 64, whatever T is: O(T d) in
 all, not O(T^2).
 
-The decode variant (Tq = 1, one new token against the KV cache) has no query tile to fill the
-lanes, so it runs one query per (batch, head) job, vectorised along the head dimension: all
-scores of the row (Tk floats of scratch per worker), then an exact max, exp and weighted sum
-of V rows. It reads K and V from the cache's whole contiguous buffer, not the strided slice,
-once each, and is bound by that memory traffic (~6 MiB per layer for 12 heads at T = 1024).
-Batch x heads gives enough independent jobs for a CPU's cores; splitting the key axis too
-(flash-decoding) pays off on GPUs, with thousands of lanes to fill.
+The decode variant (Tq = 1, one new token against the KV cache) is attention_decode_cpu.py;
+`decode_attention` below checks its inputs and hands them over.
 
-Fast-math: only `contract` (fused multiply-add), plus `reassoc` for the decode variant's dot
-products and sum. The masks are -inf, so flags that assume finite values (nnan, ninf, fast)
-would break them.
+Fast-math: only `contract` (fused multiply-add). The masks are -inf, so flags that assume
+finite values (nnan, ninf, fast) would break them.
 """
 from __future__ import annotations
 
@@ -65,6 +59,7 @@ from numba import boolean, errors, float32, njit, types, void
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from minillm.kernels import attention_decode_cpu
 from minillm.kernels.workers import WorkerPool
 from minillm.model.attention import causal_attention as reference  # noqa: F401  what they compute
 
@@ -79,7 +74,6 @@ NEG_INF = np.float32(-np.inf)
 # 0 .. f-1 (queries before the key) and 0 for the others; a slice of a constant, not a branch.
 _CAUSAL_MASK = np.where(np.arange(2 * NR) < NR, NEG_INF, np.float32(0.0)).astype(np.float32)
 CONTRACT = {"contract"}
-REASSOC = {"contract", "reassoc"}
 
 _F = np.float32
 # Cephes' expf: exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by a
@@ -319,77 +313,6 @@ def _worker_jobs(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job):
         job = _take_ticket(next_job)
 
 
-# ---- decode: one query per (batch, head) --------------------------------------------------------
-@njit(fastmath=REASSOC, cache=True)
-def _dot(x, y):
-    total = _F(0.0)
-    for t in range(x.shape[0]):
-        total += x[t] * y[t]
-    return total
-
-
-@njit(fastmath=REASSOC, cache=True)
-def _sum(x):
-    total = _F(0.0)
-    for j in range(x.shape[0]):
-        total += x[j]
-    return total
-
-
-@njit(fastmath=CONTRACT, cache=True)
-def _decode_one(q, k, v, key_valid, out, b, h, scores, q_row, acc):
-    """out[b, h, 0] for the single query, which sits at the last position and sees every key.
-
-    k, v: C-contiguous (B, H, L, d) buffers of which the first n_keys positions count."""
-    n_keys, head_dim = key_valid.shape[1], k.shape[3]
-    scale = _F(1.0 / math.sqrt(head_dim))
-    for t in range(head_dim):
-        q_row[t] = q[b, h, 0, t] * scale
-    row_max = NEG_INF
-    for j in range(n_keys):
-        s = _dot(q_row, k[b, h, j]) if key_valid[b, j] else NEG_INF
-        scores[j] = s
-        row_max = max(row_max, s)
-    acc[:] = 0.0
-    if row_max > NEG_INF:
-        for j in range(n_keys):
-            scores[j] = exp_nonpositive(scores[j] - row_max)
-        for j in range(n_keys):
-            p = scores[j]
-            for t in range(head_dim):
-                acc[t] += p * v[b, h, j, t]
-        inv_total = _F(1.0) / _sum(scores[:n_keys])
-        for t in range(head_dim):
-            acc[t] *= inv_total
-    for t in range(head_dim):
-        out[b, h, 0, t] = acc[t]
-
-
-@njit(void(_STRIDED_4D, _DENSE_4D, _DENSE_4D, boolean[:, :], _DENSE_4D,
-           float32[::1], float32[::1], float32[::1], types.intp, types.intp),
-      nogil=True, cache=True, fastmath=CONTRACT)
-def _decode_worker_jobs(q, k, v, key_valid, out, scores, q_row, acc, worker, n_workers):
-    """One worker's share of the (batch, head) jobs: worker, worker + n_workers, ..."""
-    n_heads = q.shape[1]
-    for job in range(worker, q.shape[0] * n_heads, n_workers):
-        b, h = divmod(job, n_heads)
-        _decode_one(q, k, v, key_valid, out, b, h, scores, q_row, acc)
-
-
-def _dense_buffer(x: np.ndarray) -> np.ndarray:
-    """A C-contiguous array whose first x.shape[2] positions (axis 2) are x, without copying
-    when x is such a prefix: numba types a slice of the KV cache as a general strided array and
-    will not vectorise loads from it, while the whole cache buffer is contiguous."""
-    if x.flags.c_contiguous:
-        return x
-    base = x.base
-    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.dtype == x.dtype
-            and base.ndim == 4 and base.shape[:2] == x.shape[:2] and base.shape[3] == x.shape[3]
-            and base.strides == x.strides and base.ctypes.data == x.ctypes.data):
-        return base
-    return np.ascontiguousarray(x)
-
-
 # ---- entry points -------------------------------------------------------------------------------
 def _check_inputs(q, k, v, key_valid):
     q, k, v = (np.asarray(x, np.float32) for x in (q, k, v))
@@ -440,15 +363,4 @@ def decode_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
     q, k, v, key_valid = _check_inputs(q, k, v, key_valid)
     if q.shape[2] != 1:
         raise ValueError(f"decode_attention takes one query per sequence, got {q.shape[2]}")
-    out = np.empty(q.shape, np.float32)
-    if out.size == 0:
-        return out
-    pool = WorkerPool(1) if pool is None else pool
-    n_workers, n_keys, head_dim = pool.n_threads, k.shape[2], q.shape[3]
-    scores = np.empty((n_workers, n_keys), np.float32)
-    q_rows = np.empty((n_workers, head_dim), np.float32)
-    acc = np.empty((n_workers, head_dim), np.float32)
-    k, v = _dense_buffer(k), _dense_buffer(v)
-    pool.run(lambda w: _decode_worker_jobs(q, k, v, key_valid, out, scores[w], q_rows[w], acc[w],
-                                           w, n_workers))
-    return out
+    return attention_decode_cpu.decode(q, k, v, key_valid, pool)

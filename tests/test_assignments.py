@@ -1,10 +1,7 @@
-"""The assignments machinery: the student release, the grader, the round trip (markers: see
-test_assignment_markers.py).
+"""The course tooling: release, grading, round trip (markers: test_assignment_markers.py).
 
-Most tests work on tests/assignments_fixtures/toyrepo, a tiny repository laid out like minillm
-(a package, a relocated `kernels/` subpackage with a numba kernel, a notebook, tests marked
-with assignments), copied to a temporary directory first.
-"""
+Most tests use a copy of tests/assignments_fixtures/toyrepo, a tiny repository laid out like
+minillm: a package, a relocated `kernels/` subpackage with a numba kernel, a notebook, tests."""
 from __future__ import annotations
 
 import argparse
@@ -23,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from minillm import course as assignments
-from minillm.course import runner
 from minillm.cli import assignments as assignments_cli
-from minillm.course import (AssignmentError, Manifest, RunResult, allocate_points,
-                                 check_release, format_report, load_manifest, release,
-                                 scan_repository, score_run, verify_round_trip)
+from minillm.course import (AssignmentError, allocate_points, coverage_warnings,
+                            format_report, grade, load_manifest, release, run_tests,
+                            scan_repository, score_run, verify_round_trip)
+from minillm.course.grade import graded_environment, run_with_timeout
 
 FIXTURE = Path(__file__).parent / "assignments_fixtures" / "toyrepo"
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +44,7 @@ def toy(tmp_path) -> Path:
 def released_a1(tmp_path_factory) -> Path:
     """A release of assignment 1 only, without the pytest collection check (fast)."""
     source = copy_fixture(tmp_path_factory.mktemp("src") / "toy")
-    return release(source, tmp_path_factory.mktemp("out") / "student", [1], collect=False).out
+    return release(source, tmp_path_factory.mktemp("out") / "student", [1], check=False).out
 
 
 def run_cli(*argv) -> tuple[int, str]:
@@ -67,10 +63,6 @@ def import_file(path: Path, name: str):
     return module
 
 
-def toy_manifest() -> Manifest:
-    return load_manifest(FIXTURE)
-
-
 # ---------------------------------------------------------------------------- release
 def test_release_stubs_the_selected_assignment_and_keeps_the_others(released_a1):
     mathops = (released_a1 / "toypkg/mathops.py").read_text(encoding="utf-8")
@@ -85,12 +77,10 @@ def test_release_stubs_the_selected_assignment_and_keeps_the_others(released_a1)
     original = (FIXTURE / "toypkg/streams.py").read_text(encoding="utf-8")
     assert (released_a1 / "toypkg/streams.py").read_text(encoding="utf-8") == \
         "".join(line for line in original.splitlines(keepends=True) if "SOLUTION" not in line)
-
-
-def test_release_leaves_no_marker_and_compiles(released_a1):
-    assert check_release(released_a1, collect=False) == []
     for path in released_a1.rglob("*.py"):
-        assert "### BEGIN SOLUTION" not in path.read_text(encoding="utf-8"), path
+        text = path.read_text(encoding="utf-8")
+        compile(text, str(path), "exec")
+        assert "### BEGIN SOLUTION" not in text, path
 
 
 def test_release_notebook_cells_are_stubbed_and_outputs_dropped(released_a1):
@@ -104,7 +94,7 @@ def test_release_notebook_cells_are_stubbed_and_outputs_dropped(released_a1):
 
 
 def test_release_of_a_generator_region_keeps_a_generator(tmp_path, toy):
-    out = release(toy, tmp_path / "out", [3], collect=False).out
+    out = release(toy, tmp_path / "out", [3], check=False).out
     streams = import_file(out / "toypkg/streams.py", "released_streams")
     assert inspect.isgeneratorfunction(streams.countdown)
     with pytest.raises(NotImplementedError, match=r"Assignment 3 \(generators\)"):
@@ -115,22 +105,20 @@ def test_release_copies_the_repository_files_only(tmp_path, toy):
     (toy / "debug.log").write_text("ignored by .gitignore\n")
     (toy / "toypkg/__pycache__").mkdir()
     (toy / "toypkg/__pycache__/mathops.cpython-311.pyc").write_bytes(b"\0")
-    result = release(toy, tmp_path / "out", collect=False)
+    result = release(toy, tmp_path / "out", check=False)
     copied = {p.relative_to(result.out).as_posix() for p in result.out.rglob("*") if p.is_file()}
     assert "data/values.csv" in copied and "assignments/assignments.toml" in copied
     assert not {"debug.log", "secret_notes.txt"} & copied          # .gitignore, manifest exclude
     assert not any("__pycache__" in path for path in copied)
-    assert result.stubbed == {1: 6, 2: 1, 3: 1} and result.warnings == []
+    assert result.stubbed == {1: 6, 2: 1, 3: 1} and result.files == len(copied)
 
 
 def test_release_of_a_git_checkout_copies_what_git_would(tmp_path, toy):
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
     subprocess.run(["git", "init", "-q", str(toy)], check=True)
     subprocess.run(["git", "-C", str(toy), "add", "toypkg", "kernels", "tests", "assignments"], check=True)
     (toy / "scratch").mkdir()
     (toy / "scratch/notes.py").write_text("x = 1\n")              # ignored by .gitignore
-    out = release(toy, tmp_path / "out", [2], collect=False).out
+    out = release(toy, tmp_path / "out", [2], check=False).out
     assert (out / "kernels/fast.py").is_file()
     assert (out / "notebooks/demo.ipynb").is_file()               # untracked, not ignored
     assert not (out / "scratch").exists() and not (out / ".git").exists()
@@ -140,18 +128,25 @@ def test_release_refuses_a_non_empty_output_directory(tmp_path, toy):
     (tmp_path / "out").mkdir()
     (tmp_path / "out/keep.txt").write_text("mine\n")
     with pytest.raises(AssignmentError, match="already exists and is not empty"):
-        release(toy, tmp_path / "out", collect=False)
+        release(toy, tmp_path / "out", check=False)
 
 
 def test_release_reports_every_marker_problem_before_writing(tmp_path, toy):
     (toy / "toypkg/broken.py").write_text(
         "def f():\n    ### BEGIN SOLUTION a9: nothing\n    return 1\n    ### END SOLUTION\n\n"
         "def g():\n    ### BEGIN SOLUTION a1: unlisted file\n    return 2\n    ### END SOLUTION\n")
+    (toy / "toypkg/crossing.py").write_text(
+        "def h(x):\n    ### BEGIN SOLUTION a1: the if\n    if x:\n        return 1\n"
+        "    ### END SOLUTION\n    else:\n        return 2\n")
     with pytest.raises(AssignmentError) as error:
-        release(toy, tmp_path / "out", collect=False)
+        release(toy, tmp_path / "out", check=False)
     assert error.value.problems == [
-        "toypkg/broken.py:2: unknown assignment tag 'a9' (the manifest defines a1, a2, a3)",
+        "toypkg/broken.py:2: BEGIN SOLUTION needs a tag of the manifest (a1, a2, a3), got 'a9'",
+        "toypkg/crossing.py:1: does not compile with its regions stubbed; a region holds whole "
+        "statements",
         "toypkg/broken.py:7: a1 region in a file that [assignments.a1] files in "
+        "assignments/assignments.toml does not list",
+        "toypkg/crossing.py:2: a1 region in a file that [assignments.a1] files in "
         "assignments/assignments.toml does not list"]
     assert not (tmp_path / "out").exists()
 
@@ -160,15 +155,17 @@ def test_release_refuses_an_assignment_without_regions(tmp_path, toy):
     with open(toy / "assignments/assignments.toml", "a", encoding="utf-8") as f:
         f.write('\n[assignments.a4]\nname = "empty"\nfiles = []\n')
     with pytest.raises(AssignmentError, match="a4: no solution region in the source"):
-        release(toy, tmp_path / "out", [4], collect=False)
+        release(toy, tmp_path / "out", [4], check=False)
 
 
-def test_check_release_finds_leftover_markers_and_syntax_errors(tmp_path):
-    (tmp_path / "left.py").write_text("def f():\n    ### END SOLUTION\n    return 1\n")
-    (tmp_path / "bad.py").write_text("def f(:\n")
-    assert check_release(tmp_path, collect=False) == [
-        "bad.py:1: does not compile: invalid syntax",
-        "left.py:2: solution marker left in the release"]
+def test_release_check_refuses_a_copy_whose_tests_do_not_collect(tmp_path, toy):
+    """A stub that runs at import (here in a class body) breaks the release's tests."""
+    mathops = toy / "toypkg/mathops.py"
+    mathops.write_text(mathops.read_text(encoding="utf-8") + (
+        "\n\nclass Table:\n    ### BEGIN SOLUTION a1: the table size\n    size = 3\n"
+        "    ### END SOLUTION\n"), encoding="utf-8")
+    with pytest.raises(AssignmentError, match="pytest --collect-only fails"):
+        release(toy, tmp_path / "out", [1])
 
 
 # ---------------------------------------------------------------------------- grading
@@ -179,8 +176,7 @@ def test_grading_imports_the_graded_tree_not_the_installed_package(tmp_path):
     for package in ("minillm", "kernels"):
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text("")
-    manifest = Manifest(assignments={}, exclude=(), test_paths=("tests",))
-    with runner._test_environment(tmp_path, manifest, []) as (env, _):
+    with graded_environment(tmp_path, []) as (env, _):
         found = subprocess.run(
             [sys.executable, "-c", "import minillm, minillm.kernels as k; print(minillm.__file__); "
                                    "print(k.__file__)"],
@@ -196,8 +192,8 @@ def test_a_timed_out_run_is_stopped_with_the_processes_it_started(tmp_path):
              "print(helper.pid, flush=True)\n"
              "time.sleep(60)\n")
     started = time.monotonic()
-    output, _, timed_out = runner._run_with_timeout(
-        [sys.executable, "-c", child], tmp_path, dict(os.environ), timeout=2)
+    output, _, timed_out = run_with_timeout([sys.executable, "-c", child], tmp_path,
+                                            dict(os.environ), timeout=2)
     assert timed_out and time.monotonic() - started < 30
     helper = int(output.split()[0])
     for _ in range(50):   # the helper was killed with its group
@@ -217,25 +213,21 @@ def is_running(pid: int) -> bool:
     return not (stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
-def test_points_split_per_test_per_prefix_and_evenly():
-    manifest = toy_manifest()
+def test_points_split_per_test_per_prefix_and_evenly(tmp_path):
+    manifest = load_manifest(FIXTURE)
     kernel_tests = ["tests/check_kernel.py::test_norm_of_ones",
                     "tests/check_kernel.py::test_sum_of_squares_matches_numpy[1]",
                     "tests/check_kernel.py::test_sum_of_squares_matches_numpy[2]"]
     assert allocate_points(manifest.assignments[2], kernel_tests) == {
         kernel_tests[0]: 2.0, kernel_tests[1]: 2.0, kernel_tests[2]: 2.0}
     assert allocate_points(manifest.assignments[3], ["a", "b"]) == {"a": 1.0, "b": 1.0}
-
-
-def test_a_folder_prefix_with_a_trailing_slash_names_the_tests_under_it(tmp_path):
-    (tmp_path / "assignments").mkdir()
+    (tmp_path / "assignments").mkdir()   # a folder prefix, with or without its trailing slash
     (tmp_path / "assignments/assignments.toml").write_text(
-        '[assignments.a1]\nname = "kernels"\npoints = 6\ntests = ["tests/kernels/"]\n'
-        'test_points = {"tests/kernels/test_a.py" = 4}\n', encoding="utf-8")
-    assignment = load_manifest(tmp_path).assignments[1]
-    assert assignment.tests == ("tests/kernels",)
-    tests = ["tests/kernels/test_a.py::t", "tests/kernels/test_b.py::t"]
-    assert allocate_points(assignment, tests) == {tests[0]: 4.0, tests[1]: 2.0}
+        '[assignments.a1]\nname = "kernels"\npoints = 6\n'
+        'test_points = {"tests/kernels/" = 4}\n', encoding="utf-8")
+    tests = ["tests/kernels/test_a.py::t", "tests/kernels_b.py::t"]
+    folder = load_manifest(tmp_path).assignments[1]
+    assert allocate_points(folder, tests) == {tests[0]: 4.0, tests[1]: 2.0}
 
 
 def test_a_stub_reached_in_numba_threads_is_not_implemented_and_shown(tmp_path):
@@ -256,24 +248,23 @@ def test_a_stub_reached_in_numba_threads_is_not_implemented_and_shown(tmp_path):
             except NotImplementedError as stub:
                 raise SystemError("kernel returned a result with an exception set") from stub
         '''), encoding="utf-8")
-    run = assignments.run_tests(tmp_path, [1])
-    assert run.tests["tests/test_kernel.py::test_parallel_kernel"] == {
+    run = run_tests(tmp_path, [1])
+    assert run["tests"]["tests/test_kernel.py::test_parallel_kernel"] == {
         "assignment": 1, "uses": [], "outcome": "not_implemented",
         "message": "NotImplementedError: Assignment 1 (kernel): implement the step"}
 
 
 def test_score_table_tells_not_implemented_from_wrong():
-    run = RunResult(tests={
-        "tests/check_kernel.py::test_norm_of_ones": {
-            "assignment": 2, "uses": [], "outcome": "failed", "message": "assert 1.0 == 2.0"},
-        "tests/check_kernel.py::test_sum_of_squares_matches_numpy": {
-            "assignment": 2, "uses": [], "outcome": "not_implemented",
-            "message": "NotImplementedError: Assignment 2 (kernel): ..."},
-        "tests/check_streams.py::test_countdown": {
-            "assignment": 3, "uses": [], "outcome": "passed", "message": None},
-    }, collection_errors=[], exit_status=1, output="")
-    report = score_run(FIXTURE, run, toy_manifest(), [2, 3])
-    table = format_report(report)
+    def test(number, outcome, message=None):
+        return {"assignment": number, "uses": [], "outcome": outcome, "message": message}
+
+    run = {"tests": {
+        "tests/check_kernel.py::test_norm_of_ones": test(2, "failed", "assert 1.0 == 2.0"),
+        "tests/check_kernel.py::test_sum_of_squares_matches_numpy": test(
+            2, "not_implemented", "NotImplementedError: Assignment 2 (kernel): ..."),
+        "tests/check_streams.py::test_countdown": test(3, "passed"),
+    }, "collection_errors": [], "timed_out": False}
+    table = format_report(score_run(run, load_manifest(FIXTURE), [2, 3], FIXTURE))
     assert "  failed                0 / 2      tests/check_kernel.py::test_norm_of_ones" in table
     assert "  not implemented       0 / 4      tests/check_kernel.py::test_sum_of_squares" in table
     assert "  passed                1 / 1      tests/check_streams.py::test_countdown" in table
@@ -313,26 +304,26 @@ def test_grade_json_reports_points_and_outcomes_per_test(graded_a2_release):
         assert test["outcome"] == "not_implemented" and test["earned"] == 0.0
         assert test["message"].startswith("NotImplementedError: Assignment 2 (kernel)")
     assert all(t["outcome"] == "passed" for t in by_number[1]["tests"])
-    assert by_number[3]["tests"][0]["nodeid"] == "tests/check_streams.py::test_countdown"  # manifest
+    assert by_number[3]["tests"][0]["nodeid"] == "tests/check_streams.py::test_countdown"  # module mark
     assert "tests/check_mathops.py::test_empty_running_mean_is_zero" not in stdout   # unmarked
 
 
 def test_grade_with_reference_tests_ignores_the_submissions_own(tmp_path, toy):
-    submission = release(toy, tmp_path / "student", collect=False).out
+    submission = release(toy, tmp_path / "student", check=False).out
     # The student rewrites a test to pass and breaks a module so that a test file cannot import.
     (submission / "tests/check_mathops.py").write_text(
         "import pytest\n\n@pytest.mark.assignment(1)\ndef test_softmax_rows_sum_to_one():\n    pass\n")
     (submission / "toypkg/streams.py").write_text("def countdown(n:\n")
-    report = assignments.grade(submission, tests_from=toy)
-    scores = {s.assignment.number: s for s in report.scores}
-    assert {t.outcome for t in scores[1].tests} == {"not_implemented"}
-    assert len(scores[1].tests) == 5
-    notebook = next(t for t in scores[1].tests if "check_notebook" in t.nodeid)
-    assert "CellError: NotImplementedError: Assignment 1" in notebook.message   # known by name
-    assert scores[3].earned == 0 and scores[3].tests == []
-    assert scores[3].errors[0].startswith("tests/check_streams.py could not be collected:")
-    assert scores[1].errors == [] and scores[2].errors == []
-    assert report.root == submission.resolve()
+    report = grade(submission, tests_from=toy)
+    scores = {s["assignment"]: s for s in report["assignments"]}
+    assert {t["outcome"] for t in scores[1]["tests"]} == {"not_implemented"}
+    assert len(scores[1]["tests"]) == 5
+    notebook = next(t for t in scores[1]["tests"] if "check_notebook" in t["nodeid"])
+    assert notebook["message"].startswith("NotImplementedError: Assignment 1")   # known by name
+    assert scores[3]["earned"] == 0 and scores[3]["tests"] == []
+    assert scores[3]["errors"][0].startswith("tests/check_streams.py could not be collected:")
+    assert scores[1]["errors"] == [] and scores[2]["errors"] == []
+    assert report["root"] == str(submission.resolve())
 
 
 def test_check_subcommand_lists_regions(toy, monkeypatch):
@@ -355,9 +346,7 @@ def test_test_subcommand_runs_one_assignment_with_pytest_output(toy, capfd):
 # ---------------------------------------------------------------------------- round trip
 @pytest.mark.slow
 def test_round_trip_on_the_fixture(toy):
-    report = verify_round_trip(toy)
-    assert report.ok, str(report)
-    assert report.released == [1, 2, 3]
+    assert verify_round_trip(toy) == []
 
 
 @pytest.mark.slow
@@ -378,9 +367,7 @@ def test_round_trip_reports_tests_that_disagree_with_the_regions(toy):
         def test_norm_without_declaring_it():
             assert norm(np.ones(1)) == 1.0
         '''))
-    report = verify_round_trip(toy, [2])
-    assert not report.ok
-    assert report.problems == [
+    assert verify_round_trip(toy, [2]) == [
         "release of a2: tests/check_more.py::test_kernel_is_callable still passes: "
         "no a2 region covers what it checks",
         "release of a2: tests/check_more.py::test_norm_without_declaring_it (a1) not implemented: "
@@ -402,7 +389,7 @@ def test_the_course_manifest_is_complete():
 def test_the_course_markers_are_valid_and_cover_every_file_of_every_assignment():
     manifest = load_manifest(REPO)
     found = scan_repository(REPO, manifest)   # raises AssignmentError listing every problem
-    assert assignments.coverage_warnings(found, manifest, sorted(manifest.assignments)) == []
+    assert coverage_warnings(found, manifest) == []
 
 
 @pytest.mark.slow
@@ -410,6 +397,4 @@ def test_the_course_round_trip():
     """Released alone, each assignment fails exactly its own tests (and those declaring
     `uses=[N]`) with NotImplementedError while every other assignment's tests pass; with the
     solutions every assignment test passes."""
-    report = verify_round_trip(REPO)
-    assert report.ok, str(report)
-    assert report.released == [1, 2, 3, 4, 5]
+    assert verify_round_trip(REPO) == []

@@ -370,6 +370,17 @@ def test_register_tile_helpers_are_identical_copies(name):
     assert (attention_cpu.MR, attention_cpu.NR) == (matmul_cpu.MR, matmul_cpu.NR)
 
 
+@pytest.mark.parametrize("name", ["_float32_from_bits", "exp_nonpositive"])
+def test_the_decode_kernels_exp_is_an_identical_copy(name):
+    from minillm.kernels import attention_decode_cpu
+
+    assert _source_of("attention_decode_cpu.py", name) == _source_of("attention_cpu.py", name)
+    constants = ("_LOG2E", "_LN2_HI", "_LN2_LO", "_P0", "_P1", "_P2", "_P3", "_P4", "_P5",
+                 "_EXP_UNDERFLOW")
+    for constant in constants:
+        assert getattr(attention_decode_cpu, constant) == getattr(attention_cpu, constant), constant
+
+
 def test_both_cephes_exps_use_the_same_constants():
     # exp_nonpositive (attention, x <= 0, 0 below the underflow) and exp_f32 (GELU, clamped at
     # both ends) differ in their domain by design, not in the approximation.

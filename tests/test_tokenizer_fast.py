@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from minillm.tokenizer.bpe import (
     ENDOFTEXT, GPT2_SPLIT_PATTERN, FastTokenizer, Tokenizer, bytes_to_unicode,
 )
-from minillm.tokenizer.fast import LETTER, NUMBER, OTHER, SPACE, _piece_end, character_classes
+from minillm.tokenizer.fast import character_classes
+from minillm.tokenizer.fast_kernels import LETTER, NUMBER, OTHER, SPACE, _piece_end
 from minillm.tokenizer.train import train_bpe
 
 any_text = st.text(st.characters(exclude_categories=("Cs",)))

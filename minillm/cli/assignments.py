@@ -1,4 +1,4 @@
-"""`minillm assignments ACTION`: release, grade, test, check, verify."""
+"""`minillm assignments ACTION`: release, grade, test, check, verify (see assignments/README.md)."""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from minillm.course.grading import format_report, grade
-from minillm.course.manifest import (AssignmentError, find_repository, load_manifest,
-                                         parse_assignment_number, parse_only)
-from minillm.course.markers import coverage_warnings, scan_repository
-from minillm.course.releasing import release
-from minillm.course.roundtrip import verify_round_trip
-from minillm.course.runner import _pytest_command, _test_environment
-
+from minillm.course import (AssignmentError, all_passed, coverage_warnings, find_repository,
+                            format_report, grade, load_manifest, parse_assignment_number,
+                            parse_only, release, scan_repository, verify_round_trip)
+from minillm.course.grade import graded_environment, pytest_command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="assignments_action", required=True, metavar="ACTION")
@@ -24,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--only", type=parse_only, help="assignments to stub, e.g. 1,3 (default: all)")
     p.add_argument("--source", type=Path, help="instructor repository (default: the one around cwd)")
     p.add_argument("--no-check", action="store_true",
-                   help="skip verifying that the copy compiles and its tests collect")
+                   help="skip checking that the copy's tests collect")
 
     p = actions.add_parser("grade", help="run the assignment tests and print the score table")
     p.add_argument("dir", nargs="?", type=Path, help="tree to grade (default: the one around cwd)")
@@ -34,12 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="grade with REPO's tests, manifest and pytest config, not the submission's")
     p.add_argument("--workers", type=int, default=1, help="pytest-xdist workers (default 1)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="stop the test run after this long (an endless loop); finished tests still count")
+                   help="stop the test run after this long (an endless loop); "
+                        "finished tests still count")
 
     p = actions.add_parser("test", help="run one assignment's tests with pytest's full output")
     p.add_argument("--dir", type=Path, help="tree to test (default: the one around cwd)")
     p.add_argument("number", type=parse_assignment_number, help="assignment, e.g. 2")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest, e.g. -x -k softmax")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                   help="passed on to pytest, e.g. -x -k softmax")
 
     p = actions.add_parser("check", help="validate the solution markers and list the regions")
     p.add_argument("--source", type=Path, help="instructor repository (default: the one around cwd)")
@@ -59,11 +57,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _repository(path) -> Path:
+    return path.resolve() if path else find_repository()
+
+
 def _run_release(args) -> int:
-    source = args.source.resolve() if args.source else find_repository()
-    result = release(source, args.out, args.only, check=not args.no_check)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    result = release(_repository(args.source), args.out, args.only, check=not args.no_check)
     stubbed = ", ".join(f"a{n}: {k} region{'s' * (k != 1)}" for n, k in result.stubbed.items())
     print(f"released {result.files} files to {result.out} ({stubbed} stubbed)")
     return 0
@@ -72,26 +71,24 @@ def _run_release(args) -> int:
 def _run_grade(args) -> int:
     report = grade(args.dir, args.only, workers=args.workers, tests_from=args.tests_from,
                    timeout=args.timeout)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
-    return 0 if report.all_passed else 1
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if all_passed(report) else 1
 
 
 def _run_test(args) -> int:
-    root = args.dir.resolve() if args.dir else find_repository()
+    root = _repository(args.dir)
     manifest = load_manifest(root)
-    numbers = manifest.select([args.number])
-    with _test_environment(root, manifest, numbers) as (env, _):
-        return subprocess.run(_pytest_command(manifest, args.pytest_args), cwd=root, env=env).returncode
+    with graded_environment(root, manifest.select([args.number])) as (env, _):
+        return subprocess.run(pytest_command(manifest, args.pytest_args), cwd=root, env=env).returncode
 
 
 def _run_check(args) -> int:
-    source = args.source.resolve() if args.source else find_repository()
+    source = _repository(args.source)
     manifest = load_manifest(source)
     found = scan_repository(source, manifest)
-    for _, regions in sorted(found.items()):
-        for region in regions:
-            print(f"{region.location}: a{region.number}: {region.what or '(no description)'}")
-    for warning in coverage_warnings(found, manifest, sorted(manifest.assignments)):
+    for region in (r for _, regions in sorted(found.items()) for r in regions):
+        print(f"{region.location}: a{region.number}: {region.what or '(no description)'}")
+    for warning in coverage_warnings(found, manifest):
         print(f"warning: {warning}", file=sys.stderr)
     total = sum(len(r) for r in found.values())
     print(f"{total} solution region{'s' * (total != 1)} in {len(found)} "
@@ -100,10 +97,10 @@ def _run_check(args) -> int:
 
 
 def _run_verify(args) -> int:
-    source = args.source.resolve() if args.source else find_repository()
-    report = verify_round_trip(source, args.only, jobs=args.jobs)
-    print(report)
-    return 0 if report.ok else 1
+    problems = verify_round_trip(_repository(args.source), args.only, jobs=args.jobs)
+    print(f"round trip: {f'{len(problems)} problem(s)' if problems else 'ok'}",
+          *(f"  PROBLEM {problem}" for problem in problems), sep="\n")
+    return 1 if problems else 0
 
 
 _ACTIONS = {"release": _run_release, "grade": _run_grade, "test": _run_test,

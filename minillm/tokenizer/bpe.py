@@ -40,6 +40,7 @@ from typing import Literal
 
 import regex
 
+from minillm.tokenizer.files import find_tokenizer_files, read_merges, write_tokenizer_files
 from minillm.tokenizer.special import replace_lone_surrogates, split_on_special
 
 GPT2_SPLIT_PATTERN = (
@@ -54,8 +55,6 @@ ENDOFTEXT = "<|endoftext|>"
 GPT2_SPLIT_REGEX = regex.compile(GPT2_SPLIT_PATTERN)
 """GPT2_SPLIT_PATTERN compiled, shared by encoding and :mod:`minillm.tokenizer.train`."""
 
-# (vocabulary, merges) file names, Hugging Face's first; save() writes the first pair.
-_FILE_NAMES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 
 # Natural text repeats the same pieces over and over, so encoding remembers each piece's ids.
 # Past this many entries the cache starts afresh, which bounds its memory.
@@ -190,7 +189,7 @@ class Tokenizer:
         entries that are neither a byte symbol nor the result of a merge.
         """
         vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
-        merges = _read_merges(Path(merges_path))
+        merges = read_merges(Path(merges_path))
         learned = set(bytes_to_unicode().values()) | {first + second for first, second in merges}
         return cls(
             vocab={token: i for token, i in vocab.items() if token in learned},
@@ -202,23 +201,11 @@ class Tokenizer:
     def from_pretrained(cls, directory: str | Path) -> Tokenizer:
         """Load from a folder holding ``vocab.json`` and ``merges.txt`` (or, OpenAI's names,
         ``encoder.json`` and ``vocab.bpe``)."""
-        directory = Path(directory)
-        for vocab_name, merges_name in _FILE_NAMES:
-            if (directory / vocab_name).is_file() and (directory / merges_name).is_file():
-                return cls.from_files(directory / vocab_name, directory / merges_name)
-        expected = " or ".join(f"{vocab} + {merges}" for vocab, merges in _FILE_NAMES)
-        raise FileNotFoundError(f"no tokenizer files in {directory}: expected {expected}")
+        return cls.from_files(*find_tokenizer_files(Path(directory)))
 
     def save(self, directory: str | Path) -> None:
         """Write ``vocab.json`` and ``merges.txt``, which :meth:`from_pretrained` reads back."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        vocab_name, merges_name = _FILE_NAMES[0]
-        vocab = sorted({**self.vocab, **self.special_tokens}.items(), key=lambda item: item[1])
-        vocab_json = json.dumps(dict(vocab), ensure_ascii=False, indent=0)
-        (directory / vocab_name).write_text(vocab_json, encoding="utf-8")
-        lines = ["#version: 0.2", *(f"{first} {second}" for first, second in self.merges)]
-        (directory / merges_name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_tokenizer_files(Path(directory), {**self.vocab, **self.special_tokens}, self.merges)
 
     # ------------------------------------------------------------------------ properties
 
@@ -391,17 +378,3 @@ def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, .
             i += 1
     return tuple(merged)
     ### END SOLUTION
-
-
-def _read_merges(path: Path) -> list[tuple[str, str]]:
-    """Parse a merges file: an optional ``#version`` line, then one ``first second`` pair a line."""
-    merges = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip() or line.startswith("#version"):
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{line_number}: expected two symbols separated by a space, "
-                             f"got {line!r}")
-        merges.append((parts[0], parts[1]))
-    return merges

@@ -23,11 +23,11 @@ def test_cumulative():
     assert cumulative([1, 2, 3]) == [1, 3, 6]
 
 
-@pytest.mark.assignment("a1")
+@pytest.mark.assignment(1)
 def test_make_scaler():
     assert make_scaler(3)(2) == 6
 
 
 def test_empty_running_mean_is_zero():
-    # Not graded: no assignment marker, and the manifest does not list it.
+    # Not graded: no assignment marker.
     assert RunningMean().mean == 0.0

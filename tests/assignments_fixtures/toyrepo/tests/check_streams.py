@@ -1,5 +1,8 @@
-# No markers: the manifest grades this whole file for a3.
+import pytest
+
 from toypkg.streams import countdown
+
+pytestmark = pytest.mark.assignment(3)   # the whole module grades a3
 
 
 def test_countdown():
