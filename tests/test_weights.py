@@ -295,7 +295,7 @@ def test_resolve_model_path(tmp_path, monkeypatch, reference_dir):
     (tmp_path / "weights" / "gpt2-medium").mkdir(parents=True)
     (tmp_path / "weights" / "gpt2-medium" / "model.safetensors").touch()
     assert resolve_model_path("gpt2-medium") == tmp_path / "weights" / "gpt2-medium"
-    with pytest.raises(FileNotFoundError, match="neither an existing file .* nor a released model"):
+    with pytest.raises(FileNotFoundError, match="neither an existing file .* nor a bundled or released model"):
         resolve_model_path("gpt3")
 
 

@@ -39,9 +39,80 @@ def is_gpt2_124m(config) -> bool:
     return config == GPT2_SIZES["gpt2"]
 
 
+class ReferenceFileError(ValueError):
+    """A reference file that is not an .npz of recorded outputs that fit the model."""
+
+
 def load_reference(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {name: data[name] for name in data.files}
+    """The arrays of an .npz file, or ReferenceFileError naming the file and what is wrong."""
+    try:
+        data = np.load(path, allow_pickle=False)     # never unpickle: a reference is plain arrays
+    except (OSError, ValueError, EOFError) as err:
+        raise ReferenceFileError(f"{path} is not an .npz file of reference outputs ({err})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ReferenceFileError(f"{path} is a single .npy array, expected an .npz archive of "
+                                 "reference outputs (scripts/make_reference.py writes one)")
+    try:
+        with data:
+            return {name: data[name] for name in data.files}
+    except Exception as err:      # a damaged member: zipfile, zlib and numpy each raise their own
+        raise ReferenceFileError(f"{path}: cannot read its arrays ({type(err).__name__}: {err})") from None
+
+
+def check_reference(reference: dict, config, path) -> None:
+    """Every array the checks will read, with the shape the model's config implies.
+
+    A file with nothing to check (no recorded prompt, no batch) is an error, not a pass."""
+    names = prompt_names(reference)
+    if not names and "batch.greedy" not in reference:
+        raise ReferenceFileError(f"{path} holds no recorded prompts ('NAME.ids') and no batch "
+                                 "('batch.greedy'): there would be nothing to check")
+    if names:
+        _check_array(reference, "logit_columns", path, ndim=1, ids_below=config.vocab_size)
+    n_columns = len(reference.get("logit_columns", ()))
+    for name in names:
+        T = _check_array(reference, f"{name}.ids", path, ndim=1,
+                         ids_below=config.vocab_size, n_positions=config.n_positions).shape[0]
+        _check_array(reference, f"{name}.logits_last", path, shape=(config.vocab_size,))
+        _check_array(reference, f"{name}.logits_columns", path, shape=(T, n_columns))
+        _check_array(reference, f"{name}.hidden_states", path,
+                     shape=(config.n_layer + 1, T, config.n_embd))
+        if f"{name}.greedy" in reference:
+            _check_array(reference, f"{name}.greedy", path, ndim=1, longer_than=T,
+                         ids_below=config.vocab_size, n_positions=config.n_positions)
+    if "batch.greedy" in reference:
+        shape = _check_array(reference, "batch.ids", path, ndim=2, ids_below=config.vocab_size,
+                             n_positions=config.n_positions).shape
+        _check_array(reference, "batch.attention_mask", path, shape=shape, ids_below=2)
+        greedy = _check_array(reference, "batch.greedy", path, ndim=2, longer_than=shape[1],
+                              ids_below=config.vocab_size, n_positions=config.n_positions)
+        if greedy.shape[0] != shape[0]:
+            raise ReferenceFileError(f"{path}: batch.greedy has {greedy.shape[0]} rows but "
+                                     f"batch.ids has {shape[0]}")
+
+
+def _check_array(reference: dict, key: str, path, shape=None, ndim=None, ids_below=None,
+                 n_positions=None, longer_than=0) -> np.ndarray:
+    """reference[key], checked; ids_below: an integer array with values in [0, ids_below)."""
+    if key not in reference:
+        raise ReferenceFileError(f"{path} has no array '{key}'")
+    array = reference[key]
+    what = f"{path}: '{key}' has shape {array.shape} and dtype {array.dtype}"
+    if shape is not None and array.shape != shape:
+        raise ReferenceFileError(f"{what}, expected shape {shape}")
+    if ndim is not None and array.ndim != ndim:
+        raise ReferenceFileError(f"{what}, expected {ndim} dimension(s)")
+    if ids_below is None:
+        if array.dtype.kind != "f":
+            raise ReferenceFileError(f"{what}, expected floating-point values")
+        return array
+    if array.dtype.kind not in "iub" or ((array < 0) | (array >= ids_below)).any():
+        raise ReferenceFileError(f"{what}, expected integers in [0, {ids_below})")
+    length = array.shape[-1]
+    if n_positions is not None and not longer_than < length <= n_positions:
+        raise ReferenceFileError(f"{what}, expected a length in ({longer_than}, {n_positions}] "
+                                 "(the model's context)")
+    return array
 
 
 def prompt_names(reference: dict) -> list[str]:

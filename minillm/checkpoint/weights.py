@@ -46,7 +46,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from minillm.model.config import GPT2_SIZES, GPT2Config
 from minillm.model.params import GPT2Params, hf_state_dict_shapes, params_from_hf, params_to_hf
@@ -101,7 +101,7 @@ def read_header(path: str | Path) -> tuple[dict, int]:
         raw_header = f.read(header_len)
     try:
         header = json.loads(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{path} is not a safetensors file: its header is not valid "
                               f"JSON ({err})") from None
     if not isinstance(header, dict):
@@ -123,7 +123,7 @@ def _check_entry(path: Path, name: str, entry) -> None:
         raise CheckpointError(f"{path}: header entry for tensor '{name}' must have dtype, "
                               f"shape and data_offsets, got {entry!r}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise CheckpointError(f"{path}: tensor '{name}' has unknown dtype {dtype!r}")
     if not (isinstance(shape, list) and all(_is_count(n) for n in shape)):
         raise CheckpointError(f"{path}: tensor '{name}' has invalid shape {shape!r}")
@@ -177,12 +177,15 @@ def read_safetensors(path: str | Path, keep=lambda name: True) -> dict[str, np.n
             raise CheckpointError(f"{path}: tensor '{name}' has dtype {entry['dtype']}, "
                                   "which minillm cannot read")
     tensors = {}
-    with safe_open(str(path), framework="numpy") as f:
-        for name, entry in header.items():
-            if entry["dtype"] == "BF16":     # numpy cannot hold bfloat16: widen it ourselves
-                tensors[name] = _read_bfloat16(path, data_start, entry)
-            else:
-                tensors[name] = f.get_tensor(name)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            for name, entry in header.items():
+                if entry["dtype"] == "BF16":     # numpy cannot hold bfloat16: widen it ourselves
+                    tensors[name] = _read_bfloat16(path, data_start, entry)
+                else:
+                    tensors[name] = f.get_tensor(name)
+    except SafetensorError as err:       # a rule of the library's that read_header does not check
+        raise CheckpointError(f"{path} is not a valid safetensors file: {err}") from None
     return tensors
 
 
@@ -250,6 +253,7 @@ def load_checkpoint(path: str | Path) -> tuple[GPT2Config, GPT2Params]:
     # Pop while converting, so a half-precision file never has both copies in memory at once.
     tensors = {name: np.ascontiguousarray(tensors.pop(name), dtype=np.float32)
                for name in list(tensors)}
+    check_finite(tensors, weights_file)
     return config, params_from_hf(tensors, config)
 
 
@@ -295,24 +299,108 @@ def _check_tied_head(lm_head: np.ndarray, wte: np.ndarray | None, source) -> Non
             "LM head is a different model, which this loader does not support")
 
 
+# config.json keys HF's GPT2Config reads under another name (its attribute_map).
+HF_ALIASES = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions",
+              "num_attention_heads": "n_head", "num_hidden_layers": "n_layer"}
+SHAPE_KEYS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+# HF settings that would change GPT-2's math, and the values minillm implements. An absent key
+# takes HF's default, which is the supported value. gelu_pytorch_tanh is the same tanh GELU.
+SUPPORTED_SETTINGS = {
+    "model_type": ("gpt2",),
+    "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+    "scale_attn_weights": (True,),
+    "scale_attn_by_inverse_layer_idx": (False,),
+    "reorder_and_upcast_attn": (False,),
+    "add_cross_attention": (False,),
+    "tie_word_embeddings": (True,),
+}
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
 def config_from_json(path: Path) -> GPT2Config:
-    """GPT2Config from HF's config.json, refusing options that change GPT-2's math."""
-    values = json.loads(Path(path).read_text(encoding="utf-8"))
-    unsupported = {
-        "activation_function": lambda v: v in ("gelu_new", "gelu_pytorch_tanh"),
-        "scale_attn_weights": lambda v: v is True,
-        "scale_attn_by_inverse_layer_idx": lambda v: v is False,
-        "add_cross_attention": lambda v: v is False,
-    }
-    for key, supported in unsupported.items():
-        if key in values and not supported(values[key]):
-            raise CheckpointError(f"{path}: {key}={values[key]!r} is not supported; minillm "
-                                  "implements the original GPT-2 (tanh GELU, attention "
-                                  "scaled by 1/sqrt(d_k))")
+    """GPT2Config from HF's config.json, every setting checked (CheckpointError naming the file).
+
+    A key that is missing takes HF's GPT2Config default, as in HF. But a file that names none
+    of the shape keys (vocab_size, n_positions, n_embd, n_layer, n_head), `{}` included, is an
+    error: HF would read it as the 124M model, which for a file next to weights is almost
+    surely a mistake. Keys that do not affect the computation (dropout, transformers_version,
+    ...) are ignored; those that would change it must have the value GPT-2 uses.
+    """
+    values = _read_json_object(path)
+    for alias, key in HF_ALIASES.items():
+        if alias in values:
+            if key in values and values[key] != values[alias]:
+                raise CheckpointError(f"{path}: {alias}={values[alias]!r} and {key}={values[key]!r} "
+                                      "disagree (HF reads both as the same setting)")
+            values[key] = values.pop(alias)
+    if not any(key in values for key in SHAPE_KEYS):
+        raise CheckpointError(f"{path} names none of {', '.join(SHAPE_KEYS)}; a GPT-2 config.json "
+                              "must give the model's shape (HF would silently use the 124M one)")
+    _check_supported_settings(path, values)
     try:
-        return GPT2Config.from_dict(values)
+        config = GPT2Config.from_dict(values)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: invalid GPT-2 config: {err}") from None
+    _check_derived_settings(path, values, config)
+    return config
+
+
+def _read_json_object(path: Path) -> dict:
+    """The JSON object in a file, or CheckpointError saying why it is not one."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the config: {err.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {raw[err.start]:#04x} at offset "
+                              f"{err.start}); config.json must be JSON in UTF-8") from None
+    if not text.strip():
+        raise CheckpointError(f"{path} is empty; expected a JSON object of GPT-2 settings")
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err.msg} (line {err.lineno}, "
+                              f"column {err.colno})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a config: its JSON is nested too deeply") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} must hold a JSON object ({{...}}) of GPT-2 settings, "
+                              f"got a JSON {_json_type(values)}")
+    return values
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _check_supported_settings(path: Path, values: dict) -> None:
+    for key, supported in SUPPORTED_SETTINGS.items():
+        # Compare types too: in Python 1 == True, but `"scale_attn_weights": 1` is not a bool.
+        if key in values and not any(type(values[key]) is type(s) and values[key] == s
+                                     for s in supported):
+            expected = " or ".join(json.dumps(s) for s in supported)
+            raise CheckpointError(f"{path}: {key}={values[key]!r} is not supported; minillm "
+                                  f"implements the original GPT-2 ({key} = {expected})")
+
+
+def _check_derived_settings(path: Path, values: dict, config: GPT2Config) -> None:
+    """Keys whose valid values depend on the shape: n_inner, n_ctx and the special token ids."""
+    n_inner = values.get("n_inner")
+    if n_inner is not None and not (_is_count(n_inner) and n_inner == 4 * config.n_embd):
+        raise CheckpointError(f"{path}: n_inner={n_inner!r} is not supported; GPT-2's MLP is "
+                              f"4 * n_embd = {4 * config.n_embd} wide (n_inner null or that)")
+    if "n_ctx" in values and not (_is_count(values["n_ctx"]) and values["n_ctx"] == config.n_positions):
+        raise CheckpointError(f"{path}: n_ctx={values['n_ctx']!r} must equal n_positions="
+                              f"{config.n_positions} (both are the context length)")
+    for key in TOKEN_ID_KEYS:
+        ids = values.get(key)
+        ids = ids if isinstance(ids, list) else [ids]
+        if not all(i is None or (_is_count(i) and i < config.vocab_size) for i in ids):
+            raise CheckpointError(f"{path}: {key}={values[key]!r} must be null or a token id in "
+                                  f"[0, vocab_size={config.vocab_size})")
 
 
 def infer_config(tensors: dict[str, np.ndarray]) -> GPT2Config:
@@ -347,6 +435,10 @@ def infer_config(tensors: dict[str, np.ndarray]) -> GPT2Config:
 
 def check_tensors(tensors: dict[str, np.ndarray], config: GPT2Config) -> None:
     """Every tensor the config needs, with its exact shape, and nothing else."""
+    # Each block has a dozen tensors: refuse an absurd n_layer before listing its names.
+    if config.n_layer > len(tensors):
+        raise CheckpointError(f"the config has n_layer={config.n_layer}, but the checkpoint holds "
+                              f"only {len(tensors)} tensors, too few for that many blocks")
     expected = hf_state_dict_shapes(config)
     missing = [name for name in expected if name not in tensors]
     if missing:
@@ -369,6 +461,15 @@ def check_tensors(tensors: dict[str, np.ndarray], config: GPT2Config) -> None:
     if not_float:
         raise CheckpointError(f"tensor '{not_float[0]}' has dtype {tensors[not_float[0]].dtype}, "
                               "expected a floating-point type")
+
+
+def check_finite(tensors: dict[str, np.ndarray], source) -> None:
+    """No NaN or inf in any weight: such a model computes NaN logits for every input."""
+    for name, tensor in tensors.items():
+        n_bad = tensor.size - int(np.count_nonzero(np.isfinite(tensor)))
+        if n_bad:
+            raise CheckpointError(f"{source}: tensor '{name}' holds {n_bad} NaN or infinite "
+                                  "value(s); the checkpoint is corrupt")
 
 
 def check_vocab_matches(config: GPT2Config, tokenizer_n_vocab: int) -> None:

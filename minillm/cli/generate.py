@@ -6,6 +6,11 @@
 The prompt is printed, then each new piece of text as soon as it forms whole characters, then
 a timing line on stderr. Flags mean what HF's generate arguments mean; generation stops at
 <|endoftext|> unless --ignore-eos.
+
+Exit status: 0 on success; 1 if the model cannot be loaded or computes NaN/inf logits; 2 for a
+bad argument or a prompt that is not UTF-8 text (checked before the model is loaded). Errors are
+one line on stderr, `minillm generate: ...`. Text the terminal's encoding cannot show is
+written with replacement characters rather than stopping the output.
 """
 from __future__ import annotations
 
@@ -48,13 +53,20 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import numpy as np
+
     from minillm.checkpoint.pretrained import load_pretrained
     from minillm.inference.generate import stream
+    from minillm.inference.sampling import NonFiniteLogitsError
     from minillm.inference.streaming import TextStreamer
 
+    prompt_error = _prompt_error(args.prompt)
+    if prompt_error:
+        print(f"minillm generate: {prompt_error}", file=sys.stderr)
+        return 2
     try:
         model, tokenizer = load_pretrained(args.model, backend=args.backend)
-    except (FileNotFoundError, ValueError, ImportError) as error:
+    except (OSError, ValueError, ImportError) as error:     # OSError: FileNotFoundError and kin
         print(f"minillm generate: {error}", file=sys.stderr)
         return 1
     ids = tokenizer.encode(args.prompt, allowed_special="all")   # <|endoftext|> may start a prompt
@@ -72,14 +84,45 @@ def run(args) -> int:
     except ValueError as error:
         print(f"minillm generate: {error}", file=sys.stderr)
         return 2
-    _print_streamed(args.prompt, tokens, TextStreamer(tokenizer), len(ids))
+    try:
+        # NaN/inf are caught and reported by generation itself: numpy's warnings would be noise.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            _print_streamed(args.prompt, tokens, TextStreamer(tokenizer), len(ids))
+    except NonFiniteLogitsError as error:
+        print(file=sys.stdout, flush=True)          # end the partial line of text
+        print(f"minillm generate: {error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _prompt_error(prompt: str) -> str | None:
+    """Why the prompt cannot be tokenized, or None. Python decodes command-line bytes that are
+    not UTF-8 into lone surrogates ("surrogateescape"), which BPE (working on UTF-8 bytes) cannot
+    encode and no terminal can print."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(prompt[error.start])
+        what = f"byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        return (f"the prompt is not valid UTF-8 text ({what} at character {error.start}); "
+                "pass the prompt as UTF-8")
+    return None
+
+
+def _write(out, text: str) -> None:
+    """out.write(text), replacing what out's encoding cannot represent (e.g. CJK on an ASCII
+    terminal) instead of failing mid-generation."""
+    try:
+        out.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(out, "encoding", None) or "utf-8"
+        out.write(text.encode(encoding, errors="replace").decode(encoding))
 
 
 def _print_streamed(prompt: str, tokens, streamer, prompt_len: int) -> None:
     """Write the prompt, then every piece of text as soon as it is complete; timing to stderr."""
     out = sys.stdout
-    out.write(prompt)
+    _write(out, prompt)
     out.flush()
     start = time.perf_counter()
     first_token_s, n_tokens = 0.0, 0
@@ -87,9 +130,9 @@ def _print_streamed(prompt: str, tokens, streamer, prompt_len: int) -> None:
         if n_tokens == 0:
             first_token_s = time.perf_counter() - start      # prefill + first step
         n_tokens += 1
-        out.write(streamer.put(token_id))
+        _write(out, streamer.put(token_id))
         out.flush()
-    out.write(streamer.end() + "\n")
+    _write(out, streamer.end() + "\n")
     out.flush()
     total_s = time.perf_counter() - start
     decode_rate = (n_tokens - 1) / (total_s - first_token_s) if n_tokens > 1 else float("nan")

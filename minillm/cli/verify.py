@@ -1,13 +1,24 @@
-"""`minillm verify --model M`: run the checks of minillm/checkpoint/verify.py and print them as a table."""
+"""`minillm verify --model M`: run the checks of minillm/checkpoint/verify.py and print them as a table.
+
+Exit status: 0 if every check passes; 1 (FAIL) if any check fails; 2 if the checks cannot run
+because an input is wrong: a model that cannot be found or loaded, a reference file that is
+missing, unreadable, empty or does not fit the model, a bad --tolerance, or no reference at all.
+Input errors are one line on stderr, `minillm verify: error: ...`.
+"""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from minillm.checkpoint import verify as checks
 
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT_ERROR = 0, 1, 2
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (f"exit status: {EXIT_PASS} all checks pass, {EXIT_FAIL} a check fails, "
+                     f"{EXIT_INPUT_ERROR} an input (model, reference, tolerance) is wrong")
     parser.add_argument("--model", required=True,
                         help="model directory, .safetensors file, or released name (gpt2, ...)")
     parser.add_argument("--reference", default=None,
@@ -19,22 +30,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print a table of checks; exit code 0 if all pass, 1 if any fails, 2 if none can run."""
-    from minillm.checkpoint.weights import CheckpointError, load_checkpoint, resolve_model_path
+    """Print a table of checks; exit status 0 if all pass, 1 if any fails, 2 for an input error."""
+    try:
+        return _verify(args)
+    except (OSError, ValueError, ImportError) as err:     # CheckpointError, ReferenceFileError, ...
+        print(f"minillm verify: error: {err}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from minillm.checkpoint.weights import load_checkpoint, resolve_model_path
     from minillm.model.gpt2 import GPT2
 
-    try:
-        model_path = resolve_model_path(args.model)        # resolved once, loaded from there
-        config, params = load_checkpoint(model_path)
-        model = GPT2(config, params, backend=args.backend)
-        reference_path = checks.find_reference(model_path, args.reference)
-    except (FileNotFoundError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     tolerance = args.tolerance
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"--tolerance must be a finite number >= 0, got {tolerance!r}")
+    model_path = resolve_model_path(args.model)        # resolved once, loaded from there
+    config, params = load_checkpoint(model_path)
+    model = GPT2(config, params, backend=args.backend)
+    reference_path = checks.find_reference(model_path, args.reference)
     if reference_path is not None:
+        reference = checks.load_reference(reference_path)
+        checks.check_reference(reference, config, reference_path)
         print(f"verifying {model_path} against {reference_path} (tolerance {tolerance:g})")
-        rows = checks.reference_checks(model, checks.load_reference(reference_path), tolerance)
+        rows = checks.reference_checks(model, reference, tolerance)
     elif checks.is_gpt2_124m(model.config):
         print(f"verifying {model_path} (GPT-2 124M) by its published greedy continuation")
         rows = [checks.continuation_check(model, "The dog", checks.GPT2_PROMPT_IDS,
@@ -42,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"no reference for {model_path}: pass --reference FILE, or put {checks.REFERENCE_FILE} "
               "in the model directory")
-        return 2
+        return EXIT_INPUT_ERROR
     print_table(rows)
     failed = sum(not row["passed"] for row in rows)
     print(f"{len(rows) - failed}/{len(rows)} checks passed")
-    return 1 if failed else 0
+    # A run that checked nothing proved nothing: that is a failure, not a pass.
+    return EXIT_FAIL if failed or not rows else EXIT_PASS
 
 
 def print_table(rows: list[dict]) -> None:

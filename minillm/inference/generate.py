@@ -15,6 +15,10 @@ the model's generation config).
 The context limit: len(prompt) + max_new_tokens may not exceed config.n_positions. Longer
 requests raise ValueError up front, naming both numbers; nothing is truncated or slid.
 
+Non-finite logits: if the model's logits hold NaN or inf at some step (broken weights, a bad
+layer_norm_epsilon), generation stops with NonFiniteLogitsError (a ValueError and a
+FloatingPointError) saying at which step, and in which layer the first NaN/inf appeared.
+
 Batches: prompts of different lengths are left-padded (see `pad_batch`) with an attention mask;
 each row then generates exactly what it would alone. A row that emits EOS is finished: later
 positions get pad_token_id (default: the EOS id), and generation stops once every row is done.
@@ -28,7 +32,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from minillm.inference.kv_cache import KVCache
-from minillm.inference.sampling import TokenChooser
+from minillm.inference.sampling import NonFiniteLogitsError, TokenChooser
 from minillm.model.inputs import check_token_ids
 
 
@@ -128,13 +132,14 @@ def _decode(model, request: _Request) -> Iterator[Step]:
         mask = np.ones((B, total), dtype=np.int64)
         mask[:, :T] = request.mask
     cache = KVCache.for_model(model.config, B, max_len=total) if request.use_cache else None
-    if cache is None:                          # the full-recompute baseline keeps the sequence
-        sequence = np.empty((B, total), dtype=np.int64)
-        sequence[:, :T] = request.ids
+    # The whole sequence: the full-recompute baseline feeds it, and a NaN report replays it.
+    sequence = np.empty((B, total), dtype=np.int64)
+    sequence[:, :T] = request.ids
     logits = _last_logits(model, request.ids, _upto(mask, T), cache)
 
     unfinished = np.ones(B, dtype=bool)
     for step in range(request.max_new_tokens):
+        _check_finite(model, logits, sequence[:, :T + step], _upto(mask, T + step), step)
         ### BEGIN SOLUTION a4: one decoding step (choose, handle EOS, yield, feed the new token)
         token_ids = request.choose(logits)                                   # (B,)
         if request.eos_ids is not None:
@@ -144,10 +149,10 @@ def _decode(model, request: _Request) -> Iterator[Step]:
         if step == request.max_new_tokens - 1 or not unfinished.any():
             return
         length = T + step + 1
+        sequence[:, length - 1] = token_ids
         if cache is not None:
             logits = _last_logits(model, token_ids[:, None], _upto(mask, length), cache)
         else:
-            sequence[:, length - 1] = token_ids
             logits = _last_logits(model, sequence[:, :length], _upto(mask, length), None)
         ### END SOLUTION
 
@@ -160,6 +165,38 @@ def _last_logits(model, ids: np.ndarray, mask: np.ndarray | None, cache: KVCache
     """Logits of the last position of each row: (B, V) float32. Only that position's logits
     choose the next token, so the LM head (a (T, C) x (C, V) matmul) runs on it alone."""
     return model.forward(ids, attention_mask=mask, cache=cache, last_only=True).logits[:, -1]
+
+
+def _check_finite(model, logits: np.ndarray, sequence: np.ndarray, mask: np.ndarray | None,
+                  step: int) -> None:
+    """NonFiniteLogitsError if any logit is NaN or inf, saying where the first one arose."""
+    bad_rows = np.flatnonzero(~np.isfinite(logits).all(axis=-1))
+    if bad_rows.size == 0:
+        return
+    row = int(bad_rows[0])
+    in_row = f" in row {row} of the batch" if len(logits) > 1 else ""
+    where = _first_non_finite_layer(model, sequence[row], None if mask is None else mask[row])
+    raise NonFiniteLogitsError(
+        f"the model's logits are NaN or inf at generation step {step}{in_row}: the first "
+        f"non-finite values appear in {where}; check the weights and the config "
+        f"(layer_norm_epsilon={model.config.layer_norm_epsilon!r})")
+
+
+def _first_non_finite_layer(model, ids: np.ndarray, mask: np.ndarray | None) -> str:
+    """Replay one row's sequence with every hidden state kept; name where NaN/inf first shows.
+    Runs only after a failure, so its cost (one uncached forward) does not matter."""
+    n_layer = model.config.n_layer
+    out = model.forward(ids[None], attention_mask=None if mask is None else mask[None],
+                        output_hidden_states=True)
+    real = slice(None) if mask is None else mask.astype(bool)     # padding positions are never read
+    for index, hidden in enumerate(out.hidden_states):
+        if not np.isfinite(hidden[0][real]).all():
+            if index == 0:
+                return "the embeddings (wte + wpe)"
+            if index < n_layer:
+                return f"the output of block {index - 1} (blocks count from 0)"
+            return f"the output of block {n_layer - 1} or the final LayerNorm ln_f"
+    return "the LM head: every hidden state is finite, but the logits overflow float32"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,6 +224,8 @@ def _prepare(model, ids, config: GenerationConfig) -> _Request:
     else:
         pad_token_id = int(_check_token_list("pad_token_id", config.pad_token_id,
                                              model_config.vocab_size)[0])
+    if not isinstance(config.use_cache, (bool, np.bool_)):
+        raise ValueError(f"use_cache must be True or False, got {config.use_cache!r}")
     return _Request(ids_2d, mask, squeeze, n_new, choose, eos_ids, pad_token_id, bool(config.use_cache))
 
 

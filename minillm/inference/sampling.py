@@ -9,7 +9,14 @@ Sampling follows Hugging Face's `generate(do_sample=True)` step by step, in HF's
     4. draw one token from softmax(filtered logits)
 
 Filtered tokens get logit -inf, so probability exactly 0. temperature == 0 means greedy
-(argmax of the raw logits), where HF would refuse it. All functions work on (..., V) logits.
+(argmax of the raw logits), where HF would refuse it; any other temperature must be > 0. All
+functions work on (..., V) logits, which must be finite or -inf (NaN or +inf raise
+NonFiniteLogitsError: there is no distribution to draw from).
+
+A tiny temperature (say 1e-40) would overflow float32 in logits / temperature, turning the
+distribution into NaN. There is no floor: when the division would overflow, the max-subtracted
+logits are divided instead (in float64, then rounded to float32). softmax ignores the shift, the
+largest logit becomes 0 and the rest very negative, so sampling tends to greedy, as it should.
 
 Numerics: logits are float32. The top-p cut reproduces HF's float32 arithmetic (float32
 probabilities, running sums accumulated in float64 and rounded to float32 as torch does on the
@@ -26,6 +33,19 @@ import numbers
 import numpy as np
 
 
+class NonFiniteLogitsError(FloatingPointError, ValueError):
+    """Logits holding NaN or +inf (broken weights or settings): no token can be chosen from them."""
+
+
+def check_logits(logits: np.ndarray) -> None:
+    """Logits may be finite or -inf (a filtered token), with at least one finite per row."""
+    logits = np.asarray(logits)
+    if np.isnan(logits).any() or np.isposinf(logits).any():
+        raise NonFiniteLogitsError("the logits hold NaN or +inf values; no token can be chosen")
+    if not np.isfinite(logits).any(axis=-1).all():
+        raise NonFiniteLogitsError("a row of logits is all -inf; there is no token left to choose")
+
+
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise ValueError naming the bad value and what was expected."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
@@ -39,8 +59,15 @@ def check_sampling_args(temperature: float, top_k: int | None, top_p: float | No
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """logits / temperature, in float32 like HF's TemperatureLogitsWarper.  (..., V) -> (..., V)"""
-    return logits / np.float32(temperature)
+    """logits / temperature, in float32 like HF's TemperatureLogitsWarper; computed from the
+    max-subtracted logits where that would overflow (see the module docstring).  (..., V) -> (..., V)"""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        scaled = logits / np.float32(temperature)
+    if not (np.isinf(scaled) & np.isfinite(logits)).any():
+        return scaled                      # HF's arithmetic, bit for bit
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)   # <= 0, max at 0
+    with np.errstate(over="ignore"):
+        return (shifted / temperature).astype(np.float32)    # overflow can only reach -inf
 
 
 def top_k_filter(logits: np.ndarray, top_k: int) -> np.ndarray:
@@ -113,6 +140,7 @@ def filtered_logits(logits: np.ndarray, temperature: float = 1.0, top_k: int | N
                     top_p: float | None = None) -> np.ndarray:
     """Temperature, then top-k, then top-p; filtered entries are -inf.  (..., V) float32."""
     _check_filter_args(temperature, top_k, top_p)
+    check_logits(logits)
     logits = _temperature_top_k(logits, temperature, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
@@ -124,6 +152,7 @@ def filtered_probs(logits: np.ndarray, temperature: float = 1.0, top_k: int | No
     """The distribution a sampled token is drawn from: softmax of the filtered logits,
     float64, exactly 0 on filtered tokens.  (..., V) -> (..., V)"""
     _check_filter_args(temperature, top_k, top_p)
+    check_logits(logits)
     return _filtered_probs(logits, temperature, top_k, top_p)
 
 
@@ -167,6 +196,7 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
            top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
     """Draw one token per row from filtered_probs.  (B, V) -> (B,), or (V,) -> ()"""
     if temperature == 0:
+        check_logits(logits)
         return greedy(logits)
     return draw(filtered_probs(logits, temperature, top_k, top_p), rng)
 
@@ -190,6 +220,8 @@ class TokenChooser:
 
     def __init__(self, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None):
+        if not isinstance(do_sample, (bool, np.bool_)):
+            raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
         check_sampling_args(temperature, top_k, top_p)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed must be an int >= 0 or None, got {seed!r}")
@@ -199,6 +231,7 @@ class TokenChooser:
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """(B, V) logits -> (B,) int64 token ids."""
+        check_logits(logits)
         if not self.do_sample:
             return greedy(logits).astype(np.int64)
         # The settings were checked in __init__: no checks per token.

@@ -106,6 +106,13 @@ def available_backends() -> list[str]:
 def get_backend(backend: str | Backend) -> Backend:
     """A backend from its name, or `backend` itself if it is already one."""
     if not isinstance(backend, str):
+        # Check now: a wrong object (None, a number) would otherwise fail at the first forward.
+        missing = [m for m in ("linear", "attention", "layer_norm", "gelu")
+                   if not callable(getattr(backend, m, None))]
+        if missing:
+            raise TypeError(f"backend must be a name ({', '.join(available_backends())}) or an "
+                            f"object with the Backend methods; got {backend!r} "
+                            f"({type(backend).__name__}), which lacks {', '.join(missing)}")
         return backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {available_backends()}")

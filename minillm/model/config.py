@@ -1,6 +1,8 @@
 """GPT-2 hyper-parameters: the handful of numbers that fix every array's shape."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 
@@ -16,8 +18,12 @@ class GPT2Config:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"GPT2Config.{name} must be a positive int, got {value!r}")
+        # A zero, negative or NaN epsilon would not fail here but turn LayerNorm into NaNs.
+        eps = self.layer_norm_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"GPT2Config.layer_norm_epsilon must be a finite number > 0, got {eps!r}")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")

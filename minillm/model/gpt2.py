@@ -22,7 +22,7 @@ from minillm.inference.kv_cache import KVCache
 from minillm.model.attention import merge_heads, split_heads
 from minillm.model.backends import get_backend
 from minillm.model.config import GPT2Config
-from minillm.model.inputs import check_token_ids
+from minillm.model.inputs import check_attention_mask, check_token_ids
 from minillm.model.params import BlockParams, GPT2Params, params_to_hf
 
 
@@ -136,10 +136,7 @@ class GPT2:
                              f"than the model's context of {self.config.n_positions}")
         if attention_mask is None:
             return None, np.broadcast_to(np.arange(past, past + T), (B, T))
-        key_valid = np.asarray(attention_mask).astype(bool)
-        if key_valid.shape != (B, past + T):
-            raise ValueError(f"attention_mask must have shape (batch, cached + new) = "
-                             f"{(B, past + T)}, got {key_valid.shape}")
+        key_valid = check_attention_mask(attention_mask, (B, past + T), chunked=cache is not None)
         # Position = number of real tokens before this one; padding positions are never read.
         positions = np.cumsum(key_valid, axis=1)[:, past:] - 1    # (B, T)
         return key_valid, np.maximum(positions, 0)
