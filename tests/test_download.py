@@ -326,3 +326,49 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------ where downloads go
+CACHE_VARIABLES = ("MINILLM_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
+
+
+def test_default_download_goes_to_the_user_cache_and_is_found_there(hub, tmp_path, monkeypatch):
+    from minillm.checkpoint import weights
+
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights, "REPO_ROOT", tmp_path / "checkout")      # no weights/gpt2 there
+    monkeypatch.chdir(tmp_path)
+    model_dir = download("gpt2", endpoint=hub.endpoint, log=quiet)
+    assert model_dir == tmp_path / "cache" / "gpt2"
+    assert weights.resolve_model_path("gpt2") == model_dir
+
+
+def test_a_checkout_download_is_still_found_first(tmp_path, monkeypatch):
+    from minillm.checkpoint import weights
+
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(weights, "REPO_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for folder in (tmp_path / "weights" / "gpt2", tmp_path / "cache" / "gpt2"):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").touch()
+    assert weights.resolve_model_path("gpt2") == tmp_path / "weights" / "gpt2"
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"MINILLM_HOME": "mh", "HF_HUB_CACHE": "hc", "HF_HOME": "hh"}, "mh"),
+    ({"HF_HUB_CACHE": "hc", "HF_HOME": "hh"}, "hc/minillm"),
+    ({"HUGGINGFACE_HUB_CACHE": "legacy", "HF_HOME": "hh"}, "legacy/minillm"),
+    ({"HF_HOME": "hh", "XDG_CACHE_HOME": "xdg"}, "hh/hub/minillm"),
+    ({"XDG_CACHE_HOME": "xdg"}, "xdg/huggingface/hub/minillm"),
+    ({}, "home/.cache/huggingface/hub/minillm"),
+])
+def test_downloads_dir_follows_huggingface_hub(settings, expected, tmp_path, monkeypatch):
+    from minillm.checkpoint.locations import downloads_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for variable in CACHE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in settings.items():
+        monkeypatch.setenv(variable, str(tmp_path / value))
+    assert downloads_dir() == tmp_path / expected

@@ -11,7 +11,17 @@ from minillm.model.config import GPT2_SIZES
 
 from oracles import greedy_by_recompute
 
-GPT2_DIR = Path(__file__).resolve().parents[1] / "weights" / "gpt2"
+def _gpt2_dir() -> Path:
+    """Where GPT2.from_pretrained("gpt2") finds the weights (a checkout's weights/gpt2 or the cache)."""
+    from minillm.checkpoint.weights import resolve_model_path
+    try:
+        return resolve_model_path("gpt2")
+    except FileNotFoundError:
+        from minillm.checkpoint.locations import downloads_dir
+        return downloads_dir() / "gpt2"
+
+
+GPT2_DIR = _gpt2_dir()
 
 pytestmark = pytest.mark.skipif(
     not (GPT2_DIR / "model.safetensors").is_file(),

@@ -265,10 +265,10 @@ def byte_vocab() -> dict[str, int]:
 @pytest.mark.parametrize(
     ("vocab", "merges", "special_tokens", "message"),
     [
-        ({"a": 0}, [], {}, "lacks 255 of the 256 byte symbols"),
-        (byte_vocab() | {"ab": 256}, [("ab", "c")], {}, "uses a symbol that no earlier merge made"),
+        ({"a": 0}, [], {}, "no token for the byte symbol"),
+        (byte_vocab() | {"ab": 256}, [("ab", "c")], {}, "made by an earlier merge"),
         (byte_vocab(), [("a", "b")], {}, "which the vocabulary lacks"),
-        (byte_vocab() | {"ab": 256}, [("a", "b"), ("a", "b")], {}, "same pair twice"),
+        (byte_vocab() | {"ab": 256}, [("a", "b"), ("a", "b")], {}, "repeats merge 0"),
         (byte_vocab() | {"xyz": 256}, [], {}, "neither bytes nor merge results"),
         (byte_vocab(), [], {ENDOFTEXT: 300}, "each used once"),
     ],
@@ -310,3 +310,42 @@ def test_cli_ids_only_and_special_tokens(capsys):
     as_text = "[64, 27, 91, 437, 1659, 5239, 91, 29]\n"
     assert run_cli(capsys, "--ids-only", "a<|endoftext|>") == as_text
     assert run_cli(capsys, "--ids-only", "--allow-special", "a<|endoftext|>") == "[64, 50256]\n"
+
+
+def test_cli_explain_gives_the_same_table(capsys):
+    text = "Hello world, I'm 我 <|endoftext|>\n\n  x"
+    for flags in ([], ["--allow-special"]):
+        assert run_cli(capsys, "--explain", *flags, text) == run_cli(capsys, *flags, text)
+
+
+# ---- wrong argument types ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("fast", [False, True], ids=["readable", "fast"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(b"Hello", "got bytes: decode them to str first"), (None, "got NoneType"), (5, "got int")],
+)
+def test_encode_refuses_non_str(gpt2_tokenizer, gpt2_fast_tokenizer, fast, text, message):
+    tokenizer = gpt2_fast_tokenizer if fast else gpt2_tokenizer
+    for encode in (tokenizer.encode, tokenizer.encode_ordinary, tokenizer.explain):
+        with pytest.raises(TypeError, match=f"text must be a str, {message}"):
+            encode(text)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["readable", "fast"])
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (None, "ids must be a sequence of integer token ids, got NoneType"),
+        (5, r"got int 5; for one token pass \[id\]"),
+        (b"ab", "got bytes"),
+        ("ab", "got str"),
+        ([True], "token ids must be integers, got True of type bool"),
+        (["a"], "token ids must be integers, got 'a' of type str"),
+        ([1.5], "token ids must be integers, got 1.5 of type float"),
+    ],
+)
+def test_decode_refuses_non_integer_ids(gpt2_tokenizer, gpt2_fast_tokenizer, fast, ids, message):
+    tokenizer = gpt2_fast_tokenizer if fast else gpt2_tokenizer
+    with pytest.raises(TypeError, match=message):
+        tokenizer.decode(ids)

@@ -93,6 +93,30 @@ def test_long_pieces_match_tiktoken(gpt2_fast_tokenizer, tiktoken_gpt2, text):
     assert gpt2_fast_tokenizer.encode_ordinary(text) == tiktoken_gpt2.encode_ordinary(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "".join(random.Random(1).choices("abcdefghijklmnopqrstuvwxyz", k=50_000)),  # 50 KB
+        "a" * 20_000,
+        "ab" * 5_000 + "ba" * 5_000,
+        "".join(random.Random(2).choices("0123456789", k=20_000)),
+        "".join(random.Random(3).choices("我喜欢吃苹果", k=5_000)),
+    ],
+    ids=["random-letters", "letters", "pairs", "digits", "cjk"],
+)
+def test_readable_merges_long_pieces_like_fast(gpt2_fast_tokenizer, gpt2_tokenizer, text):
+    # The readable merge loop uses a heap (O(n log n)): 50 KB of letters takes well under a
+    # second, where rescanning every pair after each merge took about 50 s.
+    assert gpt2_tokenizer.encode_ordinary(text) == gpt2_fast_tokenizer.encode_ordinary(text)
+
+
+def test_explain_a_long_piece_records_each_pass(gpt2_tokenizer):
+    (trace,) = gpt2_tokenizer.explain("ab" * 500)
+    assert [step.rank for step in trace.steps] == sorted(step.rank for step in trace.steps)
+    assert trace.steps[-1].symbols == tuple(gpt2_tokenizer.decode([i]) for i in trace.ids)
+    assert "".join(trace.steps[0].symbols) == "ab" * 500
+
+
 def test_special_tokens_and_empty_text(gpt2_fast_tokenizer):
     assert gpt2_fast_tokenizer.encode("") == []
     assert gpt2_fast_tokenizer.encode("a<|endoftext|>b", allowed_special="all") == [64, 50256, 65]

@@ -1,4 +1,7 @@
-"""`minillm download gpt2`: fetch a released GPT-2 from the Hugging Face hub into weights/<name>/.
+"""`minillm download gpt2`: fetch a released GPT-2 from the Hugging Face hub into a user cache.
+
+The files go to <cache>/<name>/, where <cache> is $MINILLM_HOME, else huggingface_hub's cache
+folder + /minillm (see minillm/checkpoint/locations.py), never into the installed package.
 
 Each file is fetched with huggingface_hub's own pieces, following the hub's protocol:
 
@@ -50,7 +53,8 @@ def download(name: str, weights_dir: str | Path | None = None, endpoint: str | N
     """Download config.json and model.safetensors of `name` into <weights_dir>/<name>/.
 
     name: gpt2, gpt2-medium, gpt2-large, gpt2-xl (or the hub id, e.g. openai-community/gpt2).
-    weights_dir: default <repository>/weights, where `GPT2.from_pretrained(name)` looks.
+    weights_dir: default the user cache of locations.downloads_dir(), where
+        `GPT2.from_pretrained(name)` looks.
     endpoint: default $HF_ENDPOINT, else https://huggingface.co.
     Returns the model directory.
     """
@@ -174,6 +178,6 @@ def _offline_mode() -> bool:
 
 
 def _default_weights_dir() -> Path:
-    from minillm.checkpoint.weights import REPO_ROOT
+    from minillm.checkpoint.locations import downloads_dir
 
-    return REPO_ROOT / "weights"
+    return downloads_dir()

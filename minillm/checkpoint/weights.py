@@ -488,21 +488,26 @@ DEFAULT_MODEL = "shakespeare"
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """An existing path as is, a bundled model's name, or a released model name -> <repo>/weights/<name>."""
+    """An existing path as is, a bundled model's name -> its bundled folder, or a released
+    model's name -> the folder `minillm download` put it in (see checkpoint/locations.py)."""
+    from minillm.checkpoint.locations import bundled_dir, downloads_dir
+
     path = Path(name_or_path)
     if path.exists():
         return path
     name = str(name_or_path)
-    if name in BUNDLED_MODELS and (REPO_ROOT / "weights" / name / WEIGHTS_FILE).is_file():
-        return REPO_ROOT / "weights" / name
+    if name in BUNDLED_MODELS and (bundled_dir() / name / WEIGHTS_FILE).is_file():
+        return bundled_dir() / name
     if name in GPT2_SIZES:
-        model_dir = REPO_ROOT / "weights" / name
-        if not (model_dir / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(
-                f"the weights of {name} are not downloaded: {model_dir / WEIGHTS_FILE} does not "
-                f"exist. Run `minillm download {name}`, or put {WEIGHTS_FILE} and {CONFIG_FILE} "
-                f"from https://huggingface.co/openai-community/{name} in {model_dir}/")
-        return model_dir
+        # A checkout's weights/<name>/ still counts: downloads went there before the user cache.
+        model_dir = downloads_dir() / name
+        for folder in (REPO_ROOT / "weights" / name, model_dir):
+            if (folder / WEIGHTS_FILE).is_file():
+                return folder
+        raise FileNotFoundError(
+            f"the weights of {name} are not downloaded: {model_dir / WEIGHTS_FILE} does not "
+            f"exist. Run `minillm download {name}`, or put {WEIGHTS_FILE} and {CONFIG_FILE} "
+            f"from https://huggingface.co/openai-community/{name} in {model_dir}/")
     raise FileNotFoundError(
         f"{name!r} is neither an existing file or directory nor a bundled or released model name "
         f"({', '.join([*BUNDLED_MODELS, *GPT2_SIZES])})")

@@ -13,6 +13,10 @@
 
 Each row is one pre-tokenisation piece. 我 is three UTF-8 bytes; GPT-2 has no token for it,
 so it costs three tokens, the first also holding the space.
+
+The ids come from the fast (compiled) tokenizer; tokens never cross a piece boundary, so each
+piece's ids are read off in order by their bytes. ``--explain`` uses the readable tokenizer
+instead, whose explain() records the merges that made each piece's tokens (same table, same ids).
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minillm.tokenizer.bpe import PieceTrace, Tokenizer
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from minillm.tokenizer.bpe import GPT2_SPLIT_REGEX, Tokenizer
+from minillm.tokenizer.special import split_on_special
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,29 +42,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="encode special-token text such as <|endoftext|> as the special token, not as text",
     )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="tokenize with the readable tokenizer, which records every merge (slower on long "
+             "text; the table and ids are the same). Without it the fast tokenizer gives the ids",
+    )
+
+
+class Piece(NamedTuple):
+    """One pre-tokenisation piece and its token ids (a PieceTrace without the merges)."""
+
+    text: str
+    ids: tuple[int, ...]
 
 
 def run(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.text == "-" else args.text
     from minillm.checkpoint.pretrained import tokenizer_for
 
     try:
-        tokenizer = tokenizer_for(args.model)   # explain() is the readable implementation either way
-    except (FileNotFoundError, ValueError) as error:
+        text = sys.stdin.read() if args.text == "-" else args.text
+        tokenizer = tokenizer_for(args.model)
+    except (OSError, ValueError) as error:  # a missing file, a broken tokenizer, non-UTF-8 input
         print(f"minillm tokenize: {error}", file=sys.stderr)
         return 1
     allowed_special = "all" if args.allow_special else ()
-    traces = tokenizer.explain(text, allowed_special=allowed_special, disallowed_special=())
-    ids = [token_id for trace in traces for token_id in trace.ids]
+    if args.explain:
+        pieces = tokenizer.explain(text, allowed_special=allowed_special, disallowed_special=())
+    else:
+        pieces = fast_pieces(tokenizer, text, allowed_special)
+    ids = [token_id for piece in pieces for token_id in piece.ids]
     if not args.ids_only:
-        print(format_traces(tokenizer, traces))
-        print(f"{len(traces)} pieces, {len(ids)} tokens")
+        print(format_traces(tokenizer, pieces))
+        print(f"{len(pieces)} pieces, {len(ids)} tokens")
     print(ids)
     return 0
 
 
-def format_traces(tokenizer: Tokenizer, traces: list[PieceTrace]) -> str:
-    """A table: each piece, its token ids, and the text of each token.
+def fast_pieces(tokenizer: Tokenizer, text: str, allowed_special) -> list[Piece]:
+    """The pieces of ``text`` with their ids, as explain() cuts them; one fast encode a chunk."""
+    pieces: list[Piece] = []
+    chunks = split_on_special(text, tokenizer.special_tokens_set, allowed_special, ())
+    for chunk, special in chunks:
+        ids = tokenizer.encode_ordinary(chunk)
+        pieces += split_ids(tokenizer, GPT2_SPLIT_REGEX.findall(chunk), ids)
+        if special is not None:
+            pieces.append(Piece(special, (tokenizer.special_tokens[special],)))
+    return pieces
+
+
+def split_ids(tokenizer: Tokenizer, texts: Sequence[str], ids: Sequence[int]) -> list[Piece]:
+    """Give each piece the ids that spell its bytes, taking them in order."""
+    pieces, next_id = [], 0
+    for text in texts:
+        n_bytes, first = len(text.encode("utf-8")), next_id
+        while n_bytes > 0:
+            n_bytes -= len(tokenizer.token_bytes(ids[next_id]))
+            next_id += 1
+        pieces.append(Piece(text, tuple(ids[first:next_id])))
+    return pieces
+
+
+def format_traces(tokenizer: Tokenizer, traces: Sequence[Piece]) -> str:
+    """A table: each piece (a Piece or a PieceTrace), its token ids, and the text of each token.
 
     A token that ends inside a multi-byte character is not valid UTF-8 by itself, so it is
     shown as bytes.

@@ -30,17 +30,17 @@ a user cannot smuggle a control token into the model.
 
 from __future__ import annotations
 
-import json
-import math
+import heapq
 import operator
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import regex
 
-from minillm.tokenizer.files import find_tokenizer_files, read_merges, write_tokenizer_files
+from minillm.tokenizer.checks import TokenizerFileError, check_bytes, check_merges, load_tokenizer_files
+from minillm.tokenizer.files import find_tokenizer_files, write_tokenizer_files
 from minillm.tokenizer.special import replace_lone_surrogates, split_on_special
 
 GPT2_SPLIT_PATTERN = (
@@ -62,8 +62,10 @@ _PIECE_CACHE_SIZE = 100_000
 
 
 def default_vocab_dir() -> Path:
-    """The folder holding the GPT-2 vocabulary shipped with the repository."""
-    return Path(__file__).resolve().parents[2] / "weights" / "gpt2"
+    """The folder holding the GPT-2 vocabulary shipped with minillm (a checkout's weights/gpt2)."""
+    from minillm.checkpoint.locations import bundled_dir
+
+    return bundled_dir() / "gpt2"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -83,6 +85,17 @@ def bytes_to_unicode() -> dict[int, str]:
     for k, byte in enumerate(hidden):
         symbols[byte] = chr(256 + k)
     return symbols
+
+
+class TokenIdError(TypeError, ValueError):
+    """A token id that is not an integer. A TypeError; also a ValueError, which decode raised
+    for it before, so that code catching ValueError keeps working."""
+
+
+def _shorten(value: object, limit: int = 40) -> str:
+    """repr(value), cut to ``limit`` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -122,56 +135,44 @@ class Tokenizer:
         vocab: Mapping[str, int],
         merges: Sequence[tuple[str, str]],
         special_tokens: Mapping[str, int] | None = None,
+        files: tuple[str, str] = ("the merge list", "the vocabulary"),
     ) -> None:
         self.vocab = dict(vocab)
         self.merges = [(first, second) for first, second in merges]
         self.special_tokens = dict(special_tokens or {})
         self.byte_encoder = bytes_to_unicode()
         self.merge_ranks = {pair: rank for rank, pair in enumerate(self.merges)}
-        self._check_consistency()
+        self._check_consistency(files)       # files: the (merges, vocabulary) names for errors
 
-        byte_decoder = {symbol: byte for byte, symbol in self.byte_encoder.items()}
+        # Every symbol stands for one byte: translate symbols to the Latin-1 characters of their
+        # bytes, and Latin-1 encoding gives the bytes (one C call per token, not one per byte).
+        symbol_to_latin1 = str.maketrans({symbol: chr(byte) for byte, symbol in self.byte_encoder.items()})
         self._token_bytes = [b""] * self.n_vocab
         for token, token_id in self.vocab.items():
-            self._token_bytes[token_id] = bytes(byte_decoder[symbol] for symbol in token)
+            self._token_bytes[token_id] = token.translate(symbol_to_latin1).encode("latin-1")
         for text, token_id in self.special_tokens.items():
             self._token_bytes[token_id] = text.encode("utf-8")
         self._piece_cache: dict[str, tuple[int, ...]] = {}
 
-    def _check_consistency(self) -> None:
-        """Reject vocabularies that BPE cannot use, with a message that says why."""
-        if len(self.merge_ranks) != len(self.merges):
-            raise ValueError("the merge list contains the same pair twice")
-        missing_bytes = set(self.byte_encoder.values()) - self.vocab.keys()
-        if missing_bytes:
-            raise ValueError(
-                f"the vocabulary lacks {len(missing_bytes)} of the 256 byte symbols,"
-                f" e.g. {sorted(missing_bytes)[:5]}"
-            )
-        # Training only ever merges symbols that already exist, so each merge's two halves
-        # must be bytes or the results of earlier merges.
-        known = set(self.byte_encoder.values())
-        for rank, (first, second) in enumerate(self.merges):
-            merge = f"merge {rank} ({first!r}, {second!r})"
-            if first not in known or second not in known:
-                raise ValueError(f"{merge} uses a symbol that no earlier merge made")
-            if first + second not in self.vocab:
-                raise ValueError(f"{merge} makes {first + second!r}, which the vocabulary lacks")
-            known.add(first + second)
-        unreachable = self.vocab.keys() - known
+    def _check_consistency(self, files: tuple[str, str]) -> None:
+        """Reject vocabularies that BPE cannot use, with a message that says why (checks.py)."""
+        merges_name, vocab_name = files
+        byte_symbols = self.byte_encoder.values()
+        check_bytes(vocab_name, self.vocab, byte_symbols)
+        learned = check_merges(merges_name, self.merges, vocab_name, self.vocab, byte_symbols)
+        unreachable = self.vocab.keys() - learned - set(byte_symbols)
         if unreachable:
-            raise ValueError(
-                f"vocabulary entries {sorted(unreachable)[:5]} are neither bytes nor merge results"
-            )
+            raise TokenizerFileError(
+                f"{vocab_name}: entries {sorted(unreachable)[:5]} are neither bytes nor merge results")
         ids = sorted([*self.vocab.values(), *self.special_tokens.values()])
         if ids != list(range(len(ids))):
-            raise ValueError("token ids must be 0, 1, ..., n_vocab - 1, each used once")
+            raise TokenizerFileError(f"{vocab_name}: token ids must be 0, 1, ..., n_vocab - 1, each used once")
 
     # ----------------------------------------------------------------- loading and saving
 
     @classmethod
     def gpt2(cls, fast: bool = True) -> Tokenizer:
-        """OpenAI's GPT-2 tokenizer, from the repository's ``weights/gpt2`` folder.
+        """OpenAI's GPT-2 tokenizer, from the bundled ``weights/gpt2`` folder.
 
         ``fast=True`` returns a :class:`FastTokenizer`, which gives the same ids much faster;
         ``fast=False`` this readable implementation.
@@ -181,21 +182,23 @@ class Tokenizer:
         return cls.from_pretrained(default_vocab_dir())
 
     @classmethod
-    def from_files(cls, vocab_path: str | Path, merges_path: str | Path) -> Tokenizer:
+    def from_files(
+        cls, vocab_path: str | Path, merges_path: str | Path, special_tokens: Collection[str] = ()
+    ) -> Tokenizer:
         """Load a vocabulary file (``vocab.json`` / ``encoder.json``) and a merges file
         (``merges.txt`` / ``vocab.bpe``).
 
         Special tokens are stored in the vocabulary file like any other token; they are the
-        entries that are neither a byte symbol nor the result of a merge.
+        entries that are neither a byte symbol nor the result of a merge, and must look like
+        ``<|endoftext|>`` (``<...>``, ``[...]``) or be named in ``special_tokens``. Any other
+        such entry means the merges file is incomplete. Files that disagree raise
+        :class:`~minillm.tokenizer.checks.TokenizerFileError` (a ValueError) naming the file
+        and the entry.
         """
-        vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
-        merges = read_merges(Path(merges_path))
-        learned = set(bytes_to_unicode().values()) | {first + second for first, second in merges}
-        return cls(
-            vocab={token: i for token, i in vocab.items() if token in learned},
-            merges=merges,
-            special_tokens={token: i for token, i in vocab.items() if token not in learned},
-        )
+        vocab, merges, specials = load_tokenizer_files(
+            Path(vocab_path), Path(merges_path), bytes_to_unicode().values(), special_tokens)
+        return cls(vocab=vocab, merges=merges, special_tokens=specials,
+                   files=(str(merges_path), str(vocab_path)))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Tokenizer:
@@ -267,7 +270,7 @@ class Tokenizer:
         for piece in GPT2_SPLIT_REGEX.findall(text):
             piece_ids = self._piece_cache.get(piece)
             if piece_ids is None:
-                piece_ids = self._trace_piece(piece).ids
+                piece_ids = self._encode_piece(piece)
                 if len(self._piece_cache) >= _PIECE_CACHE_SIZE:
                     self._piece_cache.clear()
                 self._piece_cache[piece] = piece_ids
@@ -297,22 +300,55 @@ class Tokenizer:
         """Run BPE on one piece, recording each merge."""
         utf8 = piece.encode("utf-8")
         symbols = tuple(self.byte_encoder[byte] for byte in utf8)
-        steps = tuple(self._merge_steps(symbols))
-        final = steps[-1].symbols if steps else symbols
+        steps: list[MergeStep] = []
+        final = self._merge(symbols, steps)
         ids = tuple(self.vocab[symbol] for symbol in final)
-        return PieceTrace(piece, utf8, symbols, steps, ids)
+        return PieceTrace(piece, utf8, symbols, tuple(steps), ids)
 
-    def _merge_steps(self, symbols: tuple[str, ...]) -> Iterator[MergeStep]:
-        """GPT-2's merge loop: fuse the lowest-ranked adjacent pair until none is in the list."""
-        ### BEGIN SOLUTION a1: the BPE merge loop of one piece (yield a MergeStep per merge)
-        while len(symbols) > 1:
-            pairs = zip(symbols, symbols[1:])
-            best = min(pairs, key=lambda pair: self.merge_ranks.get(pair, math.inf))
-            if best not in self.merge_ranks:
-                return
-            symbols = _merge_pair(symbols, best)
-            yield MergeStep(best, self.merge_ranks[best], symbols)
+    def _encode_piece(self, piece: str) -> tuple[int, ...]:
+        """Run BPE on one piece without recording: each record copies all the symbols."""
+        symbols = tuple(self.byte_encoder[byte] for byte in piece.encode("utf-8"))
+        return tuple(self.vocab[symbol] for symbol in self._merge(symbols))
+
+    def _merge(
+        self, symbols: tuple[str, ...], steps: list[MergeStep] | None = None
+    ) -> tuple[str, ...]:
+        """GPT-2's merge loop: fuse every occurrence of the lowest-ranked adjacent pair, left to
+        right, until no adjacent pair is in the merge list. Returns the final symbols, and
+        appends a MergeStep to ``steps`` (if given) after each pair's pass.
+
+        Rescanning every pair after each merge costs O(n) per merge, O(n²) for a piece of n
+        bytes. Instead a heap holds (rank, position) of every mergeable pair, so the lowest
+        rank, and on a tie the leftmost position, is always on top.
+        """
+        ### BEGIN SOLUTION a1: the BPE merge loop of one piece (a heap of (rank, position))
+        chain = SymbolChain(symbols)
+        ranks = [(self._rank_at(chain, i), i) for i in range(len(symbols))]
+        heap = [(rank, i) for rank, i in ranks if rank is not None]
+        heapq.heapify(heap)
+        while heap:
+            rank = heap[0][0]
+            changed = set()  # positions whose right-hand pair this pass changed
+            while heap and heap[0][0] == rank:
+                _, i = heapq.heappop(heap)
+                if self._rank_at(chain, i) != rank:
+                    continue  # an earlier fusion changed this pair since it was pushed
+                chain.fuse(i)
+                changed.update((chain.previous[i], i))
+            # New pairs wait for the pass to end, even if ranked lower: GPT-2 fuses every
+            # occurrence of one pair before it looks for the next.
+            for i in changed:
+                if i >= 0 and (new_rank := self._rank_at(chain, i)) is not None:
+                    heapq.heappush(heap, (new_rank, i))
+            if changed and steps is not None:
+                steps.append(MergeStep(self.merges[rank], rank, chain.symbols()))
+        return chain.symbols()
         ### END SOLUTION
+
+    def _rank_at(self, chain: SymbolChain, i: int) -> int | None:
+        """The rank of the pair starting at position ``i``, or None if it cannot be merged."""
+        pair = chain.pair_at(i)
+        return None if pair is None else self.merge_ranks.get(pair)
 
     # -------------------------------------------------------------------------- decoding
 
@@ -326,6 +362,10 @@ class Tokenizer:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Concatenate the bytes of the tokens (accepts a list or a 1-D numpy array)."""
+        # str and bytes are iterable too, but a bytes object of ids is almost surely a mistake.
+        if isinstance(ids, (str, bytes, bytearray)) or not isinstance(ids, Iterable):
+            raise TypeError(f"ids must be a sequence of integer token ids, got "
+                            f"{type(ids).__name__} {_shorten(ids)}; for one token pass [id]")
         return b"".join(self.token_bytes(token_id) for token_id in ids)
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -334,10 +374,13 @@ class Tokenizer:
 
     def _check_id(self, token_id: int) -> int:
         try:
+            if isinstance(token_id, bool):  # an int to Python, but True is no token id
+                raise TypeError
             index = operator.index(token_id)  # accepts Python and numpy integers only
         except TypeError:
-            raise ValueError(
-                f"token ids must be integers, got {token_id!r} of type {type(token_id).__name__}"
+            raise TokenIdError(
+                f"token ids must be integers, got {_shorten(token_id)} of type "
+                f"{type(token_id).__name__}"
             ) from None
         if not 0 <= index < self.n_vocab:
             raise ValueError(
@@ -355,26 +398,50 @@ class FastTokenizer(Tokenizer):
         vocab: Mapping[str, int],
         merges: Sequence[tuple[str, str]],
         special_tokens: Mapping[str, int] | None = None,
+        files: tuple[str, str] = ("the merge list", "the vocabulary"),
     ) -> None:
-        from minillm.tokenizer.fast import CompiledEncoder  # numba loads only when asked for
-
-        super().__init__(vocab, merges, special_tokens)
-        self._compiled = CompiledEncoder(self.vocab, self.merges, self.byte_encoder, self._token_bytes)
+        super().__init__(vocab, merges, special_tokens, files)
+        # Built at the first encode, so that loading (and decoding alone) never waits for numba.
+        self._compiled = None
 
     def _encode_chunk(self, text: str) -> list[int]:
+        if self._compiled is None:
+            from minillm.tokenizer.fast import CompiledEncoder  # numba loads only when asked for
+
+            self._compiled = CompiledEncoder(self.vocab, self.merges, self.byte_encoder, self._token_bytes)
         return self._compiled.encode(text)
 
-def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
-    """Fuse every occurrence of ``pair``, left to right: "aaa" with (a, a) gives aa, a."""
-    ### BEGIN SOLUTION a1: the merge step (fuse every occurrence of the pair, left to right)
-    merged: list[str] = []
-    i = 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
-            merged.append(symbols[i] + symbols[i + 1])
-            i += 2
-        else:
-            merged.append(symbols[i])
-            i += 1
-    return tuple(merged)
-    ### END SOLUTION
+class SymbolChain:
+    """A piece's symbols as a doubly linked list, so that fusing two neighbours is O(1).
+
+    A fused symbol keeps the position of its left part, so positions still order the symbols
+    left to right, and a position is a stable name for a symbol in the heap of pairs.
+    """
+
+    def __init__(self, symbols: Sequence[str]) -> None:
+        n = len(symbols)
+        self._symbol: list[str | None] = list(symbols)  # None once fused into its left neighbour
+        self.next = [*range(1, n), -1]  # position of the symbol on the right, -1 at the end
+        self.previous = list(range(-1, n - 1))  # position on the left, -1 at the start
+
+    def pair_at(self, i: int) -> tuple[str, str] | None:
+        """The symbol at ``i`` and its right neighbour, or None if either is missing."""
+        right = self.next[i]
+        if self._symbol[i] is None or right < 0:
+            return None
+        return self._symbol[i], self._symbol[right]
+
+    def fuse(self, i: int) -> None:
+        """Replace the symbol at ``i`` and its right neighbour by their concatenation."""
+        ### BEGIN SOLUTION a1: the merge step (fuse two neighbours in the linked list)
+        right = self.next[i]
+        self._symbol[i] += self._symbol[right]
+        self._symbol[right] = None
+        self.next[i] = self.next[right]
+        if self.next[i] >= 0:
+            self.previous[self.next[i]] = i
+        ### END SOLUTION
+
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols, left to right."""
+        return tuple(symbol for symbol in self._symbol if symbol is not None)

@@ -27,6 +27,7 @@ This module never imports bpe.py, so that bpe.py can build the fast tokenizer wi
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -37,6 +38,27 @@ from minillm.tokenizer.fast_kernels import (LETTER, NUMBER, OTHER, SPACE, _encod
                                             _fill_merge_table, _fill_token_table)
 
 _N_CODE_POINTS = 0x110000
+_ENTRY_POINTS = (_fill_merge_table, _fill_token_table, _encode_text)  # each links its callees
+
+
+def kernels_cached() -> bool:
+    """Whether numba's on-disk cache holds fresh machine code for every entry point.
+
+    Reads numba's cache index, the file a cached call opens first (an internal of numba's: if
+    it changes, this answers True and the compiling notice is just not shown).
+    """
+    try:
+        return all(kernel._cache._cache_file._load_index() for kernel in _ENTRY_POINTS)
+    except AttributeError:
+        return True
+
+
+@functools.cache
+def announce_compilation() -> None:
+    """Say so, once, before numba compiles: the first run would otherwise wait in silence."""
+    if not kernels_cached():
+        print("minillm: compiling tokenizer kernels, first run only (up to ~10 s) ...",
+              file=sys.stderr, flush=True)
 
 
 @functools.cache
@@ -114,6 +136,7 @@ class CompiledEncoder:
         byte_encoder: Mapping[int, str],
         token_bytes: Sequence[bytes],
     ) -> None:
+        announce_compilation()
         byte_ids = [vocab[byte_encoder[byte]] for byte in range(256)]
         self._byte_ids = np.array(byte_ids, dtype=np.int64)
         self._merge_table = MergeTable.build(vocab, merges)

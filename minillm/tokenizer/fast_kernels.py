@@ -235,7 +235,8 @@ def _encode_text(code_points, utf8, classes, byte_ids, merge_table, token_table,
             for i in range(n_bytes):
                 tokens[i] = byte_ids[utf8[byte_start + i]]
             count = _merge_piece(tokens, n_bytes, merge_table, next_pos, prev_pos, heap, deferred)
-            out[n_out : n_out + count] = tokens[:count]
+            for i in range(count):  # a loop, not a slice copy: that costs seconds to compile
+                out[n_out + i] = tokens[i]
             n_out += count
         start = end
         byte_start += n_bytes

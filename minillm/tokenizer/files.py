@@ -26,9 +26,9 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
     """Parse a merges file: an optional ``#version`` line, then one ``first second`` pair a line."""
     merges = []
     for line_number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip() or line.startswith("#version"):
-            continue
         parts = line.split()
+        if not parts or line.startswith("#version"):
+            continue
         if len(parts) != 2:
             raise ValueError(f"{path}:{line_number}: expected two symbols separated by a space, "
                              f"got {line!r}")

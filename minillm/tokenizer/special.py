@@ -65,9 +65,22 @@ def special_token_regex(tokens: frozenset[str]) -> regex.Pattern[str]:
 
 
 def replace_lone_surrogates(text: str) -> str:
-    """Replace unpaired surrogates, which UTF-8 cannot encode, with U+FFFD, as tiktoken does."""
+    """Replace unpaired surrogates, which UTF-8 cannot encode, with U+FFFD, as tiktoken does.
+
+    Every path that encodes text starts here, so this is also where a text that is not a str
+    is refused, before ``text.encode`` would fail with a puzzling AttributeError."""
+    require_str(text)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def require_str(text: object) -> None:
+    """Raise TypeError unless ``text`` is a str, saying what to do with bytes."""
+    if isinstance(text, (bytes, bytearray)):
+        raise TypeError("text must be a str, got bytes: decode them to str first, "
+                        "e.g. text.decode('utf-8')")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
