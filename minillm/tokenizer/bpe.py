@@ -42,6 +42,7 @@ import regex
 from minillm.tokenizer.checks import TokenizerFileError, check_bytes, check_merges, load_tokenizer_files
 from minillm.tokenizer.files import find_tokenizer_files, write_tokenizer_files
 from minillm.tokenizer.special import replace_lone_surrogates, split_on_special
+from minillm.tokenizer.symbols import SymbolChain
 
 GPT2_SPLIT_PATTERN = (
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -410,38 +411,3 @@ class FastTokenizer(Tokenizer):
 
             self._compiled = CompiledEncoder(self.vocab, self.merges, self.byte_encoder, self._token_bytes)
         return self._compiled.encode(text)
-
-class SymbolChain:
-    """A piece's symbols as a doubly linked list, so that fusing two neighbours is O(1).
-
-    A fused symbol keeps the position of its left part, so positions still order the symbols
-    left to right, and a position is a stable name for a symbol in the heap of pairs.
-    """
-
-    def __init__(self, symbols: Sequence[str]) -> None:
-        n = len(symbols)
-        self._symbol: list[str | None] = list(symbols)  # None once fused into its left neighbour
-        self.next = [*range(1, n), -1]  # position of the symbol on the right, -1 at the end
-        self.previous = list(range(-1, n - 1))  # position on the left, -1 at the start
-
-    def pair_at(self, i: int) -> tuple[str, str] | None:
-        """The symbol at ``i`` and its right neighbour, or None if either is missing."""
-        right = self.next[i]
-        if self._symbol[i] is None or right < 0:
-            return None
-        return self._symbol[i], self._symbol[right]
-
-    def fuse(self, i: int) -> None:
-        """Replace the symbol at ``i`` and its right neighbour by their concatenation."""
-        ### BEGIN SOLUTION a1: the merge step (fuse two neighbours in the linked list)
-        right = self.next[i]
-        self._symbol[i] += self._symbol[right]
-        self._symbol[right] = None
-        self.next[i] = self.next[right]
-        if self.next[i] >= 0:
-            self.previous[self.next[i]] = i
-        ### END SOLUTION
-
-    def symbols(self) -> tuple[str, ...]:
-        """The symbols, left to right."""
-        return tuple(symbol for symbol in self._symbol if symbol is not None)
