@@ -336,7 +336,7 @@ def test_default_download_goes_to_the_user_cache_and_is_found_there(hub, tmp_pat
     from minillm.checkpoint import weights
 
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(weights, "REPO_ROOT", tmp_path / "checkout")      # no weights/gpt2 there
+    monkeypatch.setattr(weights, "CHECKOUT_WEIGHTS", tmp_path / "checkout")   # no gpt2/ there
     monkeypatch.chdir(tmp_path)
     model_dir = download("gpt2", endpoint=hub.endpoint, log=quiet)
     assert model_dir == tmp_path / "cache" / "gpt2"
@@ -347,7 +347,7 @@ def test_a_checkout_download_is_still_found_first(tmp_path, monkeypatch):
     from minillm.checkpoint import weights
 
     monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(weights, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(weights, "CHECKOUT_WEIGHTS", tmp_path / "weights")
     monkeypatch.chdir(tmp_path)
     for folder in (tmp_path / "weights" / "gpt2", tmp_path / "cache" / "gpt2"):
         folder.mkdir(parents=True)

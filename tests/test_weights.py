@@ -289,7 +289,7 @@ def test_resolve_model_path(tmp_path, monkeypatch, reference_dir):
     assert resolve_model_path(reference_dir) == reference_dir
     assert resolve_model_path(str(reference_dir)) == reference_dir
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(weights, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(weights, "CHECKOUT_WEIGHTS", tmp_path / "weights")
     with pytest.raises(FileNotFoundError, match=r"Run `minillm download gpt2-medium`"):
         resolve_model_path("gpt2-medium")
     (tmp_path / "weights" / "gpt2-medium").mkdir(parents=True)

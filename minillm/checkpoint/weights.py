@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from minillm.checkpoint.hf_config import config_from_json, infer_config
+from minillm.checkpoint.locations import CHECKOUT_WEIGHTS, bundled_dir, downloads_dir
 # The container's functions are also importable from here: one module to import for checkpoints.
 from minillm.checkpoint.safetensors_file import (CheckpointError, float32_to_bfloat16_bits,  # noqa: F401
                                                  read_header, read_safetensors, write_safetensors)
 from minillm.model.config import GPT2_SIZES, GPT2Config
 from minillm.model.params import GPT2Params, hf_state_dict_shapes, params_from_hf, params_to_hf
 
-REPO_ROOT = Path(__file__).resolve().parents[2]      # minillm/checkpoint/ -> the repository
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -168,8 +168,6 @@ DEFAULT_MODEL = "shakespeare"
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """An existing path as is, a bundled model's name -> its bundled folder, or a released
     model's name -> the folder `minillm download` put it in (see checkpoint/locations.py)."""
-    from minillm.checkpoint.locations import bundled_dir, downloads_dir
-
     path = Path(name_or_path)
     if path.exists():
         return path
@@ -179,7 +177,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     if name in GPT2_SIZES:
         # A checkout's weights/<name>/ still counts: downloads went there before the user cache.
         model_dir = downloads_dir() / name
-        for folder in (REPO_ROOT / "weights" / name, model_dir):
+        for folder in (CHECKOUT_WEIGHTS / name, model_dir):
             if (folder / WEIGHTS_FILE).is_file():
                 return folder
         raise FileNotFoundError(

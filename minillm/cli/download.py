@@ -1,4 +1,5 @@
-"""`minillm download NAME`: fetch a released GPT-2 into weights/NAME/ (see minillm/checkpoint/download.py)."""
+"""`minillm download NAME`: fetch a released GPT-2 into the user cache (see
+minillm/checkpoint/locations.py for where that is, and minillm/checkpoint/download.py)."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,8 @@ from minillm.checkpoint.download import (DEFAULT_ENDPOINT, DEFAULT_TIMEOUT_S, HU
 def add_arguments(parser) -> None:
     parser.add_argument("name", choices=list(HUB_REPOS), help="which GPT-2 to download")
     parser.add_argument("--dir", default=None, metavar="DIR",
-                        help="weights folder; the files go to DIR/NAME/ (default: <repo>/weights)")
+                        help="the files go to DIR/NAME/ (default: the user cache, $MINILLM_HOME or "
+                             "huggingface_hub's cache + /minillm)")
     parser.add_argument("--endpoint", default=None, metavar="URL",
                         help=f"hub to download from (default: $HF_ENDPOINT or {DEFAULT_ENDPOINT})")
     parser.add_argument("--revision", default="main", help="branch, tag or commit (default: main)")
