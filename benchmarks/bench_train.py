@@ -179,8 +179,9 @@ def profile_step(shape_name, args):
     totals = defaultdict(float)
     hooks = [(backend, m, f"forward {m}") for m in ("linear", "layer_norm", "gelu", "attention_train")]
     hooks += [(backend, "linear_backward", "backward linear"), (backend, "attention_backward", "backward attention")]
-    hooks += [(backprop, f, f"backward {f.replace('_backward', '')}") for f in
-              ("layer_norm_backward", "gelu_backward", "embedding_backward")]
+    hooks += [(backend, "layer_norm_backward", "backward layer_norm"),
+              (backend, "gelu_backward", "backward gelu"),
+              (backprop, "embedding_backward", "backward embedding")]
     hooks += [(backprop, "cross_entropy", "loss (fused softmax + grad)")]
     with timed_functions(hooks, totals):
         start = time.perf_counter()

@@ -13,7 +13,15 @@ D_i = sum_c dO_ic O_ic (which equals rowsum(dP * P)):
     dV_j += P_ij dO_i       dS_ij = P_ij (dO_i . V_j - D_i)
     dQ_i += dS_ij K_j / sqrt(d)       dK_j += dS_ij Q_i / sqrt(d)
 
-Extra memory: L and D, O(T) per head, beside the O(T d) inputs and outputs.
+Extra memory: L, O(T) per head, beside the O(T d) inputs and outputs, and per worker a copy of
+one head's K and V transposed to (d, T) plus a few rows of size T or d.
+
+Loop order: every inner loop is elementwise over a contiguous axis (an "axpy", y += a x), which
+LLVM vectorises without fast-math. A dot product over d per (i, j) would be a reduction, and
+vectorising one needs the sum reordered. So the scores of query i are summed over c as
+S_i,: += Q_ic K^T_c,: (a row of the transposed copy), dO_i . V_j likewise from V^T, and the
+updates of dQ_i, dK_j, dV_j run along d. The exponentials use fused_cpu.exp_f32, inlined so
+that the loop over keys vectorises too.
 
 Work is cut by (batch, head) pair: each pair's gradients are written by one thread only, so
 the result is the same bits for any number of threads. The kernels are compiled `nogil` and
@@ -26,58 +34,110 @@ import math
 import numpy as np
 from numba import njit
 
+from minillm.kernels.fused_cpu import exp_f32
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _transpose_head(a, n, a_t):
+    """a_t[c, j] = a[n, j, c]: head n of (N, T, d) a as a (d, T) array."""
+    for j in range(a.shape[1]):
+        for c in range(a.shape[2]):
+            a_t[c, j] = a[n, j, c]
+
+
+@njit(inline="always", error_model="numpy", cache=True, fastmath={"contract"})
+def _row_scores(q, n, i, k_t, scale, scores):
+    """scores[j] = (q_i . k_j) / sqrt(d) for keys j <= i, k_t being head n's keys as (d, T).
+
+    Summed as d passes of scores[:i+1] += (q_ic / sqrt(d)) * k_t[c, :i+1]: each pass is
+    elementwise over contiguous memory, so it vectorises without reordering any sum (a dot
+    product per key would be a reduction, kept scalar without fast-math)."""
+    for j in range(i + 1):
+        scores[j] = 0.0
+    for c in range(q.shape[2]):
+        q_ic = q[n, i, c] * scale
+        for j in range(i + 1):
+            scores[j] += q_ic * k_t[c, j]
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _exp_keep_nan(x):
+    """exp_f32(x), but NaN stays NaN (exp_f32 clamps its input first)."""
+    e = exp_f32(x)
+    return e if x == x else x
+
 
 @njit(error_model="numpy", cache=True, nogil=True, fastmath={"contract"})
 def _forward_heads(q, k, v, out, lse, first, stop):
     """For heads first..stop-1 of (N, T, d) q, k, v: out = softmax(q k^T / sqrt(d) + M) v and
-    lse = logsumexp of each query row's scores. Two passes per row over a (T,) scratch row."""
+    lse = logsumexp of each query row's scores. Scratch: K^T (d, T), a (T,) row, a (d,) row."""
     T, d = q.shape[1], q.shape[2]
     scale = np.float32(1.0 / math.sqrt(d))
+    k_t = np.empty((d, T), np.float32)
     scores = np.empty(T, np.float32)
+    acc = np.empty(d, np.float32)
     for n in range(first, stop):
+        _transpose_head(k, n, k_t)
         for i in range(T):
+            _row_scores(q, n, i, k_t, scale, scores)         # causal: keys 0..i
             row_max = np.float32(-np.inf)
-            for j in range(i + 1):                       # causal: keys 0..i
-                dot = np.float32(0.0)
-                for c in range(d):
-                    dot += q[n, i, c] * k[n, j, c]
-                scores[j] = dot * scale
-                row_max = max(row_max, scores[j])
-            total = np.float32(0.0)
-            for c in range(d):
-                out[n, i, c] = 0.0
             for j in range(i + 1):
-                p = np.float32(math.exp(scores[j] - row_max))
-                total += p
+                row_max = max(row_max, scores[j])
+            for j in range(i + 1):                           # scores -> unnormalised p
+                scores[j] = _exp_keep_nan(scores[j] - row_max)
+            total = np.float32(0.0)
+            for j in range(i + 1):
+                total += scores[j]
+            acc[:] = 0.0
+            for j in range(i + 1):                           # acc = sum_j p_j v_j
+                p = scores[j]
                 for c in range(d):
-                    out[n, i, c] += p * v[n, j, c]
+                    acc[c] += p * v[n, j, c]
             for c in range(d):
-                out[n, i, c] /= total
+                out[n, i, c] = acc[c] / total
             lse[n, i] = row_max + np.float32(math.log(total))
 
 
 @njit(error_model="numpy", cache=True, nogil=True, fastmath={"contract"})
 def _backward_heads(dout, q, k, v, out, lse, dq, dk, dv, first, stop):
-    """dq, dk, dv (zeroed by the caller) for heads first..stop-1, probabilities recomputed."""
+    """dq, dk, dv (zeroed by the caller) for heads first..stop-1, probabilities recomputed.
+    Scratch: K^T and V^T (d, T), two (T,) rows (p and dS of one query), a (d,) row."""
     T, d = q.shape[1], q.shape[2]
     scale = np.float32(1.0 / math.sqrt(d))
+    k_t = np.empty((d, T), np.float32)
+    v_t = np.empty((d, T), np.float32)
+    p = np.empty(T, np.float32)
+    ds = np.empty(T, np.float32)
+    dq_i = np.empty(d, np.float32)
     for n in range(first, stop):
+        _transpose_head(k, n, k_t)
+        _transpose_head(v, n, v_t)
         for i in range(T):
-            row_dot = np.float32(0.0)                    # D_i = dO_i . O_i
+            row_dot = np.float32(0.0)                        # D_i = dO_i . O_i
             for c in range(d):
                 row_dot += dout[n, i, c] * out[n, i, c]
+            _row_scores(q, n, i, k_t, scale, p)              # the forward's scores, same bits
             for j in range(i + 1):
-                s = np.float32(0.0)
-                dp = np.float32(0.0)
+                ds[j] = 0.0
+            for c in range(d):                               # ds[j] = dO_i . V_j, as axpys
+                dout_ic = dout[n, i, c]
+                for j in range(i + 1):
+                    ds[j] += dout_ic * v_t[c, j]
+            lse_i = lse[n, i]
+            for j in range(i + 1):
+                p[j] = _exp_keep_nan(p[j] - lse_i)
+                ds[j] = p[j] * (ds[j] - row_dot) * scale
+            dq_i[:] = 0.0
+            for j in range(i + 1):
+                ds_j, p_j = ds[j], p[j]
                 for c in range(d):
-                    s += q[n, i, c] * k[n, j, c]
-                    dp += dout[n, i, c] * v[n, j, c]
-                p = np.float32(math.exp(s * scale - lse[n, i]))
-                ds = p * (dp - row_dot) * scale
+                    dq_i[c] += ds_j * k[n, j, c]
                 for c in range(d):
-                    dv[n, j, c] += p * dout[n, i, c]
-                    dq[n, i, c] += ds * k[n, j, c]
-                    dk[n, j, c] += ds * q[n, i, c]
+                    dk[n, j, c] += ds_j * q[n, i, c]
+                for c in range(d):
+                    dv[n, j, c] += p_j * dout[n, i, c]
+            for c in range(d):
+                dq[n, i, c] = dq_i[c]
 
 
 def _flat(*arrays):

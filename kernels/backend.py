@@ -73,6 +73,7 @@ class NumbaBackend:
         self._numba_linear = matmul_cpu.linear
         self._layer_norm = fused_cpu.layer_norm
         self._gelu = fused_cpu.gelu
+        self._fused = fused_cpu
         self._transposed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def _pool_for(self, n_rows: int):
@@ -133,15 +134,17 @@ class NumbaBackend:
             return layers.linear_backward(dy, x, weight)
         dx = np.empty((dy_rows.shape[0], n_in), np.float32)                # (M, in)
         dweight = np.empty((n_in, n_out), np.float32)                      # (in, out)
+        dbias = np.empty(n_out, np.float32)                                # (out,)
         row_blocks, col_blocks = self.pool.split(dy_rows.shape[0]), self.pool.split(n_out)
 
         def piece(i):
             rows, cols = slice(*row_blocks[i]), slice(*col_blocks[i])
             np.matmul(dy_rows[rows], weight.T, out=dx[rows])
             np.matmul(x_rows.T, dy_rows[:, cols], out=dweight[:, cols])
+            np.sum(dy_rows[:, cols], axis=0, out=dbias[cols])   # a pass over dy: shared out too
 
         self.pool.run(piece, len(row_blocks))
-        return dx.reshape(x.shape), dweight, dy_rows.sum(axis=0)
+        return dx.reshape(x.shape), dweight, dbias
 
     def attention_train(self, q: np.ndarray, k: np.ndarray, v: np.ndarray):
         """Causal attention for training -> (out (B,H,T,d), lse (B,H,T)): the row statistics
@@ -153,6 +156,16 @@ class NumbaBackend:
         """dq, dk, dv: (B,H,T,d) each, FlashAttention-2 style (no T x T matrix)."""
         return self._attention_backward.attention_backward(
             dout, q, k, v, out, lse, pool=self._pool_for(q.shape[0] * q.shape[2]))
+
+    def gelu_backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """dx (..., 4C) of GELU from dy and its input x, one fused pass."""
+        n_rows = x.size // x.shape[-1]
+        return self._fused.gelu_backward(dy, x, pool=self._pool_for(n_rows))
+
+    def layer_norm_backward(self, dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: float):
+        """dx (..., C), dgain (C,), dbias (C,) of LayerNorm, one fused loop per row."""
+        n_rows = x.size // x.shape[-1]
+        return self._fused.layer_norm_backward(dy, x, gain, eps, pool=self._pool_for(n_rows))
 
     def clear(self) -> None:
         """Forget the transposed copies of the weights."""

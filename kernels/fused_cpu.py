@@ -151,3 +151,108 @@ def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1
         pool.run(lambda i: _layer_norm_rows(rows[slice(*blocks[i])], gain, bias, eps,
                                             out_rows[slice(*blocks[i])]), len(blocks))
     return out
+
+
+# ---- backward passes (training) -------------------------------------------------------------
+# References: `gelu_backward` and `layer_norm_backward` in minillm/model/layers.py;
+# tests/test_training_kernels.py compares them.
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def _gelu_backward_flat(dy, x, dx):
+    """dx[i] = dy[i] * gelu'(x[i]) for 1-D contiguous float32 arrays.
+
+    With sig = 0.5 (1 + tanh z) = 1 / (1 + exp(-2z)) (as in the forward) and
+    1 - tanh^2 z = 4 sig (1 - sig):  gelu'(x) = sig + 2 x sig (1 - sig) dz/dx."""
+    one = np.float32(1.0)
+    for i in range(x.size):
+        v = x[i]
+        z = GELU_SCALE * (v + GELU_CUBIC * v * v * v)
+        dz_dx = GELU_SCALE * (one + np.float32(3.0) * GELU_CUBIC * v * v)
+        sig = one / (one + exp_f32(np.float32(-2.0) * z))
+        dx[i] = dy[i] * (sig + np.float32(2.0) * v * sig * (one - sig) * dz_dx)
+
+
+def gelu_backward(dy: np.ndarray, x: np.ndarray, pool=None) -> np.ndarray:
+    """dL/dx of GELU (tanh form) from dL/dy and its input x, in one pass.  (...) -> (...)
+
+    pool: a minillm.kernels.workers.WorkerPool to share the elements among; None: this thread."""
+    dy, x = (np.ascontiguousarray(a, dtype=np.float32) for a in (dy, x))
+    dx = np.empty_like(x)
+    flat_dy, flat_x, flat_dx = dy.reshape(-1), x.reshape(-1), dx.reshape(-1)
+    if pool is None:
+        _gelu_backward_flat(flat_dy, flat_x, flat_dx)
+    else:
+        blocks = pool.split(flat_x.size)
+        pool.run(lambda i: _gelu_backward_flat(*(a[slice(*blocks[i])] for a in (flat_dy, flat_x, flat_dx))),
+                 len(blocks))
+    return dx
+
+
+LN_CHUNK_ROWS = 64   # rows per partial sum of dgain and dbias, a fixed size: same bits on any pool
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _row_grad_sums(dy, x, gain, mean32, inv_std):
+    """sum_c dx_hat_c and sum_c dx_hat_c x_hat_c of one row (dx_hat = dy * gain), in float64."""
+    n = x.size
+    whole = n - n % LANES
+    part_d = np.zeros(LANES)
+    part_dx = np.zeros(LANES)
+    for i in range(0, whole, LANES):
+        for lane in range(LANES):
+            c = i + lane
+            dx_hat = dy[c] * gain[c]
+            part_d[lane] += dx_hat
+            part_dx[lane] += dx_hat * ((x[c] - mean32) * inv_std)
+    total_d, total_dx = part_d.sum(), part_dx.sum()
+    for c in range(whole, n):
+        dx_hat = dy[c] * gain[c]
+        total_d += dx_hat
+        total_dx += dx_hat * ((x[c] - mean32) * inv_std)
+    return total_d, total_dx
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def _layer_norm_backward_chunks(dy, x, gain, eps, dx, dgain_parts, dbias_parts, first, stop):
+    """dx for the rows of chunks first..stop-1 of (R, C) dy and x, and each chunk's sums of
+    dy * x_hat and dy (float64) into dgain_parts[chunk] and dbias_parts[chunk]."""
+    n_rows, C = x.shape
+    for chunk in range(first, stop):
+        dgain_parts[chunk, :] = 0.0
+        dbias_parts[chunk, :] = 0.0
+        for r in range(chunk * LN_CHUNK_ROWS, min((chunk + 1) * LN_CHUNK_ROWS, n_rows)):
+            mean, var = _row_mean_var(x[r])
+            mean32 = np.float32(mean)
+            inv_std = np.float32(1.0) / np.sqrt(np.float32(var) + eps)   # as in the forward
+            sum_d, sum_dx = _row_grad_sums(dy[r], x[r], gain, mean32, inv_std)
+            mean_d, mean_dx = np.float32(sum_d / C), np.float32(sum_dx / C)
+            for c in range(C):
+                x_hat = (x[r, c] - mean32) * inv_std
+                dx[r, c] = inv_std * (dy[r, c] * gain[c] - mean_d - x_hat * mean_dx)
+                dgain_parts[chunk, c] += dy[r, c] * x_hat
+                dbias_parts[chunk, c] += dy[r, c]
+
+
+def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: float = 1e-5,
+                        pool=None):
+    """dx (..., C), dgain (C,), dbias (C,) of LayerNorm over the last axis, the row statistics
+    recomputed from x.  dy, x: (..., C); gain: (C,).
+
+    pool: a minillm.kernels.workers.WorkerPool to share the rows among; None: this thread."""
+    dy, x = (np.ascontiguousarray(a, dtype=np.float32) for a in (dy, x))
+    C = x.shape[-1]
+    dy_rows, x_rows = dy.reshape(-1, C), x.reshape(-1, C)
+    gain = np.ascontiguousarray(gain, np.float32)
+    eps = np.float32(eps)
+    dx = np.empty_like(x_rows)
+    n_chunks = -(-x_rows.shape[0] // LN_CHUNK_ROWS)
+    dgain_parts, dbias_parts = np.empty((n_chunks, C)), np.empty((n_chunks, C))
+    args = (dy_rows, x_rows, gain, eps, dx, dgain_parts, dbias_parts)
+    if pool is None:
+        _layer_norm_backward_chunks(*args, 0, n_chunks)
+    else:
+        blocks = pool.split(n_chunks)
+        pool.run(lambda i: _layer_norm_backward_chunks(*args, *blocks[i]), len(blocks))
+    dgain = dgain_parts.sum(axis=0).astype(np.float32)
+    dbias = dbias_parts.sum(axis=0).astype(np.float32)
+    return dx.reshape(x.shape), dgain, dbias

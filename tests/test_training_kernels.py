@@ -1,5 +1,6 @@
-"""The fused numba attention for training (minillm.kernels.attention_backward_cpu) against the
-NumPy reference forward and backward it replaces (minillm.attention)."""
+"""The fused numba kernels for training against the NumPy references they replace: attention
+(minillm.kernels.attention_backward_cpu vs minillm.model.attention) and the GELU and LayerNorm
+backward passes (minillm.kernels.fused_cpu vs minillm.model.layers)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -7,6 +8,8 @@ from hypothesis import strategies as st
 
 from minillm.model.attention import causal_attention, causal_attention_backward
 from minillm.kernels import attention_backward_cpu as kernel
+from minillm.kernels import fused_cpu
+from minillm.model import layers
 from minillm.kernels.workers import WorkerPool
 
 
@@ -64,3 +67,49 @@ def test_views_and_non_contiguous_inputs_are_accepted():
     q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # (B, H, T, d) views
     out, _ = kernel.attention_forward(q, k, v)
     np.testing.assert_allclose(out, causal_attention(q, k, v), rtol=0, atol=1e-5)
+
+
+def test_nan_in_a_query_row_gives_nan_in_that_row():
+    q, k, v, dout = random_qkv(np.random.default_rng(3), 1, 1, 6, 4)
+    q[0, 0, 2, 1] = np.nan
+    out, lse = kernel.attention_forward(q, k, v)
+    assert np.isnan(out[0, 0, 2]).all() and np.isnan(lse[0, 0, 2])
+    assert np.isfinite(out[0, 0, [0, 1, 3, 4, 5]]).all()
+
+
+def assert_close_to_max(got, expected, tol=1e-5):
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tol * max(np.abs(expected).max(), 1e-30))
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 33), (2, 9, 1027)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_gelu_backward_matches_the_reference(shape, threads):
+    rng = np.random.default_rng(len(shape))
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    got = fused_cpu.gelu_backward(dy, x, pool=WorkerPool(threads) if threads > 1 else None)
+    assert_close_to_max(got, layers.gelu_backward(dy, x))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (3, 11, 37), (2, 100, 256)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_layer_norm_backward_matches_the_reference(shape, threads):
+    rng = np.random.default_rng(sum(shape))
+    x = (2 * rng.standard_normal(shape) + 0.5).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gain = rng.standard_normal(shape[-1]).astype(np.float32)
+    pool = WorkerPool(threads) if threads > 1 else None
+    got = fused_cpu.layer_norm_backward(dy, x, gain, 1e-5, pool=pool)
+    for g, expected in zip(got, layers.layer_norm_backward(dy, x, gain, 1e-5)):
+        assert_close_to_max(g, expected)
+
+
+def test_layer_norm_backward_same_bits_on_any_number_of_threads():
+    rng = np.random.default_rng(4)
+    x, dy = (rng.standard_normal((300, 48)).astype(np.float32) for _ in range(2))
+    gain = rng.standard_normal(48).astype(np.float32)
+    results = [fused_cpu.layer_norm_backward(dy, x, gain, 1e-5, pool=pool)
+               for pool in (None, WorkerPool(2), WorkerPool(3))]
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other))

@@ -41,8 +41,8 @@ class Backend(Protocol):
 
 @runtime_checkable
 class TrainingBackend(Backend, Protocol):
-    """What training needs on top (minillm.training.backprop): the backward of the two heavy
-    operations. The "numpy" and "numba" backends have them."""
+    """What training needs on top (minillm.training.backprop): the backward of each of the
+    four operations. The "numpy" and "numba" backends have them."""
 
     def linear_backward(self, dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
         """Gradients of y = x W + b: dy (..., out), x (..., in), weight (in, out) ->
@@ -55,6 +55,13 @@ class TrainingBackend(Backend, Protocol):
     def attention_backward(self, dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                            out: np.ndarray, saved) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """dq, dk, dv (B, H, T, d) from dout (B, H, T, d), the forward's inputs, out and saved."""
+
+    def gelu_backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """dx (...) of GELU from dy (...) and its input x (...)."""
+
+    def layer_norm_backward(self, dy: np.ndarray, x: np.ndarray, gain: np.ndarray,
+                            eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gradients of LayerNorm: dy, x (..., C), gain (C,) -> dx (..., C), dgain, dbias (C,)."""
 
 
 class NumpyBackend:
@@ -83,6 +90,12 @@ class NumpyBackend:
 
     def attention_backward(self, dout, q, k, v, out, saved):
         return causal_attention_backward(dout, q, k, v)
+
+    def gelu_backward(self, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return layers.gelu_backward(dy, x)
+
+    def layer_norm_backward(self, dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: float):
+        return layers.layer_norm_backward(dy, x, gain, eps)
 
 
 def _numba() -> Backend:

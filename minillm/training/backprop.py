@@ -24,7 +24,6 @@ import numpy as np
 
 from minillm.model.attention import merge_heads, split_heads
 from minillm.model.backends import TrainingBackend
-from minillm.model.layers import gelu_backward, layer_norm_backward
 from minillm.model.loss import cross_entropy
 from minillm.model.inputs import check_token_ids
 from minillm.model.params import HF_BLOCK_NAMES, BlockParams
@@ -67,9 +66,9 @@ def block_backward(dout: np.ndarray, tape: BlockTape, p: BlockParams, eps: float
     g = {}
     # MLP half: out = x1 + act W_proj + b; the residual passes dout straight to x1.
     dact, g["mlp_proj_weight"], g["mlp_proj_bias"] = backend.linear_backward(dout, tape.act, p.mlp_proj_weight)
-    dfc = gelu_backward(dact, tape.fc)                                               # (B, T, 4C)
+    dfc = backend.gelu_backward(dact, tape.fc)                                       # (B, T, 4C)
     dh2, g["mlp_fc_weight"], g["mlp_fc_bias"] = backend.linear_backward(dfc, tape.h2, p.mlp_fc_weight)
-    dx1, g["ln_2_gain"], g["ln_2_bias"] = layer_norm_backward(dh2, tape.x1, p.ln_2_gain, eps)
+    dx1, g["ln_2_gain"], g["ln_2_bias"] = backend.layer_norm_backward(dh2, tape.x1, p.ln_2_gain, eps)
     dx1 += dout                                                                      # (B, T, C)
 
     # Attention half: x1 = x + merged W_proj + b.
@@ -79,7 +78,7 @@ def block_backward(dout: np.ndarray, tape: BlockTape, p: BlockParams, eps: float
     dq, dk, dv = backend.attention_backward(dheads, tape.q, tape.k, tape.v, tape.heads, tape.saved)
     dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, 3C)
     dh1, g["attn_qkv_weight"], g["attn_qkv_bias"] = backend.linear_backward(dqkv, tape.h1, p.attn_qkv_weight)
-    dx, g["ln_1_gain"], g["ln_1_bias"] = layer_norm_backward(dh1, tape.x, p.ln_1_gain, eps)
+    dx, g["ln_1_gain"], g["ln_1_bias"] = backend.layer_norm_backward(dh1, tape.x, p.ln_1_gain, eps)
     dx += dx1                                                                        # (B, T, C)
     return dx, g
 
@@ -146,7 +145,7 @@ def loss_and_grads(model, ids, targets) -> tuple[float, dict[str, np.ndarray]]:
     dh, dwte_head_t, _ = backend.linear_backward(dlogits, h, p.wte.T)          # (B, T, C), (C, V)
     dwte_head = dwte_head_t.T                                                 # (V, C)
     del dlogits
-    dx, grads["ln_f.weight"], grads["ln_f.bias"] = layer_norm_backward(dh, x, p.ln_f_gain, eps)
+    dx, grads["ln_f.weight"], grads["ln_f.bias"] = backend.layer_norm_backward(dh, x, p.ln_f_gain, eps)
     for i in reversed(range(len(p.blocks))):
         dx, block_grads = block_backward(dx, tapes[i], p.blocks[i], eps, backend)
         tapes[i] = None                                                       # free as we go
