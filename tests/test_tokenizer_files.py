@@ -41,8 +41,8 @@ def test_shipped_and_saved_vocabularies_load(tmp_path, small_files):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda vocab: "", "vocab.json: the file is empty"),
-        (lambda vocab: vocab[:-5], "vocab.json: not valid JSON"),
+        (lambda vocab: "", "vocab.json is empty"),
+        (lambda vocab: vocab[:-5], "vocab.json is not valid JSON"),
         (lambda vocab: json.dumps(list(json.loads(vocab))), "got a JSON array"),
         (lambda vocab: vocab.replace('"!": 0', '"!": 0.0'), "token '!' has id 0.0; expected an"),
         (lambda vocab: vocab.replace('"!": 0', '"!": -1'), "token '!' has id -1"),

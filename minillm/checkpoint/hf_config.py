@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from minillm.checkpoint.safetensors_file import CheckpointError, is_count
+from minillm.json_files import read_json_object
 from minillm.model.config import GPT2_SIZES, GPT2Config
 
 _BLOCK_INDEX = re.compile(r"h\.(\d+)\.")
@@ -44,7 +45,7 @@ def config_from_json(path: Path) -> GPT2Config:
     surely a mistake. Keys that do not affect the computation (dropout, transformers_version,
     ...) are ignored; those that would change it must have the value GPT-2 uses.
     """
-    values = _read_json_object(path)
+    values = read_json_object(path, CheckpointError, "a JSON object ({...}) of GPT-2 settings")
     for alias, key in HF_ALIASES.items():
         if alias in values:
             if key in values and values[key] != values[alias]:
@@ -61,37 +62,6 @@ def config_from_json(path: Path) -> GPT2Config:
         raise CheckpointError(f"{path}: invalid GPT-2 config: {err}") from None
     _check_derived_settings(path, values, config)
     return config
-
-
-def _read_json_object(path: Path) -> dict:
-    """The JSON object in a file, or CheckpointError saying why it is not one."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read the config: {err.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CheckpointError(f"{path} is not UTF-8 text (byte {raw[err.start]:#04x} at offset "
-                              f"{err.start}); config.json must be JSON in UTF-8") from None
-    if not text.strip():
-        raise CheckpointError(f"{path} is empty; expected a JSON object of GPT-2 settings")
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err.msg} (line {err.lineno}, "
-                              f"column {err.colno})") from None
-    except RecursionError:
-        raise CheckpointError(f"{path} is not a config: its JSON is nested too deeply") from None
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{path} must hold a JSON object ({{...}}) of GPT-2 settings, "
-                              f"got a JSON {_json_type(values)}")
-    return values
-
-
-def _json_type(value) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
 
 
 def _check_supported_settings(path: Path, values: dict) -> None:

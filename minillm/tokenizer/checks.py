@@ -15,6 +15,7 @@ from pathlib import Path
 
 import regex
 
+from minillm.json_files import read_json_object
 from minillm.tokenizer.files import read_merges
 
 # <|...|> as GPT-2's <|endoftext|>, <...> and [...] as in other tokenizers' special tokens.
@@ -48,18 +49,7 @@ def load_tokenizer_files(
 
 def read_vocab(path: Path) -> dict[str, int]:
     """Parse a vocabulary file: one JSON object, token -> id. Only the syntax is checked here."""
-    text = _read_text(path)
-    if not text.strip():
-        raise TokenizerFileError(f"{path}: the file is empty; expected a JSON object token -> id")
-    try:
-        vocab = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise TokenizerFileError(f"{path}: not valid JSON ({error}); expected a JSON object "
-                                 "token -> id") from None
-    if not isinstance(vocab, dict):
-        raise TokenizerFileError(f"{path}: expected a JSON object token -> id, got a JSON "
-                                 f"{_json_type(vocab)}")
-    return vocab
+    return read_json_object(path, TokenizerFileError, "a JSON object token -> id")
 
 
 def read_checked_merges(path: Path) -> list[tuple[str, str]]:
@@ -171,8 +161,3 @@ def _raise_repeated_key(path: Path) -> None:
         return dict(pairs)
 
     json.loads(_read_text(path), object_pairs_hook=refuse_repeats)
-
-
-def _json_type(value: object) -> str:
-    names = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
-    return names.get(type(value), "null" if value is None else type(value).__name__)
