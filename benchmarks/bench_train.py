@@ -182,7 +182,7 @@ def profile_step(shape_name, args):
     hooks += [(backend, "layer_norm_backward", "backward layer_norm"),
               (backend, "gelu_backward", "backward gelu"),
               (backprop, "embedding_backward", "backward embedding")]
-    hooks += [(backprop, "cross_entropy", "loss (fused softmax + grad)")]
+    hooks += [(backend, "cross_entropy", "loss (fused softmax + grad)")]
     with timed_functions(hooks, totals):
         start = time.perf_counter()
         _, grads = loss_and_grads(model, ids, targets)

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from minillm.model import layers
+from minillm.model.loss import loss_rows
 
 
 # Calls over at least this many token positions (batch x queries) run on the worker pool: below
@@ -166,6 +167,12 @@ class NumbaBackend:
         """dx (..., C), dgain (C,), dbias (C,) of LayerNorm, one fused loop per row."""
         n_rows = x.size // x.shape[-1]
         return self._fused.layer_norm_backward(dy, x, gain, eps, pool=self._pool_for(n_rows))
+
+    def cross_entropy(self, logits: np.ndarray, targets: np.ndarray):
+        """Mean cross-entropy and dlogits (..., V), softmax and gradient in one fused pass."""
+        loss_rows(logits, targets)                           # the reference's checks
+        n_rows = logits.size // logits.shape[-1]
+        return self._fused.cross_entropy(logits, targets, pool=self._pool_for(n_rows))
 
     def clear(self) -> None:
         """Forget the transposed copies of the weights."""

@@ -256,3 +256,59 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: fl
     dgain = dgain_parts.sum(axis=0).astype(np.float32)
     dbias = dbias_parts.sum(axis=0).astype(np.float32)
     return dx.reshape(x.shape), dgain, dbias
+
+
+# ---- cross-entropy (training) ----------------------------------------------------------------
+@njit(error_model="numpy", cache=True, nogil=True)
+def _cross_entropy_rows(logits, targets, scale, dlogits, row_losses, first, stop):
+    """Rows first..stop-1 of (N, V) logits: row_losses[r] = logsumexp(z) - z[target] and
+    dlogits[r] = (softmax(z) - onehot(target)) * scale, both 0 for an ignored (negative)
+    target. exp is written into dlogits, then scaled in place: two passes over the row."""
+    V = logits.shape[1]
+    whole = V - V % LANES
+    partial = np.zeros(LANES, np.float32)
+    for r in range(first, stop):
+        target = targets[r]
+        if target < 0:
+            dlogits[r, :] = 0.0
+            row_losses[r] = 0.0
+            continue
+        row_max = logits[r, 0]
+        for v in range(1, V):
+            row_max = max(row_max, logits[r, v])
+        partial[:] = 0.0
+        for v in range(0, whole, LANES):          # LANES partial sums: the loop vectorises
+            for lane in range(LANES):
+                e = exp_f32(logits[r, v + lane] - row_max)
+                dlogits[r, v + lane] = e
+                partial[lane] += e
+        total = partial.sum()
+        for v in range(whole, V):
+            e = exp_f32(logits[r, v] - row_max)
+            dlogits[r, v] = e
+            total += e
+        row_losses[r] = row_max + np.float32(np.log(total)) - logits[r, target]
+        factor = scale / total
+        for v in range(V):
+            dlogits[r, v] *= factor
+        dlogits[r, target] -= scale
+
+
+def cross_entropy(logits: np.ndarray, targets: np.ndarray, pool=None):
+    """The mean cross-entropy over targets >= 0 and its gradient, one fused pass per row.
+    logits (..., V) float32, targets (...) int (negative: ignored, already checked by the
+    caller) -> (loss, dlogits (..., V)). Reference: minillm.model.loss.cross_entropy."""
+    V = logits.shape[-1]
+    rows = np.ascontiguousarray(logits, np.float32).reshape(-1, V)       # (N, V)
+    row_targets = np.ascontiguousarray(targets, np.int64).reshape(-1)     # (N,)
+    n_counted = int((row_targets >= 0).sum())
+    scale = np.float32(1.0) / np.float32(n_counted)
+    dlogits = np.empty_like(rows)
+    row_losses = np.empty(rows.shape[0], np.float32)
+    if pool is None:
+        _cross_entropy_rows(rows, row_targets, scale, dlogits, row_losses, 0, rows.shape[0])
+    else:
+        blocks = pool.split(rows.shape[0])
+        pool.run(lambda i: _cross_entropy_rows(rows, row_targets, scale, dlogits, row_losses,
+                                               *blocks[i]), len(blocks))
+    return float(row_losses.sum() * scale), dlogits.reshape(logits.shape)

@@ -113,3 +113,19 @@ def test_layer_norm_backward_same_bits_on_any_number_of_threads():
                for pool in (None, WorkerPool(2), WorkerPool(3))]
     for other in results[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_fused_cross_entropy_matches_the_reference(threads):
+    from minillm.kernels import fused_cpu
+    from minillm.model.loss import IGNORE_INDEX, cross_entropy
+    rng = np.random.default_rng(threads)
+    logits = (3 * rng.standard_normal((3, 7, 37))).astype(np.float32)
+    targets = rng.integers(0, 37, (3, 7))
+    targets[0, 2] = targets[2, 6] = IGNORE_INDEX
+    expected_loss, expected_grad = cross_entropy(logits, targets)
+    pool = WorkerPool(threads) if threads > 1 else None
+    loss, grad = fused_cpu.cross_entropy(logits, targets, pool=pool)
+    assert loss == pytest.approx(expected_loss, rel=1e-6)
+    np.testing.assert_allclose(grad, expected_grad, rtol=0, atol=1e-7)
+    assert np.all(grad[0, 2] == 0) and grad.dtype == np.float32

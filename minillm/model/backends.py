@@ -13,7 +13,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from minillm.model import layers
+from minillm.model import layers, loss
 from minillm.model.attention import causal_attention, causal_attention_backward
 
 
@@ -63,6 +63,10 @@ class TrainingBackend(Backend, Protocol):
                             eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Gradients of LayerNorm: dy, x (..., C), gain (C,) -> dx (..., C), dgain, dbias (C,)."""
 
+    def cross_entropy(self, logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+        """Mean cross-entropy over targets != -100 and its gradient: logits (..., V), targets
+        (...) -> (loss, dlogits (..., V)), as minillm.model.loss.cross_entropy."""
+
 
 class NumpyBackend:
     """The reference: BLAS matmul through `@`, attention exactly as written in attention.py."""
@@ -96,6 +100,9 @@ class NumpyBackend:
 
     def layer_norm_backward(self, dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: float):
         return layers.layer_norm_backward(dy, x, gain, eps)
+
+    def cross_entropy(self, logits: np.ndarray, targets: np.ndarray):
+        return loss.cross_entropy(logits, targets)
 
 
 def _numba() -> Backend:

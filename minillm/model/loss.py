@@ -35,6 +35,14 @@ def counted_rows(logits: np.ndarray, targets) -> tuple[np.ndarray, np.ndarray, n
     return logits_rows, targets_rows, np.flatnonzero(counted)
 
 
+def loss_rows(logits: np.ndarray, targets):
+    """counted_rows, for a mean loss: a ValueError if no target is counted (0 / 0)."""
+    logits_rows, targets_rows, rows = counted_rows(logits, targets)
+    if len(rows) == 0:
+        raise ValueError(f"every target is {IGNORE_INDEX} (ignored): there is no loss to compute")
+    return logits_rows, targets_rows, rows
+
+
 def negative_log_likelihood(logits: np.ndarray, targets) -> tuple[float, int]:
     """The summed -log p(target) over counted targets, and how many were counted (no gradient).
     logits: (..., V), targets: (...)."""
@@ -53,9 +61,7 @@ def cross_entropy(logits: np.ndarray, targets) -> tuple[float, np.ndarray]:
     because d/dz_j [logsumexp(z) - z_t] = p_j - [j == t]. Computing it from the log-softmax
     already at hand is what "fused" means: no separate softmax backward, no V x V Jacobian.
     """
-    logits_rows, targets_rows, rows = counted_rows(logits, targets)
-    if len(rows) == 0:
-        raise ValueError(f"every target is {IGNORE_INDEX} (ignored): there is no loss to compute")
+    logits_rows, targets_rows, rows = loss_rows(logits, targets)
     n = np.float32(len(rows))
     log_probs = log_softmax(logits_rows)                                     # (N, V)
     loss = -log_probs[rows, targets_rows[rows]].sum() / n                    # float32, as in torch

@@ -24,7 +24,6 @@ import numpy as np
 
 from minillm.model.attention import merge_heads, split_heads
 from minillm.model.backends import TrainingBackend
-from minillm.model.loss import cross_entropy
 from minillm.model.inputs import check_token_ids
 from minillm.model.params import HF_BLOCK_NAMES, BlockParams
 
@@ -136,7 +135,7 @@ def loss_and_grads(model, ids, targets) -> tuple[float, dict[str, np.ndarray]]:
         tapes.append(tape)
     h = backend.layer_norm(x, p.ln_f_gain, p.ln_f_bias, eps)                  # (B, T, C)
     logits = backend.linear(h, p.wte.T)                                       # (B, T, V)
-    loss, dlogits = cross_entropy(logits, targets)                            # (B, T, V)
+    loss, dlogits = backend.cross_entropy(logits, targets)                    # (B, T, V)
     del logits
 
     grads = {}
