@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
+
+from minillm.kernels.compile_notice import announce_compilation
 
 from minillm.model import layers
 from minillm.model.loss import loss_rows
 
+
+# The kernels a forward pass runs (importing attention_cpu compiles its eagerly typed ones).
+_KERNELS_DIR = Path(__file__).resolve().parent
+INFERENCE_KERNELS = {_KERNELS_DIR / "attention_cpu.py": None, _KERNELS_DIR / "attention_decode_cpu.py": None,
+                     _KERNELS_DIR / "fused_cpu.py": ("_gelu_flat", "_layer_norm_rows")}
 
 # Calls over at least this many token positions (batch x queries) run on the worker pool: below
 # it OpenBLAS's own threads split a matmul better; the crossover measured on 2 cores lies
@@ -62,6 +70,7 @@ class NumbaBackend:
         if matmul not in ("blas", "numba"):
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
         # Imported here: compiling (or loading from numba's cache) happens on first use.
+        announce_compilation("model kernels", INFERENCE_KERNELS)
         from minillm.kernels import attention_backward_cpu, attention_cpu, fused_cpu, matmul_cpu
         from minillm.kernels.workers import WorkerPool
 
@@ -138,13 +147,16 @@ class NumbaBackend:
         dbias = np.empty(n_out, np.float32)                                # (out,)
         row_blocks, col_blocks = self.pool.split(dy_rows.shape[0]), self.pool.split(n_out)
 
-        def piece(i):
-            rows, cols = slice(*row_blocks[i]), slice(*col_blocks[i])
-            np.matmul(dy_rows[rows], weight.T, out=dx[rows])
-            np.matmul(x_rows.T, dy_rows[:, cols], out=dweight[:, cols])
-            np.sum(dy_rows[:, cols], axis=0, out=dbias[cols])   # a pass over dy: shared out too
+        def piece(i):          # split() gives fewer blocks than threads for a narrow layer
+            if i < len(row_blocks):
+                rows = slice(*row_blocks[i])
+                np.matmul(dy_rows[rows], weight.T, out=dx[rows])
+            if i < len(col_blocks):
+                cols = slice(*col_blocks[i])
+                np.matmul(x_rows.T, dy_rows[:, cols], out=dweight[:, cols])
+                np.sum(dy_rows[:, cols], axis=0, out=dbias[cols])   # a pass over dy: shared out too
 
-        self.pool.run(piece, len(row_blocks))
+        self.pool.run(piece, max(len(row_blocks), len(col_blocks)))
         return dx.reshape(x.shape), dweight, dbias
 
     def attention_train(self, q: np.ndarray, k: np.ndarray, v: np.ndarray):

@@ -160,7 +160,7 @@ def test_data_shorter_than_one_window_is_refused(small_data, tmp_path):
 
 
 def test_a_vocabulary_that_does_not_match_the_tokenizer_is_refused(small_data, tmp_path):
-    with pytest.raises(TrainingError, match="vocab_size 600 but the tokenizer has 512"):
+    with pytest.raises(ValueError, match="vocab_size 600 but its tokenizer has 512"):
         train(tiny_config(small_data, tmp_path / "run", vocab_size=600), progress=False)
 
 
@@ -229,3 +229,13 @@ def test_cli_reads_a_config_file_and_flags_win(small_data, tmp_path, capsys):
     config_file.write_text("n_layers = 2\n")
     assert main(["train", "--config", str(config_file)]) == 2
     assert "unknown setting(s) ['n_layers']" in capsys.readouterr().err
+
+
+def test_a_half_replaced_checkpoint_is_refused_on_resume(small_data, tmp_path):
+    config = tiny_config(small_data, tmp_path / "run", steps=8)
+    train(config, progress=False, stop_after=4)
+    older = (tmp_path / "run" / "optimizer.safetensors").read_bytes()
+    train(config, resume=True, progress=False, stop_after=6)
+    (tmp_path / "run" / "optimizer.safetensors").write_bytes(older)   # as if the save stopped midway
+    with pytest.raises(ValueError, match="optimizer.safetensors is not the one trainer_state.json"):
+        train(config, resume=True, progress=False)

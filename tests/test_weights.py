@@ -11,7 +11,7 @@ from minillm.checkpoint import weights
 from minillm.model.config import GPT2Config
 from minillm.model.gpt2 import GPT2
 from minillm.model.params import params_to_hf, random_params
-from minillm.checkpoint.weights import (CheckpointError, check_vocab_matches, float32_to_bfloat16_bits,
+from minillm.checkpoint.weights import (CheckpointError, float32_to_bfloat16_bits,
                              load_checkpoint, read_header, read_safetensors, resolve_model_path,
                              save_checkpoint, write_safetensors)
 
@@ -278,10 +278,11 @@ def test_directory_without_weights(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_check_vocab_matches():
-    check_vocab_matches(SMALL, 11)
-    with pytest.raises(ValueError, match="vocab_size=11 but the tokenizer has 50257 tokens"):
-        check_vocab_matches(SMALL, 50257)
+def test_check_vocab_sizes():
+    from minillm.checkpoint.pretrained import check_vocab_sizes
+    check_vocab_sizes(11, 11, "model")
+    with pytest.raises(ValueError, match="vocab_size 11 but its tokenizer has 50257 tokens"):
+        check_vocab_sizes(11, 50257, "model")
 
 
 # ------------------------------------------------------------------------ model names

@@ -22,9 +22,14 @@ def tokenizer_for(name_or_path: str | Path) -> Tokenizer:
         return Tokenizer.gpt2()
     folder = resolve_model_path(name_or_path)
     folder = folder if folder.is_dir() else folder.parent
-    if all((folder / name).is_file() for name in TOKENIZER_FILES):
+    if has_tokenizer_files(folder):
         return FastTokenizer.from_pretrained(folder)
     return Tokenizer.gpt2()
+
+
+def has_tokenizer_files(folder: str | Path) -> bool:
+    """Whether a folder holds a tokenizer of its own (vocab.json and merges.txt)."""
+    return all((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 
 def load_pretrained(name_or_path: str | Path, backend="numpy") -> tuple[GPT2, Tokenizer]:

@@ -150,13 +150,6 @@ def check_finite(tensors: dict[str, np.ndarray], source) -> None:
                                   "value(s); the checkpoint is corrupt")
 
 
-def check_vocab_matches(config: GPT2Config, tokenizer_n_vocab: int) -> None:
-    """The model's embedding table must have one row per token the tokenizer can emit."""
-    if config.vocab_size != tokenizer_n_vocab:
-        raise ValueError(f"vocabulary mismatch: the model has vocab_size={config.vocab_size} "
-                         f"but the tokenizer has {tokenizer_n_vocab} tokens")
-
-
 # Models that ship in the repository's weights/ folder, loadable by name like the released ones:
 # a GPT-2 that minillm trained on Shakespeare (the default model), and the random-weight
 # reference model whose logits HF recorded.

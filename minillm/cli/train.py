@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 FLAG_HELP = {
     "data": "a .txt file (documents separated by <|endoftext|>, some held out) or a folder "
@@ -57,6 +58,9 @@ def run(args) -> int:
     try:
         values = load_config_file(args.config) if args.config else {}
         given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+        for key in ("data", "out", "init", "tokenizer"):   # saved absolute: --resume from any folder
+            if key in given and (key == "out" or Path(given[key]).exists()):
+                given[key] = str(Path(given[key]).resolve())
         if args.resume:
             out = given.get("out", values.get("out"))
             state = read_state(out) if out else None
@@ -65,7 +69,7 @@ def run(args) -> int:
         if not config.data or not config.out:
             raise ValueError("--data and --out are required (on the command line or in --config)")
         result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    except (TrainingError, DataError, ValueError, TypeError, FileNotFoundError, KeyError) as error:
+    except (TrainingError, DataError, ValueError, TypeError, OSError, KeyError) as error:
         print(f"minillm train: {error}", file=sys.stderr)
         return 2
     val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""

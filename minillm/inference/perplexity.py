@@ -2,9 +2,11 @@
 
 A text longer than the model's context is scored window by window. Each window holds up to
 `window` tokens and starts `stride` after the previous one; only the tokens that the previous
-window did not score are scored, so each token is scored once, with up to window - stride
-tokens of context before it (stride = window: disjoint windows, little context at each
-start; a smaller stride: more context, more compute).
+window did not score are scored, so no token is scored twice, each with at least
+window - stride tokens of context before it. A window's first token has no context inside
+the window and is never a target: with stride = window (disjoint windows, HF's default in its
+guide) the first token of every window goes unscored; a smaller stride scores every token but
+the text's first, at more compute.
 
     perplexity = exp(mean NLL),    nats per byte = total NLL / UTF-8 bytes of the text
 
@@ -59,7 +61,7 @@ def score_ids(model, ids, stride: int | None = None, window: int | None = None) 
     """(total NLL, tokens scored) of a token sequence, by the sliding window described above."""
     ids = np.asarray(ids)
     window = window or model.config.n_positions
-    stride = stride or window
+    stride = window if stride is None else stride
     if not 1 <= stride <= window:
         raise ValueError(f"stride must be between 1 and the window of {window} tokens, got {stride}")
     if len(ids) < 2:

@@ -63,6 +63,9 @@ class TrainingBackend(Backend, Protocol):
                             eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Gradients of LayerNorm: dy, x (..., C), gain (C,) -> dx (..., C), dgain, dbias (C,)."""
 
+    def clear(self) -> None:
+        """Forget anything derived from the weights (they were just updated in place)."""
+
     def cross_entropy(self, logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
         """Mean cross-entropy over targets != -100 and its gradient: logits (..., V), targets
         (...) -> (loss, dlogits (..., V)), as minillm.model.loss.cross_entropy."""
@@ -103,6 +106,9 @@ class NumpyBackend:
 
     def cross_entropy(self, logits: np.ndarray, targets: np.ndarray):
         return loss.cross_entropy(logits, targets)
+
+    def clear(self) -> None:
+        """Nothing to forget: the reference keeps no copies of the weights."""
 
 
 def _numba() -> Backend:

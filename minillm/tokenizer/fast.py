@@ -27,38 +27,26 @@ This module never imports bpe.py, so that bpe.py can build the fast tokenizer wi
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import regex
 
+from minillm.kernels import compile_notice
+from minillm.tokenizer import fast_kernels
 from minillm.tokenizer.fast_kernels import (LETTER, NUMBER, OTHER, SPACE, _encode_text,
                                             _fill_merge_table, _fill_token_table)
 
 _N_CODE_POINTS = 0x110000
-_ENTRY_POINTS = (_fill_merge_table, _fill_token_table, _encode_text)  # each links its callees
-
-
-def kernels_cached() -> bool:
-    """Whether numba's on-disk cache holds fresh machine code for every entry point.
-
-    Reads numba's cache index, the file a cached call opens first (an internal of numba's: if
-    it changes, this answers True and the compiling notice is just not shown).
-    """
-    try:
-        return all(kernel._cache._cache_file._load_index() for kernel in _ENTRY_POINTS)
-    except AttributeError:
-        return True
+_ENTRY_POINTS = ("_fill_merge_table", "_fill_token_table", "_encode_text")  # each links its callees
 
 
 @functools.cache
 def announce_compilation() -> None:
     """Say so, once, before numba compiles: the first run would otherwise wait in silence."""
-    if not kernels_cached():
-        print("minillm: compiling tokenizer kernels, first run only (up to ~10 s) ...",
-              file=sys.stderr, flush=True)
+    compile_notice.announce_compilation("tokenizer kernels", {Path(fast_kernels.__file__): _ENTRY_POINTS})
 
 
 @functools.cache

@@ -6,11 +6,13 @@
     out/trainer_state.json                 step, settings, last validation loss
     out/log.jsonl, loss.png                one JSON line per step / evaluation, the loss curve
 
-Every file is written under a temporary name and renamed into place, trainer_state.json last,
-so an interruption while saving leaves the previous checkpoint whole.
+Every file is written into out/.saving/ and renamed into place, trainer_state.json last. The
+state file records the sha256 of the weights and optimiser state it goes with, so a resume
+refuses a folder where an interruption left files of two different saves.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ from minillm.checkpoint.weights import read_safetensors, save_checkpoint, write_
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
+TENSOR_FILES = ("model.safetensors", OPTIMIZER_FILE)
 
 
 def save_training_checkpoint(out: Path, model, tokenizer, optimizer, state: dict) -> None:
@@ -32,6 +35,9 @@ def save_training_checkpoint(out: Path, model, tokenizer, optimizer, state: dict
                     extra_config={"bos_token_id": eot, "eos_token_id": eot, "n_ctx": model.config.n_positions})
     tokenizer.save(staging)
     write_safetensors(staging / OPTIMIZER_FILE, optimizer.state_arrays())
+    # The renames below are atomic one by one, not together: the state file names the exact
+    # weights and optimiser state it belongs to, so a half-replaced set is caught on resume.
+    state = {**state, "sha256": {name: _sha256(staging / name) for name in TENSOR_FILES}}
     (staging / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
     for name in sorted(os.listdir(staging), key=lambda n: n == STATE_FILE):   # state file last
         os.replace(staging / name, out / name)
@@ -55,4 +61,23 @@ def load_optimizer_state(out: Path, optimizer, step: int) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume from {out}: it has no {OPTIMIZER_FILE} (a model "
                                 "folder without optimiser state); use --init to fine-tune from it instead")
+    check_complete(Path(out))
     optimizer.load_state_arrays(read_safetensors(path), step)
+
+
+def check_complete(out: Path) -> None:
+    """ValueError unless out's weights and optimiser state are the ones its state file names
+    (they are not if a save was interrupted between two renames)."""
+    expected = (read_state(out) or {}).get("sha256", {})
+    for name, digest in expected.items():
+        if _sha256(out / name) != digest:
+            raise ValueError(f"cannot resume from {out}: its {name} is not the one {STATE_FILE} "
+                             "was saved with (a save was interrupted); the folder holds no complete checkpoint")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-ENDOFTEXT = "<|endoftext|>"
+from minillm.tokenizer.bpe import ENDOFTEXT
+
 
 
 class DataError(ValueError):
@@ -74,10 +75,17 @@ def read_splits(data: Path, val_fraction: float, seed: int) -> tuple[list[str], 
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise DataError(f"data folder {data} has no {' or '.join(missing)}: expected train.txt and val.txt")
-        return tuple(split_documents(f.read_text(encoding="utf-8")) for f in files)
+        return tuple(split_documents(_read_text(f)) for f in files)
     if not data.is_file():
         raise DataError(f"data {data} is neither a text file nor a folder with train.txt and val.txt")
-    return hold_out(split_documents(data.read_text(encoding="utf-8")), val_fraction, seed)
+    return hold_out(split_documents(_read_text(data)), val_fraction, seed)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text (byte {error.start}): training data must be UTF-8") from None
 
 
 @dataclass
@@ -97,7 +105,11 @@ def prepare_tokens(data: Path, tokenizer, cache_dir: Path, val_fraction: float =
     meta_path = cache_dir / "meta.json"
     if not (meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key):
         train_docs, val_docs = read_splits(Path(data), val_fraction, seed)
+        for name, docs in (("training", train_docs), ("validation", val_docs)):
+            if not docs:
+                raise DataError(f"the {name} split of {data} holds no text")
         cache_dir.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)      # no key while the .bin files are being rewritten
         for name, docs in (("train", train_docs), ("val", val_docs)):
             encode_documents(docs, tokenizer).tofile(cache_dir / f"{name}.bin")
         meta = {"key": key, "dtype": token_dtype(tokenizer.n_vocab).name, "n_vocab": tokenizer.n_vocab,

@@ -14,6 +14,7 @@ run that never stopped. Ctrl-C finishes the step under way, saves, and exits.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from minillm.model.config import GPT2Config
 from minillm.model.loss import negative_log_likelihood
 from minillm.model.gpt2 import GPT2
 from minillm.model.params import random_params
-from minillm.checkpoint.pretrained import tokenizer_for
+from minillm.checkpoint.pretrained import TOKENIZER_FILES, check_vocab_sizes, has_tokenizer_files, tokenizer_for
 from minillm.tokenizer.bpe import Tokenizer
 from minillm.training import checkpoint
 from minillm.training.backprop import loss_and_grads
@@ -92,9 +93,10 @@ class _Run:
                 self.optimizer.lr = learning_rate(step, c.lr, c.warmup_steps, c.steps, c.min_lr)
                 ids, targets = sample_batch(train_tokens, c.batch_size, c.context, batch_rng(c.seed, step))
                 loss, grads = loss_and_grads(self.model, ids, targets)
-                norm = clip_grad_norm(grads, c.grad_clip) if c.grad_clip else _global_norm(grads)
+                norm = clip_grad_norm(grads, c.grad_clip or math.inf)     # inf: measure, never clip
                 self._check_finite(step, loss, norm)
                 self.optimizer.step(grads)
+                self.model.backend.clear()      # weights changed in place: drop derived copies
                 self.last_loss = loss
                 tokens_per_s = ids.size / (time.perf_counter() - began)
                 self._log({"step": step + 1, "loss": loss, "lr": self.optimizer.lr,
@@ -147,22 +149,19 @@ def evaluate(model: GPT2, ids: np.ndarray, targets: np.ndarray, batch_size: int)
     return total / count
 
 
-def _global_norm(grads: dict[str, np.ndarray]) -> float:
-    return float(np.sqrt(sum(np.square(g, dtype=np.float32).sum() for g in grads.values())))
-
-
 def _catch_interrupt(run: _Run):
     """Make the first Ctrl-C ask the loop to stop after this step (and save); a second one
-    interrupts at once. Returns the previous handler, or None off the main thread."""
+    interrupts at once. Returns the handler to restore, or None off the main thread."""
     def request_stop(signum, frame):
         run.stop_requested = True
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, restore)
         print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)")
     try:
         previous = signal.signal(signal.SIGINT, request_stop)
     except ValueError:          # signal only works in the main thread
         return None
-    return previous
+    restore = signal.SIG_DFL if previous is None else previous   # None: set outside Python
+    return restore
 
 
 # ---- set-up ------------------------------------------------------------------------------
@@ -199,17 +198,19 @@ def _load_model(config: TrainConfig, resume_from: Path | None) -> tuple[GPT2, To
     """The model and tokenizer to train: the saved run's, an --init checkpoint's, or new ones."""
     if resume_from is not None:
         return GPT2.from_pretrained(resume_from, backend=config.backend), tokenizer_for(resume_from)
+    if config.tokenizer != "gpt2" and not has_tokenizer_files(config.tokenizer):
+        raise TrainingError(f"--tokenizer {config.tokenizer} is not a folder with "
+                            f"{' and '.join(TOKENIZER_FILES)} (nor 'gpt2')")
     if config.init:
         model = GPT2.from_pretrained(config.init, backend=config.backend)
-        tokenizer = tokenizer_for(config.init)
+        # The init checkpoint's own tokenizer if it has one, else the one named by --tokenizer.
+        tokenizer = tokenizer_for(config.init if has_tokenizer_files(config.init) else config.tokenizer)
     else:
         tokenizer = tokenizer_for(config.tokenizer)
         shape = GPT2Config(vocab_size=config.vocab_size or tokenizer.n_vocab, n_positions=config.context,
                            n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head)
         model = GPT2(shape, random_params(shape, seed=config.seed, std=config.init_std), backend=config.backend)
-    if model.config.vocab_size != tokenizer.n_vocab:
-        raise TrainingError(f"the model has vocab_size {model.config.vocab_size} but the tokenizer "
-                            f"has {tokenizer.n_vocab} tokens: they must be equal")
+    check_vocab_sizes(model.config.vocab_size, tokenizer.n_vocab, config.init or "the new model")
     if config.context > model.config.n_positions:
         raise TrainingError(f"context {config.context} is longer than the model's n_positions "
                             f"{model.config.n_positions}")
