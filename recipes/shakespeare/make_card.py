@@ -1,9 +1,12 @@
-"""Write the model card (weights/shakespeare/README.md) from the finished run: its log, its
+"""Write the model card (weights/shakespeare/README.md) from the shipped run: its log, its
 evaluation on the held-out plays, and a sample.
 
+    minillm train --config recipes/shakespeare/config.toml   # into runs/shakespeare
+    cp runs/shakespeare/{config.json,model.safetensors,vocab.json,merges.txt,log.jsonl,loss.png,trainer_state.json} weights/shakespeare/
     python recipes/shakespeare/make_card.py
 
-Every figure in the card comes from this script, so rerunning it after a new run updates them.
+Every measured figure in the card comes from this script; the paragraph on how the shipped run
+was shortened on the way (RUN_HISTORY) is written by hand, and a new run should replace it.
 """
 from __future__ import annotations
 
@@ -21,6 +24,12 @@ SLICE_CHARS = 20_000            # the committed slice tests/test_default_model.p
 NANOGPT_CPU, NANOGPT_GPU = 1.88, 1.47   # karpathy/nanoGPT README, shakespeare_char val loss
 SAMPLE = dict(do_sample=True, temperature=0.8, top_k=40)
 SAMPLE_TOKENS = 200
+RUN_HISTORY = """The machine was shared with other work, so the run was
+shortened twice on the way (Ctrl-C, then `--resume` with a smaller `steps`): started with
+`steps = 1800`, resumed at step 175 with 1300 and at step 626 with 1100, the value in the config
+now. The cosine schedule depends on `steps`, so a fresh run of the config follows the same recipe
+with a lower learning rate between steps 100 and 626 (by at most 0.00025, at step 625, of a
+peak of 0.002), and gives a similar model, not this one bit for bit."""
 
 
 def sample_text(model, tokenizer, prompt: str, n_new: int, seed: int = 0) -> str:
@@ -96,12 +105,7 @@ passes over the {n_train_tokens / 1e6:.2f}M tokens of the training plays; AdamW 
 weight decay {config['weight_decay']}, betas ({config['beta1']}, {config['beta2']}), clipping at {config['grad_clip']};
 backend {config['backend']}, seed {config['seed']}).
 Time in training steps: {training_minutes(train):.0f} minutes on a shared 2-core machine (log.jsonl
-has every step; loss.png the curve). The machine was shared with other work, so the run was
-shortened twice on the way (Ctrl-C, then `--resume` with a smaller `steps`): started with
-`steps = 1800`, resumed at step 175 with 1300 and at step 626 with 1100, the value in the config
-now. The cosine schedule depends on `steps`, so a fresh run of the config follows the same recipe
-with a lower learning rate between steps 100 and 626 (by at most 0.00025, at step 625, of a
-peak of 0.002), and gives a similar model, not this one bit for bit.
+has every step; loss.png the curve). {RUN_HISTORY}
 
 ## Results
 | | |
