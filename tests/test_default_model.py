@@ -50,3 +50,10 @@ def test_it_has_learned_far_more_than_unigram_statistics(shakespeare):
     model, tokenizer = shakespeare
     score = score_text(model, tokenizer, VAL.read_text(encoding="utf-8")[:5000], stride=64)
     assert score.loss < 6.35 - 1.0
+
+
+def test_model_and_tokenizer_load_by_name(shakespeare):
+    from minillm import GPT2, Tokenizer
+    model, tokenizer = shakespeare
+    assert GPT2.from_pretrained("shakespeare").config == model.config
+    assert Tokenizer.from_pretrained("shakespeare").encode("ROMEO:\n") == tokenizer.encode("ROMEO:\n")

@@ -204,7 +204,10 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> Tokenizer:
         """Load from a folder holding ``vocab.json`` and ``merges.txt`` (or, OpenAI's names,
-        ``encoder.json`` and ``vocab.bpe``)."""
+        ``encoder.json`` and ``vocab.bpe``), or from a bundled model's name ("shakespeare")."""
+        if not Path(directory).is_dir():
+            from minillm.checkpoint.weights import resolve_model_path   # names -> their folders
+            directory = resolve_model_path(directory)
         return cls.from_files(*find_tokenizer_files(Path(directory)))
 
     def save(self, directory: str | Path) -> None:
