@@ -299,27 +299,29 @@ CONFIG_TEXT = (CHECKPOINT / "config.json").read_bytes()
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(edits=byte_edits(len(WEIGHTS)), cut=st.one_of(st.none(), st.integers(0, len(WEIGHTS))))
 def test_mutated_or_truncated_weights_give_checkpoint_errors(tmp_path, edits, cut):
-    data = bytearray(WEIGHTS)
-    for position, value in edits:
-        data[position] = value
-    folder = tmp_path / "mutated"
-    folder.mkdir(exist_ok=True)
-    (folder / "model.safetensors").write_bytes(bytes(data[:cut]))
-    (folder / "config.json").write_bytes(CONFIG_TEXT)
-    load_or_refuse(folder)
+    load_or_refuse(write_checkpoint(tmp_path, mutated(WEIGHTS, edits, cut), CONFIG_TEXT))
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(edits=byte_edits(len(CONFIG_TEXT)), cut=st.one_of(st.none(), st.integers(0, len(CONFIG_TEXT))))
 def test_mutated_config_gives_checkpoint_errors(tmp_path, edits, cut):
-    text = bytearray(CONFIG_TEXT)
+    load_or_refuse(write_checkpoint(tmp_path, WEIGHTS, mutated(CONFIG_TEXT, edits, cut)))
+
+
+def mutated(data: bytes, edits, cut) -> bytes:
+    """data with each (position, byte) edit made, then cut to `cut` bytes (None: whole)."""
+    changed = bytearray(data)
     for position, value in edits:
-        text[position] = value
+        changed[position] = value
+    return bytes(changed[:cut])
+
+
+def write_checkpoint(tmp_path, weights: bytes, config: bytes):
     folder = tmp_path / "mutated"
     folder.mkdir(exist_ok=True)
-    shutil.copy(CHECKPOINT / "model.safetensors", folder)
-    (folder / "config.json").write_bytes(bytes(text[:cut]))
-    load_or_refuse(folder)
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "config.json").write_bytes(config)
+    return folder
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -397,16 +397,9 @@ class Tokenizer:
 class FastTokenizer(Tokenizer):
     """:class:`Tokenizer` with ordinary text encoded by compiled code (minillm/tokenizer/fast.py)."""
 
-    def __init__(
-        self,
-        vocab: Mapping[str, int],
-        merges: Sequence[tuple[str, str]],
-        special_tokens: Mapping[str, int] | None = None,
-        files: tuple[str, str] = ("the merge list", "the vocabulary"),
-    ) -> None:
-        super().__init__(vocab, merges, special_tokens, files)
-        # Built at the first encode, so that loading (and decoding alone) never waits for numba.
-        self._compiled = None
+    # The compiled encoder, built at the first encode, so that loading (and decoding alone)
+    # never waits for numba; each instance then holds its own.
+    _compiled = None
 
     def _encode_chunk(self, text: str) -> list[int]:
         if self._compiled is None:
