@@ -26,6 +26,7 @@ EXPECTED = [
     "04_loading_weights.ipynb",
     "05_generation.ipynb",
     "06_kernels.ipynb",
+    "07_training.ipynb",
 ]
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600

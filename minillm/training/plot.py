@@ -18,9 +18,9 @@ def read_log(path: Path) -> tuple[list[dict], list[dict]]:
 
 def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     """Training loss (raw and smoothed) and validation loss against step, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")             # files only: no display needed
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot's: writing a file needs no display, and the caller's
+    # pyplot state (a notebook's inline figures) is left alone.
+    from matplotlib.figure import Figure
 
     train, val = read_log(log_path)
     if not train:
@@ -29,7 +29,8 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     losses = np.array([r["loss"] for r in train])
     window = max(1, len(losses) // 50)
     smoothed = np.convolve(losses, np.ones(window) / window, mode="valid")
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train (per step)")
     ax.plot(steps[window - 1:], smoothed, color="tab:blue", label=f"train (mean of {window})")
     if val:
@@ -41,4 +42,3 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
-    plt.close(fig)
