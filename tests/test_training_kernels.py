@@ -11,10 +11,13 @@ from minillm.kernels import attention_backward_cpu as kernel
 from minillm.kernels import fused_cpu
 from minillm.model import layers
 from minillm.kernels.workers import WorkerPool
+from oracles import random_qkv
 
 
-def random_qkv(rng, B, H, T, d, scale=1.0):
-    return [(scale * rng.standard_normal((B, H, T, d))).astype(np.float32) for _ in range(4)]
+def qkv_and_dout(rng, B, H, T, d, scale=1.0):
+    """A causal window's q, k, v (oracles.random_qkv, times scale) and an upstream gradient."""
+    q, k, v = (scale * a for a in random_qkv(rng, B, H, T, T, d))
+    return q, k, v, rng.standard_normal((B, H, T, d), dtype=np.float32)
 
 
 def logsumexp_reference(q, k):
@@ -28,7 +31,7 @@ def logsumexp_reference(q, k):
 @pytest.mark.parametrize("shape", [(1, 1, 1, 4), (2, 3, 13, 8), (1, 2, 33, 64), (3, 1, 7, 5)])
 def test_forward_and_backward_match_the_reference(shape):
     rng = np.random.default_rng(sum(shape))
-    q, k, v, dout = random_qkv(rng, *shape)
+    q, k, v, dout = qkv_and_dout(rng, *shape)
     out, lse = kernel.attention_forward(q, k, v)
     np.testing.assert_allclose(out, causal_attention(q, k, v), rtol=0, atol=1e-5)
     np.testing.assert_allclose(lse, logsumexp_reference(q, k), rtol=0, atol=1e-5)
@@ -42,7 +45,7 @@ def test_forward_and_backward_match_the_reference(shape):
 @given(B=st.integers(1, 2), H=st.integers(1, 3), T=st.integers(1, 20), d=st.integers(1, 17),
        scale=st.sampled_from([0.1, 1.0, 4.0]), seed=st.integers(0, 2**16))
 def test_kernel_matches_reference_on_any_small_shape(B, H, T, d, scale, seed):
-    q, k, v, dout = random_qkv(np.random.default_rng(seed), B, H, T, d, scale)
+    q, k, v, dout = qkv_and_dout(np.random.default_rng(seed), B, H, T, d, scale)
     out, lse = kernel.attention_forward(q, k, v)
     reference = causal_attention_backward(dout, q, k, v)
     size = max(1.0, max(np.abs(r).max() for r in reference))
@@ -51,7 +54,7 @@ def test_kernel_matches_reference_on_any_small_shape(B, H, T, d, scale, seed):
 
 
 def test_same_bits_on_any_number_of_threads():
-    q, k, v, dout = random_qkv(np.random.default_rng(1), 2, 3, 40, 16)
+    q, k, v, dout = qkv_and_dout(np.random.default_rng(1), 2, 3, 40, 16)
     results = []
     for pool in (None, WorkerPool(2), WorkerPool(3)):
         out, lse = kernel.attention_forward(q, k, v, pool=pool)
@@ -70,7 +73,7 @@ def test_views_and_non_contiguous_inputs_are_accepted():
 
 
 def test_nan_in_a_query_row_gives_nan_in_that_row():
-    q, k, v, dout = random_qkv(np.random.default_rng(3), 1, 1, 6, 4)
+    q, k, v, dout = qkv_and_dout(np.random.default_rng(3), 1, 1, 6, 4)
     q[0, 0, 2, 1] = np.nan
     out, lse = kernel.attention_forward(q, k, v)
     assert np.isnan(out[0, 0, 2]).all() and np.isnan(lse[0, 0, 2])

@@ -239,3 +239,10 @@ def test_a_half_replaced_checkpoint_is_refused_on_resume(small_data, tmp_path):
     (tmp_path / "run" / "optimizer.safetensors").write_bytes(older)   # as if the save stopped midway
     with pytest.raises(ValueError, match="optimizer.safetensors is not the one trainer_state.json"):
         train(config, resume=True, progress=False)
+
+
+def test_resuming_a_finished_run_reports_its_saved_losses(small_data, tmp_path):
+    config = tiny_config(small_data, tmp_path / "run", steps=4)
+    done = train(config, progress=False)
+    again = train(config, resume=True, progress=False)
+    assert (again.step, again.train_loss, again.val_loss) == (4, done.train_loss, done.val_loss)

@@ -68,18 +68,18 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     check_windows(splits.train, config.context, "training")
     check_windows(splits.val, config.context, "validation")
     val_ids, val_targets = eval_windows(splits.val, config.context, config.eval_windows)
-    run = _Run(config, out, model, tokenizer, optimizer, (val_ids, val_targets),
-               last_val=state.get("val_loss") if state else None)
+    run = _Run(config, out, model, tokenizer, optimizer, (val_ids, val_targets), state or {})
     return run.loop(splits.train, start, progress, stop_after)
 
 
 class _Run:
     """One run's moving parts, so the loop itself reads as the steps above."""
 
-    def __init__(self, config, out, model, tokenizer, optimizer, val_windows, last_val):
+    def __init__(self, config, out, model, tokenizer, optimizer, val_windows, state: dict):
         self.config, self.out, self.model = config, out, model
         self.tokenizer, self.optimizer, self.val_windows = tokenizer, optimizer, val_windows
-        self.last_val, self.last_loss = last_val, float("nan")
+        # A resumed run starts from the saved losses (what it reports if no step is left).
+        self.last_val, self.last_loss = state.get("val_loss"), state.get("train_loss", float("nan"))
         self.stop_requested = False
 
     def loop(self, train_tokens: np.ndarray, start: int, progress: bool, stop_after: int | None) -> TrainResult:
