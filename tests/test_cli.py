@@ -117,3 +117,13 @@ def test_a_vocabulary_mismatch_is_caught_at_load_time(tmp_path, capsys):
     assert run_generate(["--model", str(folder), "hi"]) == 1
     error = capsys.readouterr().err
     assert "vocab_size 512 but its tokenizer has 50257 tokens" in error and "Traceback" not in error
+
+
+def test_a_closed_pipe_ends_generation_quietly():
+    """`minillm generate ... | head -1`: no BrokenPipeError traceback when the reader stops."""
+    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    writer = subprocess.run([sys.executable, "-m", "minillm", "generate", "--max-new-tokens", "120",
+                             "ROMEO:"], stdout=reader.stdin, stderr=subprocess.PIPE, text=True, timeout=120)
+    reader.stdin.close()
+    reader.wait()
+    assert writer.returncode == 0 and "Traceback" not in writer.stderr, writer.stderr

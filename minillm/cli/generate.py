@@ -14,6 +14,7 @@ written with replacement characters rather than stopping the output.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -92,6 +93,11 @@ def run(args) -> int:
         print(file=sys.stdout, flush=True)          # end the partial line of text
         print(f"minillm generate: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`minillm generate ... | head`): stop quietly, as Unix tools do.
+        # stdout is pointed at /dev/null so that Python's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 
