@@ -16,17 +16,26 @@ from minillm.kernels.compile_notice import announce_compilation
 
 from minillm.model import layers
 from minillm.model.loss import loss_rows
+from minillm.model.quantize import QuantizedMatrix
 
 
 # The kernels a forward pass runs (importing attention_cpu compiles its eagerly typed ones).
 _KERNELS_DIR = Path(__file__).resolve().parent
 INFERENCE_KERNELS = {_KERNELS_DIR / "attention_cpu.py": None, _KERNELS_DIR / "attention_decode_cpu.py": None,
-                     _KERNELS_DIR / "fused_cpu.py": ("_gelu_flat", "_layer_norm_rows")}
+                     _KERNELS_DIR / "fused_cpu.py": ("_gelu_flat", "_layer_norm_rows"),
+                     _KERNELS_DIR / "matvec_cpu.py": None}
 
 # Calls over at least this many token positions (batch x queries) run on the worker pool: below
 # it OpenBLAS's own threads split a matmul better; the crossover measured on 2 cores lies
 # between T = 256 and T = 512 (benchmarks/README.md).
 POOL_MIN_ROWS = 384
+
+# Quantised weights: calls over at most this many token positions (decoding, also batched) run
+# the matrix-vector kernels, which widen each weight once for all the rows; longer ones
+# (prompts) widen a tile of the weights at a time and multiply it with BLAS.
+MATVEC_MAX_ROWS = 16
+# Output rows per widened tile: 256 x 3072 float32 = 3 MiB at most, per thread, reused.
+WIDEN_TILE_ROWS = 256
 
 
 class NumbaBackend:
@@ -71,7 +80,7 @@ class NumbaBackend:
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
         # Imported here: compiling (or loading from numba's cache) happens on first use.
         announce_compilation("model kernels", INFERENCE_KERNELS)
-        from minillm.kernels import attention_backward_cpu, attention_cpu, fused_cpu, matmul_cpu
+        from minillm.kernels import attention_backward_cpu, attention_cpu, fused_cpu, matmul_cpu, matvec_cpu
         from minillm.kernels.workers import WorkerPool
 
         self.matmul = matmul
@@ -84,7 +93,9 @@ class NumbaBackend:
         self._layer_norm = fused_cpu.layer_norm
         self._gelu = fused_cpu.gelu
         self._fused = fused_cpu
+        self._matvec = matvec_cpu
         self._transposed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._tiles: dict[int, list[np.ndarray]] = {}       # row length -> one tile per thread
 
     def _pool_for(self, n_rows: int):
         """The pool for a call over n_rows token positions, or None: the calling thread alone."""
@@ -93,6 +104,8 @@ class NumbaBackend:
     def linear(self, x: np.ndarray, weight: np.ndarray,
                bias: np.ndarray | None = None) -> np.ndarray:
         """(..., in) @ (in, out) + (out,) -> (..., out)"""
+        if isinstance(weight, QuantizedMatrix):
+            return self._quantized_linear(x, weight, bias)
         n_in, n_out = weight.shape
         if self.matmul == "numba":
             return self._numba_linear(x, weight, bias)
@@ -115,6 +128,46 @@ class NumbaBackend:
 
         self.pool.run(row_block, len(blocks))
         return out.reshape(*x.shape[:-1], n_out)
+
+    def _quantized_linear(self, x: np.ndarray, weight: QuantizedMatrix,
+                          bias: np.ndarray | None) -> np.ndarray:
+        """(..., in) @ W + (out,) -> (..., out), W held as W^T (out, in) in float16 or int8."""
+        n_out, n_in = weight.shape
+        rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)     # (M, in)
+        if rows.shape[0] <= MATVEC_MAX_ROWS:
+            out = self._matvec.matvec(weight, rows, bias)                  # (M, out)
+        else:
+            out = self._widened_tiles_matmul(rows, weight, bias)           # (M, out)
+        return out.reshape(*x.shape[:-1], n_out)
+
+    def _widened_tiles_matmul(self, rows: np.ndarray, weight: QuantizedMatrix,
+                              bias: np.ndarray | None) -> np.ndarray:
+        """rows (M, in) @ W: W^T widened to float32 one tile of output rows at a time, each
+        tile multiplied by single-threaded BLAS on the pool (so only a few MiB of float32
+        weights exist at once)."""
+        n_out, n_in = weight.shape
+        out = np.empty((rows.shape[0], n_out), np.float32)                 # (M, out)
+        starts = range(0, n_out, WIDEN_TILE_ROWS)
+        tiles = self._tile_buffers(n_in)
+
+        def tile(i):
+            start = starts[i]
+            stop = min(start + WIDEN_TILE_ROWS, n_out)
+            widened = tiles[i % len(tiles)][: stop - start]                 # (tile, in)
+            self._matvec.widen_rows(weight, start, stop, widened)
+            np.matmul(rows, widened.T, out=out[:, start:stop])
+            if bias is not None:
+                out[:, start:stop] += bias[start:stop]
+
+        self.pool.run(tile, len(starts))
+        return out
+
+    def _tile_buffers(self, n_in: int) -> list[np.ndarray]:
+        """One (WIDEN_TILE_ROWS, n_in) float32 buffer per thread, made once per row length."""
+        if n_in not in self._tiles:
+            self._tiles[n_in] = [np.empty((WIDEN_TILE_ROWS, n_in), np.float32)
+                                 for _ in range(self.pool.n_threads)]
+        return self._tiles[n_in]
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                   key_valid: np.ndarray | None = None) -> np.ndarray:
@@ -280,6 +333,10 @@ class CudaBackend:
     def linear(self, x: np.ndarray, weight: np.ndarray,
                bias: np.ndarray | None = None) -> np.ndarray:
         """(..., in) @ (in, out) + (out,) -> (..., out)"""
+        if isinstance(weight, QuantizedMatrix):
+            raise ValueError(f"the cuda backend runs float32 weights only, got {weight.dtype} "
+                             f"weights; load the model with dtype='float32', or use the numba "
+                             f"backend for float16/int8")
         n_in, n_out = weight.shape
         rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)         # (M, in)
         out = self._cuda.device_array((rows.shape[0], n_out), np.float32)   # (M, out)

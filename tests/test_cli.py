@@ -127,3 +127,23 @@ def test_a_closed_pipe_ends_generation_quietly():
     reader.stdin.close()
     reader.wait()
     assert writer.returncode == 0 and "Traceback" not in writer.stderr, writer.stderr
+
+
+def test_dtype_flag_generates_with_int8_weights_and_eval_reports_their_memory(reference, capsys, tmp_path):
+    """--dtype int8 runs the quantised model end to end; greedy text equals the Python API's."""
+    from minillm.cli import main
+    from minillm.inference.generate import generate
+    from minillm.model.gpt2 import GPT2
+
+    assert main(["generate", "--model", reference[0], "--dtype", "int8", "--max-new-tokens", "8",
+                 REFERENCE_PROMPT]) == 0
+    _, _, tokenizer = reference
+    int8_model = GPT2.from_pretrained(reference[0], dtype="int8")
+    ids = tokenizer.encode(REFERENCE_PROMPT)
+    expected = REFERENCE_PROMPT + tokenizer.decode(generate(int8_model, ids, 8)[len(ids):]) + "\n"
+    assert capsys.readouterr().out == expected
+
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 4)
+    assert main(["eval", "--model", reference[0], "--text", str(text), "--dtype", "float16"]) == 0
+    assert "weights        float16," in capsys.readouterr().out

@@ -32,10 +32,11 @@ def has_tokenizer_files(folder: str | Path) -> bool:
     return all((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 
-def load_pretrained(name_or_path: str | Path, backend="numpy") -> tuple[GPT2, Tokenizer]:
+def load_pretrained(name_or_path: str | Path, backend="numpy",
+                    dtype: str = "float32") -> tuple[GPT2, Tokenizer]:
     """GPT2.from_pretrained and tokenizer_for, or a ValueError naming both sizes if the model's
     vocabulary and the tokenizer's disagree (caught here, not as a bad id mid-generation)."""
-    model = GPT2.from_pretrained(name_or_path, backend=backend)
+    model = GPT2.from_pretrained(name_or_path, backend=backend, dtype=dtype)
     tokenizer = tokenizer_for(name_or_path)
     check_vocab_sizes(model.config.vocab_size, tokenizer.n_vocab, name_or_path)
     return model, tokenizer

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minillm.model.quantize import weight_dtype
+
 from minillm.checkpoint.hf_config import config_from_json, infer_config
 from minillm.checkpoint.locations import CHECKOUT_WEIGHTS, bundled_dir, downloads_dir
 # The container's functions are also importable from here: one module to import for checkpoints.
@@ -191,6 +193,9 @@ def save_checkpoint(params: GPT2Params, config: GPT2Config, path: str | Path,
     the layout of save_pretrained instead of the hub's. extra_config: more config.json keys
     (e.g. a trained tokenizer's bos_token_id / eos_token_id, which HF reads from there).
     """
+    if weight_dtype(params) != "float32":
+        raise ValueError(f"cannot save {weight_dtype(params)} weights: minillm writes HF checkpoints "
+                         f"from float32 weights (dtype=np.float16 or 'bfloat16' rounds them there)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     bfloat16 = isinstance(dtype, str) and dtype == "bfloat16"

@@ -22,6 +22,7 @@ DEFAULT_MAX_NEW_TOKENS = 50
 
 
 def add_arguments(parser) -> None:
+    from minillm.model.quantize import DTYPES
     from minillm.checkpoint.weights import DEFAULT_MODEL
     from minillm.model.backends import available_backends   # the registered names; imports no kernels
 
@@ -51,6 +52,10 @@ def add_arguments(parser) -> None:
                         help="keep going after <|endoftext|> instead of stopping there")
     parser.add_argument("--backend", default="numpy", choices=available_backends(),
                         help="kernels for matmul and attention (default: numpy)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="how the weights are held in memory: float16 and int8 (per block of "
+                             "32) take 1/2 and ~1/3.6 of float32's memory and decode faster on "
+                             "the numba backend; the arithmetic stays float32 (default: float32)")
 
 
 def run(args) -> int:
@@ -66,7 +71,7 @@ def run(args) -> int:
         print(f"minillm generate: {prompt_error}", file=sys.stderr)
         return 2
     try:
-        model, tokenizer = load_pretrained(args.model, backend=args.backend)
+        model, tokenizer = load_pretrained(args.model, backend=args.backend, dtype=args.dtype)
     except (OSError, ValueError, ImportError) as error:     # OSError: FileNotFoundError and kin
         print(f"minillm generate: {error}", file=sys.stderr)
         return 1

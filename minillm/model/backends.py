@@ -15,6 +15,7 @@ import numpy as np
 
 from minillm.model import layers, loss
 from minillm.model.attention import causal_attention, causal_attention_backward
+from minillm.model.quantize import dequantized_linear_weight
 
 
 class Backend(Protocol):
@@ -24,7 +25,8 @@ class Backend(Protocol):
 
     def linear(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
         """x (..., in) @ weight (in, out) + bias (out,) -> (..., out). weight may be a
-        transposed view (the LM head passes wte.T)."""
+        transposed view (the LM head passes wte.T), or a minillm.model.quantize.QuantizedMatrix
+        holding W^T (out, in) in float16 or int8 (a model loaded with dtype=...)."""
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                   key_valid: np.ndarray | None = None) -> np.ndarray:
@@ -77,7 +79,9 @@ class NumpyBackend:
     name = "numpy"
 
     def linear(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        return layers.linear(x, weight, bias)
+        # Quantised weights: widened to float32 for this call only (the reference's way; the
+        # numba backend never holds a float32 copy).
+        return layers.linear(x, dequantized_linear_weight(weight), bias)
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                   key_valid: np.ndarray | None = None) -> np.ndarray:

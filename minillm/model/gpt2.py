@@ -24,6 +24,7 @@ from minillm.model.backends import get_backend
 from minillm.model.config import GPT2Config
 from minillm.model.inputs import check_attention_mask, check_token_ids
 from minillm.model.params import BlockParams, GPT2Params, params_to_hf
+from minillm.model.quantize import embedding_rows, lm_head_weight, quantize_params, weight_dtype
 
 
 @dataclass
@@ -39,13 +40,25 @@ class GPT2:
         self.backend = get_backend(backend)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, backend="numpy") -> "GPT2":
+    def from_pretrained(cls, path: str | Path, backend="numpy", dtype: str = "float32") -> "GPT2":
         """Load a GPT-2 checkpoint: a directory with model.safetensors (+ config.json), a
-        .safetensors file, or a released model name (gpt2, gpt2-medium, ...) already downloaded."""
+        .safetensors file, or a released model name (gpt2, gpt2-medium, ...) already downloaded.
+
+        dtype: how to hold the big matrices in memory, "float32", "float16" or "int8"
+        (minillm.model.quantize); the computation stays float32 either way."""
         from minillm.checkpoint.weights import load_checkpoint, resolve_model_path
 
         config, params = load_checkpoint(resolve_model_path(path))
-        return cls(config, params, backend=backend)
+        return cls(config, quantize_params(params, dtype), backend=backend)
+
+    def quantized(self, dtype: str) -> "GPT2":
+        """This model with its weights in `dtype` ("float16" or "int8"), same backend."""
+        return GPT2(self.config, quantize_params(self.params, dtype), backend=self.backend)
+
+    @property
+    def weight_dtype(self) -> str:
+        """"float32", "float16" or "int8": how the weights are held."""
+        return weight_dtype(self.params)
 
     def set_backend(self, backend) -> None:
         """Switch the kernels used from now on: "numpy", "numba" or "cuda"."""
@@ -55,6 +68,9 @@ class GPT2:
         """The model's own arrays keyed by hub tensor name (`wte.weight` once: the head is tied).
 
         The arrays are not copies: updating one in place (as an optimiser does) updates the model."""
+        if self.weight_dtype != "float32":
+            raise ValueError(f"the weights are held as {self.weight_dtype}, for inference only: "
+                             f"train (or save) the float32 model, loaded with dtype='float32'")
         return params_to_hf(self.params)
 
     def __call__(self, ids, **kwargs) -> np.ndarray:
@@ -93,7 +109,7 @@ class GPT2:
 
     def _embed(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Token embedding + position embedding.  ids, positions: (B, T) -> (B, T, C)"""
-        return self.params.wte[ids] + self.params.wpe[positions]
+        return embedding_rows(self.params.wte, ids) + self.params.wpe[positions]
 
     def _block(self, x: np.ndarray, p: BlockParams, layer: int,
                cache: KVCache | None, key_valid: np.ndarray | None) -> np.ndarray:
@@ -122,7 +138,7 @@ class GPT2:
 
     def _lm_head(self, x: np.ndarray) -> np.ndarray:
         """Logits from the tied embedding: x (B, T, C) @ wte^T (C, V) -> (B, T, V)"""
-        return self.backend.linear(x, self.params.wte.T)
+        return self.backend.linear(x, lm_head_weight(self.params.wte))
 
     # ----------------------------------------------------------------------------------------
     def _positions(self, shape: tuple[int, int], attention_mask, cache: KVCache | None):

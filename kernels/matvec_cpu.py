@@ -1,0 +1,186 @@
+"""Few-row products with weights stored by output row, in float32, float16 or int8.
+
+    out (M, N) = x (M, K) @ W^T + bias       W^T stored (N, K): row o holds output o's weights
+
+Reference: `x @ dequantize(W^T).T + bias` with minillm.model.quantize's `dequantize`;
+tests/test_quantize.py compares the two.
+
+This is the decoding step's matmul: M is the batch (1 to a few dozen rows), so the work is
+reading the weights, not the arithmetic (each weight is used M times once it is loaded). What
+it buys:
+* Each output is a dot product along one contiguous row of W^T: the weights stream through
+  memory once, in order, at 2 (float16) or 1.125 (int8) bytes a weight instead of 4.
+* The weights are widened to float32 in registers, eight at a time (`vcvtph2ps` for float16,
+  sign-extend + `vcvtdq2ps` for int8): nothing is expanded to float32 in memory. With M > 1,
+  one row is widened once into a small per-thread buffer and reused by every x row.
+* The rows are split into one contiguous share per thread (numba's `prange` over the shares).
+
+Numerics: only reassociation is allowed (`fastmath={"reassoc", "contract"}`), so that LLVM sums
+each dot product in several vector-wide partial sums and fuses multiply-adds; NaN and inf
+propagate as in the reference. Against the float64 product of the same dequantised weights the
+error is the float32 summation error, ~1e-6 relative (the tests state it).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import get_num_threads, njit, prange, types
+from numba.extending import intrinsic
+
+REASSOC = {"reassoc", "contract"}     # vectorise the dot products' sums; nothing else relaxed
+NO_BIAS = np.zeros(0, np.float32)     # `bias` argument meaning "none" (numba wants one type)
+
+
+@intrinsic
+def _float16_bits_to_float32(typingctx, bits):
+    """A float16 given as its 16 bits (uint16) widened to float32, exactly."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@njit(inline="always")
+def _int8_to_float32(q):
+    """Through int32: the direct int8 -> float32 conversion keeps LLVM from vectorising the
+    loop (9x slower, measured), while int32 -> float32 is one `vcvtdq2ps` per 8 weights."""
+    return np.float32(np.int32(q))
+
+
+# ---- one row of W^T, widened to float32 ----------------------------------------------------
+@njit(inline="always", fastmath=REASSOC)
+def _dot_float32(w_row, x_row):
+    total = np.float32(0.0)
+    for i in range(x_row.size):
+        total += w_row[i] * x_row[i]
+    return total
+
+
+@njit(inline="always", fastmath=REASSOC)
+def _dot_float16(w_row, x_row):
+    total = np.float32(0.0)
+    for i in range(x_row.size):
+        total += _float16_bits_to_float32(w_row[i]) * x_row[i]
+    return total
+
+
+@njit(inline="always", fastmath=REASSOC)
+def _dot_int8(q_row, scale_row, x_row, block):
+    """sum_b scale[b] * sum_{i in block b} q[i] x[i]: the scale applied once per block."""
+    total = np.float32(0.0)
+    for b in range(scale_row.size):
+        partial = np.float32(0.0)
+        base = b * block
+        for i in range(block):
+            partial += _int8_to_float32(q_row[base + i]) * x_row[base + i]
+        total += partial * scale_row[b]
+    return total
+
+
+@njit(inline="always", fastmath=REASSOC)
+def _widen_float16(w_row, row_f32):
+    for i in range(row_f32.size):
+        row_f32[i] = _float16_bits_to_float32(w_row[i])
+
+
+@njit(inline="always", fastmath=REASSOC)
+def _widen_int8(q_row, scale_row, block, row_f32):
+    for b in range(scale_row.size):
+        scale, base = scale_row[b], b * block
+        for i in range(block):
+            row_f32[base + i] = _int8_to_float32(q_row[base + i]) * scale
+
+
+# ---- the kernels: one share of output rows per thread --------------------------------------
+@njit(inline="always")
+def _share(n_rows, share, n_shares):
+    """[start, stop) of share `share` of range(n_rows) cut into n_shares near-equal blocks."""
+    return n_rows * share // n_shares, n_rows * (share + 1) // n_shares
+
+
+@njit(inline="always")
+def _store(out, m, o, value, bias):
+    out[m, o] = value + bias[o] if bias.size else value
+
+
+@njit(parallel=True, nogil=True, fastmath=REASSOC, cache=True)
+def _matvec_float32(w, x, bias, out, n_shares):
+    """out (M, N) = x (M, K) @ w.T + bias; w (N, K) float32."""
+    for share in prange(n_shares):
+        start, stop = _share(w.shape[0], share, n_shares)
+        for o in range(start, stop):
+            for m in range(x.shape[0]):
+                _store(out, m, o, _dot_float32(w[o], x[m]), bias)
+
+
+@njit(parallel=True, nogil=True, fastmath=REASSOC, cache=True)
+def _matvec_float16(w_bits, x, bias, out, n_shares):
+    """out (M, N) = x (M, K) @ w.T + bias; w (N, K) float16, passed as its bits (uint16)."""
+    for share in prange(n_shares):
+        start, stop = _share(w_bits.shape[0], share, n_shares)
+        row_f32 = np.empty(x.shape[1], np.float32)        # one widened row, reused by each x row
+        for o in range(start, stop):
+            if x.shape[0] == 1:
+                _store(out, 0, o, _dot_float16(w_bits[o], x[0]), bias)
+            else:
+                _widen_float16(w_bits[o], row_f32)
+                for m in range(x.shape[0]):
+                    _store(out, m, o, _dot_float32(row_f32, x[m]), bias)
+
+
+@njit(parallel=True, nogil=True, fastmath=REASSOC, cache=True)
+def _matvec_int8(q, scales, x, bias, out, n_shares):
+    """out (M, N) = x (M, K) @ w.T + bias; w[o, i] = scales[o, i // block] * q[o, i]."""
+    block = q.shape[1] // scales.shape[1]
+    for share in prange(n_shares):
+        start, stop = _share(q.shape[0], share, n_shares)
+        row_f32 = np.empty(x.shape[1], np.float32)
+        for o in range(start, stop):
+            if x.shape[0] == 1:
+                _store(out, 0, o, _dot_int8(q[o], scales[o], x[0], block), bias)
+            else:
+                _widen_int8(q[o], scales[o], block, row_f32)
+                for m in range(x.shape[0]):
+                    _store(out, m, o, _dot_float32(row_f32, x[m]), bias)
+
+
+def matvec(weight, x: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """out (M, N) = x (M, K) @ W + bias, W given as W^T (N, K): a float32 array or a
+    minillm.model.quantize.QuantizedMatrix. x: C-contiguous float32."""
+    n_shares = get_num_threads()
+    bias = NO_BIAS if bias is None else bias
+    out = np.empty((x.shape[0], weight.shape[0]), np.float32)               # (M, N)
+    if isinstance(weight, np.ndarray):
+        _matvec_float32(weight, x, bias, out, n_shares)
+    elif weight.dtype == "float16":
+        _matvec_float16(weight.data.view(np.uint16), x, bias, out, n_shares)
+    else:
+        _matvec_int8(weight.data, weight.scales, x, bias, out, n_shares)
+    return out
+
+
+# ---- whole tiles, for prefill --------------------------------------------------------------
+@njit(nogil=True, fastmath=REASSOC, cache=True)
+def widen_rows_float16(w_bits, start, stop, out):
+    """out[: stop - start] = float32(w[start:stop]); w (N, K) float16 bits, out (>= rows, K)."""
+    for o in range(start, stop):
+        _widen_float16(w_bits[o], out[o - start])
+
+
+@njit(nogil=True, fastmath=REASSOC, cache=True)
+def widen_rows_int8(q, scales, start, stop, out):
+    """out[: stop - start] = the dequantised rows start..stop of an int8 W^T."""
+    block = q.shape[1] // scales.shape[1]
+    for o in range(start, stop):
+        _widen_int8(q[o], scales[o], block, out[o - start])
+
+
+def widen_rows(weight, start: int, stop: int, out: np.ndarray) -> None:
+    """out[: stop - start] (float32) = rows start..stop of a QuantizedMatrix, dequantised."""
+    if weight.dtype == "float16":
+        widen_rows_float16(weight.data.view(np.uint16), start, stop, out)
+    else:
+        widen_rows_int8(weight.data, weight.scales, start, stop, out)
