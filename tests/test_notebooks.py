@@ -27,6 +27,7 @@ EXPECTED = [
     "05_generation.ipynb",
     "06_kernels.ipynb",
     "07_training.ipynb",
+    "08_systems.ipynb",
 ]
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600
