@@ -1,5 +1,6 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the summary of a student copy's not-implemented tests."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,56 @@ def tokenizer_corpus() -> str:
     """Mixed text: prose, code, many scripts, emoji, numbers and unusual whitespace."""
     with open(DATA_DIR / "tokenizer_corpus.txt", encoding="utf-8", newline="") as file:
         return file.read()
+
+
+# --- a student copy: failures that only mean "not written yet" ----------------------------
+# In the student release the solutions are stubs raising NotImplementedError("Assignment N
+# (name): implement ..."), so a plain `pytest` fails hundreds of tests. Each such failure is cut
+# to its stub's message and shown as "not implemented" (N) instead of "failed" (F), and a
+# summary per assignment says which command runs its tests. The tests' outcomes do not change
+# (the exit status and the grader read them), only what the terminal shows. The hooks import
+# nothing from minillm: the graded tree must not decide how its tests are reported.
+_STUB = re.compile(r"NotImplementedError: (Assignment (\d+) \(([^)]*)\): .*)")
+
+
+def _stub_of(report):
+    return _STUB.search(report.longreprtext) if report.failed else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    stub = _stub_of(report)
+    if stub:   # the traceback through the stub says nothing the message does not
+        report.longrepr = f"NotImplementedError: {stub[1]}"
+
+
+def pytest_report_teststatus(report, config):
+    if _stub_of(report):   # its own category: not in "failed", so no traceback and no FAILED line
+        return "not implemented", "N", "NOT IMPLEMENTED"
+
+
+def pytest_terminal_summary(terminalreporter):
+    stubs = {}
+    for report in terminalreporter.stats.get("not implemented", ()):
+        stub = _stub_of(report)
+        stubs.setdefault((int(stub[2]), stub[3]), []).append(stub[1])
+    if stubs:
+        terminalreporter.section("not implemented yet", sep="-", bold=True)
+    for (number, name), messages in sorted(stubs.items()):
+        withheld = sum(" is withheld from the student copy " in m for m in messages)
+        if len(messages) > withheld:
+            terminalreporter.write_line(
+                f"{_tests(len(messages) - withheld)} fail{'s' * (len(messages) - withheld == 1)} "
+                f"because assignment a{number} ({name})'s stubs are not implemented yet: run "
+                f"`python -m minillm assignments test {number}`")
+        if withheld:
+            one = withheld == 1
+            terminalreporter.write_line(
+                f"{_tests(withheld)} {'reaches' if one else 'reach'} code withheld from the student "
+                f"copy because it computes what a{number} ({name}) asks for: "
+                f"{'it' if one else 'they'} cannot pass in this copy")
+
+
+def _tests(n: int) -> str:
+    return f"{n} test{'s' * (n != 1)}"

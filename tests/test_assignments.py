@@ -5,7 +5,9 @@ minillm: a package, a relocated `kernels/` subpackage with a numba kernel, a not
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import csv
 import importlib.util
 import inspect
 import io
@@ -18,6 +20,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minillm.cli import assignments as assignments_cli
@@ -25,6 +28,7 @@ from minillm.course import (AssignmentError, allocate_points, coverage_warnings,
                             format_report, grade, load_manifest, release, run_tests,
                             scan_repository, score_run, verify_round_trip)
 from minillm.course.grade import graded_environment, run_with_timeout
+from minillm.course.gradebook import write_gradescope
 
 FIXTURE = Path(__file__).parent / "assignments_fixtures" / "toyrepo"
 REPO = Path(__file__).resolve().parents[1]
@@ -166,6 +170,135 @@ def test_release_check_refuses_a_copy_whose_tests_do_not_collect(tmp_path, toy):
         "    ### END SOLUTION\n"), encoding="utf-8")
     with pytest.raises(AssignmentError, match="pytest --collect-only fails"):
         release(toy, tmp_path / "out", [1])
+
+
+# ---------------------------------------------------------------------------- withheld functions
+SHORTCUTS = textwrap.dedent('''\
+    """Code that computes what assignment 1 asks for, outside its regions."""
+    import numpy as np
+    from numba import njit
+
+
+    def softmax_reference(x):
+        """The same softmax, written another way."""
+        # the shift keeps exp finite
+        weights = np.exp(x - x.max(axis=-1, keepdims=True))
+        return weights / weights.sum(axis=-1, keepdims=True)
+
+
+    class Reference:
+        def mean(self, values):
+            return sum(values) / len(values)
+
+        def countdown(self, n):
+            yield from range(n, 0, -1)
+
+
+    @njit(cache=False)
+    def total_of_squares(x):
+        total = 0.0
+        for value in x:
+            total += value * value
+        return total
+    ''')
+
+
+def add_withheld(toy: Path, entries: dict[int, list[str]]) -> None:
+    """toypkg/shortcuts.py, and withhold lists for the toy's assignments."""
+    (toy / "toypkg/shortcuts.py").write_text(SHORTCUTS, encoding="utf-8")
+    manifest = (toy / "assignments/assignments.toml").read_text(encoding="utf-8")
+    for number, listed in entries.items():
+        header = f'name = "{load_manifest(toy).assignments[number].name}"\n'
+        manifest = manifest.replace(header, header + f"withhold = {json.dumps(listed)}\n", 1)
+    (toy / "assignments/assignments.toml").write_text(manifest, encoding="utf-8")
+
+
+def test_release_stubs_the_withheld_functions_of_the_selected_assignments(tmp_path, toy):
+    add_withheld(toy, {1: ["toypkg/shortcuts.py::softmax_reference",
+                           "toypkg/shortcuts.py::Reference.mean",
+                           "toypkg/shortcuts.py::Reference.countdown",
+                           "toypkg/shortcuts.py::total_of_squares"]})
+    result = release(toy, tmp_path / "out", [1], check=False)
+    assert result.withheld == {1: 4}
+    released = (result.out / "toypkg/shortcuts.py").read_text(encoding="utf-8")
+    assert ('def softmax_reference(x):\n    """The same softmax, written another way."""\n'
+            '    raise NotImplementedError("Assignment 1 (basics): softmax_reference in '
+            'toypkg/shortcuts.py is withheld from the student copy because it computes what this '
+            'assignment asks for — see assignments/01-basics.md")\n\n\nclass Reference:') in released
+    assert "shift keeps" not in released and "value * value" not in released
+    shortcuts = import_file(result.out / "toypkg/shortcuts.py", "released_shortcuts")
+    for call in (lambda: shortcuts.softmax_reference(np.zeros(3)),
+                 lambda: shortcuts.Reference().mean([1.0]),
+                 lambda: list(shortcuts.Reference().countdown(2)),     # still a generator
+                 lambda: shortcuts.total_of_squares(np.ones(3))):      # compiled by numba
+        with pytest.raises(NotImplementedError, match=r"^Assignment 1 \(basics\): .* is withheld"):
+            call()
+    # Another assignment's release leaves them alone.
+    other = release(toy, tmp_path / "a2", [2], check=False)
+    assert (other.out / "toypkg/shortcuts.py").read_text(encoding="utf-8") == SHORTCUTS
+
+
+def test_withheld_entries_that_name_nothing_are_errors(tmp_path, toy):
+    add_withheld(toy, {1: ["toypkg/shortcuts.py::softmax_refrence", "toypkg/shortcuts.py::Reference",
+                           "toypkg/missing.py::f", "toypkg/shortcuts.py"],
+                       2: ["toypkg/shortcuts.py::Reference.median"]})
+    with pytest.raises(AssignmentError) as error:
+        release(toy, tmp_path / "out", [2], check=False)
+    where = "assignments/assignments.toml [assignments.a{}] withhold"
+    assert error.value.problems == [
+        f"{where.format(1)} 'toypkg/shortcuts.py::softmax_refrence': toypkg/shortcuts.py defines "
+        "no softmax_refrence (looked for 'softmax_refrence')",
+        f"{where.format(1)} 'toypkg/shortcuts.py::Reference': Reference is a class; withhold its "
+        "methods (Class.method)",
+        f"{where.format(1)} 'toypkg/missing.py::f': toypkg/missing.py is not a file of the release",
+        f"{where.format(1)} 'toypkg/shortcuts.py': expected 'path/to/file.py::function' or "
+        "'path/to/file.py::Class.method'",
+        f"{where.format(2)} 'toypkg/shortcuts.py::Reference.median': toypkg/shortcuts.py defines "
+        "no Reference.median (looked for 'median')"]
+    assert not (tmp_path / "out").exists()
+    code, _ = run_cli("check", "--source", toy)
+    assert code == 2                                       # `check` validates the entries too
+
+
+def test_a_withheld_function_holding_a_stubbed_region_is_left_to_the_region(tmp_path, toy):
+    """softmax holds an a1 region: released with a1 the student sees what to implement; released
+    for a2 alone (which withholds it) the function is withheld, its region's markers gone."""
+    add_withheld(toy, {2: ["toypkg/mathops.py::softmax"]})
+    both = release(toy, tmp_path / "both", [1, 2], check=False)
+    mathops = (both.out / "toypkg/mathops.py").read_text(encoding="utf-8")
+    assert "implement numerically stable softmax" in mathops and "withheld" not in mathops
+    assert both.withheld == {1: 0, 2: 0}
+    alone = release(toy, tmp_path / "alone", [2], check=False)
+    mathops = (alone.out / "toypkg/mathops.py").read_text(encoding="utf-8")
+    assert ('    """exp(x - max) / sum(exp(x - max)) along axis."""\n    raise NotImplementedError('
+            '"Assignment 2 (kernel): softmax in toypkg/mathops.py is withheld') in mathops
+    assert "SOLUTION" not in mathops and "weights.sum" not in mathops
+    assert "self.total += value" in mathops                 # a1's other regions keep their solution
+
+
+@pytest.mark.slow
+def test_the_release_check_fails_a_test_that_a_shortcut_passes(toy):
+    """A test of a1 passes on a1's student copy through code the release left in place, until
+    the manifest withholds that code."""
+    (toy / "toypkg/shortcuts.py").write_text(SHORTCUTS, encoding="utf-8")
+    (toy / "tests/check_shortcut.py").write_text(textwrap.dedent('''\
+        import numpy as np
+        import pytest
+
+        from toypkg.shortcuts import softmax_reference
+
+
+        @pytest.mark.assignment(1)
+        def test_softmax_matches_its_reference():
+            x = np.array([1.0, 2.0])
+            np.testing.assert_allclose(softmax_reference(x), np.exp(x) / np.exp(x).sum())
+        '''))
+    assert verify_round_trip(toy, [1]) == [
+        "release of a1: tests/check_shortcut.py::test_softmax_matches_its_reference still passes: "
+        "no a1 region covers what it checks, or it reaches code that computes a1's answer "
+        "(withhold it)"]
+    add_withheld(toy, {1: ["toypkg/shortcuts.py::softmax_reference"]})
+    assert verify_round_trip(toy, [1]) == []
 
 
 # ---------------------------------------------------------------------------- grading
@@ -326,13 +459,100 @@ def test_grade_with_reference_tests_ignores_the_submissions_own(tmp_path, toy):
     assert report["root"] == str(submission.resolve())
 
 
+@pytest.fixture(scope="module")
+def graded_class(tmp_path_factory):
+    """A class of three graded with the CLI: one complete submission, one as released (all
+    stubbed), one with assignment 1's module done; the CSV and results.json it wrote."""
+    source = copy_fixture(tmp_path_factory.mktemp("src") / "toy")
+    submissions, out = tmp_path_factory.mktemp("submissions"), tmp_path_factory.mktemp("grades")
+    copy_fixture(submissions / "ada")
+    release(source, submissions / "bob", check=False)
+    partial = release(source, submissions / "cy", check=False).out
+    shutil.copy(source / "toypkg/mathops.py", partial / "toypkg/mathops.py")   # the notebook stays
+    code, stdout = run_cli("grade", submissions, "--class", "--tests-from", source,
+                           "--csv", out / "scores.csv", "--gradescope", out / "gradescope")
+    return code, stdout, out
+
+
+def test_grading_a_class_writes_a_csv_row_per_student(graded_class):
+    code, stdout, out = graded_class
+    assert code == 0                   # every submission was graded
+    with open(out / "scores.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["student", "a1", "a2", "a3", "total", "note"],
+                    ["ada", "10", "6", "2", "18", ""],
+                    ["bob", "0", "0", "0", "0", ""],
+                    ["cy", "8", "0", "0", "8", ""]]
+    assert stdout.splitlines()[-1].split() == ["out", "of", "10", "6", "2", "18"]
+
+
+def test_grading_a_class_writes_gradescope_results_per_student(graded_class):
+    _, _, out = graded_class
+    results = {student: json.loads((out / "gradescope" / student / "results.json").read_text())
+               for student in ("ada", "bob", "cy")}
+    for student, score in {"ada": 18, "bob": 0, "cy": 8}.items():
+        tests = results[student]["tests"]
+        assert results[student]["score"] == score == sum(t["score"] for t in tests)
+        assert sum(t["max_score"] for t in tests) == 18
+        for test in tests:
+            assert set(test) == {"name", "score", "max_score", "status", "output"}
+            assert test["status"] == ("passed" if test["score"] == test["max_score"] else "failed")
+    kernel = next(t for t in results["bob"]["tests"]
+                  if t["name"].endswith("check_kernel.py::test_sum_of_squares_matches_numpy"))
+    assert kernel == {
+        "name": "Assignment 2 (kernel): tests/check_kernel.py::test_sum_of_squares_matches_numpy",
+        "score": 0.0, "max_score": 4.0, "status": "failed",
+        "output": "not implemented: NotImplementedError: Assignment 2 (kernel): implement the "
+                  "square-and-accumulate step — see assignments/02-kernel.md"}
+    notebook = next(t for t in results["cy"]["tests"] if "check_notebook" in t["name"])
+    assert notebook["status"] == "failed" and notebook["output"].startswith("not implemented")
+
+
+def test_gradescope_results_of_a_timed_out_run(tmp_path, toy):
+    """One submission's results.json (what a Gradescope autograder writes): a run stopped by
+    the timeout says so, and the test it was running earns nothing."""
+    def test(number, outcome, message=None):
+        return {"assignment": number, "uses": [], "outcome": outcome, "message": message}
+
+    run = {"tests": {"tests/check_streams.py::test_countdown": test(3, "error", "stopped by the timeout"),
+                     "tests/check_kernel.py::test_norm_of_ones": test(2, "passed")},
+           "collection_errors": [], "timed_out": True}
+    report = score_run(run, load_manifest(toy), [2, 3], toy)
+    write_gradescope(report, tmp_path / "results/results.json")
+    results = json.loads((tmp_path / "results/results.json").read_text(encoding="utf-8"))
+    assert results["score"] == 6.0 and results["output"].startswith("The test run was stopped")
+    assert results["tests"][0] == {"name": "Assignment 2 (kernel): tests/check_kernel.py::"
+                                           "test_norm_of_ones", "score": 6.0, "max_score": 6.0,
+                                   "status": "passed", "output": "passed"}
+    assert results["tests"][1] == {"name": "Assignment 3 (generators): tests/check_streams.py::"
+                                           "test_countdown", "score": 0.0, "max_score": 1.0,
+                                   "status": "failed", "output": "error: stopped by the timeout"}
+
+
+def test_a_class_submission_whose_tests_cannot_import_scores_zero_for_them(tmp_path, toy):
+    submissions = tmp_path / "submissions"
+    broken = copy_fixture(submissions / "dee")
+    (broken / "kernels/fast.py").write_text("def sum_of_squares(x:\n")
+    code, _ = run_cli("grade", submissions, "--class", "--tests-from", toy, "--only", "2",
+                      "--gradescope", tmp_path / "gs", "--csv", tmp_path / "scores.csv")
+    results = json.loads((tmp_path / "gs/dee/results.json").read_text())
+    assert code == 0 and results["score"] == 0
+    assert results["tests"] == [{
+        "name": "Assignment 2 (kernel): tests that could not run", "score": 0.0, "max_score": 6.0,
+        "status": "failed", "output": results["tests"][0]["output"]}]
+    assert results["tests"][0]["output"].startswith("tests/check_kernel.py could not be collected:")
+    assert "could not be imported" in results["output"]
+    row = (tmp_path / "scores.csv").read_text(encoding="utf-8").splitlines()[1]
+    assert row.startswith("dee,0,0,tests/check_kernel.py could not be collected:")
+
+
 def test_check_subcommand_lists_regions(toy, monkeypatch):
     monkeypatch.chdir(toy / "toypkg")   # the repository is found above the working directory
     code, stdout = run_cli("check")
     assert code == 0
     assert "toypkg/mathops.py:7: a1: numerically stable softmax" in stdout
     assert "notebooks/demo.ipynb[cell 4]:3: a1: doubling" in stdout
-    assert stdout.splitlines()[-1] == "8 solution regions in 4 files; markers valid"
+    assert stdout.splitlines()[-1] == "8 solution regions in 4 files, 0 withheld functions; markers valid"
 
 
 def test_test_subcommand_runs_one_assignment_with_pytest_output(toy, capfd):
@@ -341,6 +561,51 @@ def test_test_subcommand_runs_one_assignment_with_pytest_output(toy, capfd):
     assert code == 0
     assert "tests/check_streams.py::test_countdown PASSED" in output
     assert "check_mathops" not in output   # other assignments' tests are deselected
+
+
+def test_a_plain_pytest_run_in_a_student_copy_summarises_the_stubs(tmp_path):
+    """tests/conftest.py: a failure at a stub is shown as its message and counted as not
+    implemented, with a line per assignment saying what to run; real failures stay failures."""
+    (tmp_path / "tests").mkdir()
+    shutil.copy(REPO / "tests/conftest.py", tmp_path / "tests/conftest.py")
+    (tmp_path / "tests/test_student.py").write_text(textwrap.dedent('''\
+        import pytest
+
+
+        def stub(number, what):
+            raise NotImplementedError(f"Assignment {number} (bpe): implement {what} — see x.md")
+
+
+        @pytest.mark.parametrize("what", ["the merge", "the loop"])
+        def test_stubbed(what):
+            stub(1, what)
+
+
+        def test_withheld():
+            raise NotImplementedError("Assignment 3 (gpt2-block): _gelu_flat in kernels/fused_cpu.py "
+                                      "is withheld from the student copy because it computes ...")
+
+
+        def test_wrong():
+            assert 1 + 1 == 3
+
+
+        def test_right():
+            pass
+        '''), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
+                           "tests"], cwd=tmp_path, capture_output=True, text=True)
+    output = proc.stdout
+    assert proc.returncode == 1
+    assert ("2 tests fail because assignment a1 (bpe)'s stubs are not implemented yet: run "
+            "`python -m minillm assignments test 1`") in output
+    assert ("1 test reaches code withheld from the student copy because it computes what a3 "
+            "(gpt2-block) asks for: it cannot pass in this copy") in output
+    assert output.rstrip().splitlines()[-1].startswith("=") and \
+        "1 failed, 1 passed, 3 not implemented" in output.rstrip().splitlines()[-1]
+    assert "def stub(number, what):" not in output      # no traceback through a stub
+    assert "FAILED tests/test_student.py::test_wrong" in output
+    assert "FAILED tests/test_student.py::test_stubbed" not in output
 
 
 # ---------------------------------------------------------------------------- round trip
@@ -369,7 +634,8 @@ def test_round_trip_reports_tests_that_disagree_with_the_regions(toy):
         '''))
     assert verify_round_trip(toy, [2]) == [
         "release of a2: tests/check_more.py::test_kernel_is_callable still passes: "
-        "no a2 region covers what it checks",
+        "no a2 region covers what it checks, or it reaches code that computes a2's answer "
+        "(withhold it)",
         "release of a2: tests/check_more.py::test_norm_without_declaring_it (a1) not implemented: "
         "NotImplementedError: Assignment 2 (kernel): implement the square-and-accumulate step — "
         "see assignments/02-kernel.md; it runs a2's code: declare "
@@ -379,8 +645,8 @@ def test_round_trip_reports_tests_that_disagree_with_the_regions(toy):
 # ---------------------------------------------------------------------------- the real repository
 def test_the_course_manifest_is_complete():
     manifest = load_manifest(REPO)
-    assert sorted(manifest.assignments) == [1, 2, 3, 4, 5]
-    assert sum(a.points for a in manifest.assignments.values()) == 100
+    assert sorted(manifest.assignments) == [1, 2, 3, 4, 5, 6, 7]
+    assert sum(a.points for a in manifest.assignments.values()) == 140
     for assignment in manifest.assignments.values():
         assert (REPO / assignment.handout).is_file(), assignment.handout
     assert "tests/assignments_fixtures" in manifest.exclude
@@ -390,6 +656,25 @@ def test_the_course_markers_are_valid_and_cover_every_file_of_every_assignment()
     manifest = load_manifest(REPO)
     found = scan_repository(REPO, manifest)   # raises AssignmentError listing every problem
     assert coverage_warnings(found, manifest) == []
+
+
+def test_the_student_copy_stubs_every_withheld_function_and_ships_no_oracle_test(tmp_path):
+    """Every function a withhold list names is a bare `raise` in the full release (its own
+    withheld stub, or the stub of a region it holds), and the oracles' own tests stay out."""
+    manifest = load_manifest(REPO)
+    out = release(REPO, tmp_path / "student", check=False).out
+    assert not (out / "tests/test_oracles.py").exists()
+    entries = sorted({e for a in manifest.assignments.values() for e in a.withhold})
+    assert "tests/oracles.py::naive_attention" in entries and "tests/oracles.py::naive_merges" in entries
+    for entry in entries:
+        path, _, qualname = entry.partition("::")
+        scope = ast.parse((out / path).read_text(encoding="utf-8"))
+        for name in qualname.split("."):
+            scope = next(node for node in scope.body if getattr(node, "name", None) == name)
+        body = scope.body[1:] if ast.get_docstring(scope) is not None else scope.body
+        assert len(body) == 1 and isinstance(body[0], ast.Raise), f"{entry} keeps its body"
+        assert body[0].exc.func.id == "NotImplementedError", entry
+        assert body[0].exc.args[0].value.startswith("Assignment "), entry
 
 
 @pytest.mark.slow

@@ -52,7 +52,8 @@ def run_through_exercise(path: Path, assignment: int, monkeypatch) -> dict:
     return namespace
 
 
-@pytest.mark.assignment(2)
+# Section 2 of the notebook runs LayerNorm (a3) on the way to the exercise.
+@pytest.mark.assignment(2, uses=[3])
 def test_attention_notebook_scaled_masked_scores(monkeypatch):
     namespace = run_through_exercise(NOTEBOOK_DIR / "02_attention.ipynb", 2, monkeypatch)
     assert namespace["scores"].shape == (namespace["T"], namespace["T"])

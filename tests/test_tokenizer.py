@@ -18,6 +18,97 @@ VOCAB_SHA256 = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
 
+def assert_same_ids(tokenizer, text, got, expected, reference):
+    """Ids against tiktoken's, explained: the first token that differs, spelled out, the piece
+    it is in, and the merge of that piece that went wrong (or the one that never happened)."""
+    if got == expected:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b),
+                 min(len(got), len(expected)))
+
+    def spell(ids):
+        return [reference.decode_single_token_bytes(i).decode("utf-8", "backslashreplace") for i in ids]
+
+    offset = sum(len(reference.decode_single_token_bytes(i)) for i in expected[:first])
+    lines = [f"{len(got)} ids, expected {len(expected)}; they agree up to token {first}, at byte "
+             f"{offset} of the text:",
+             f"  got      {spell(got[first:first + 4])} = {got[first:first + 4]}",
+             f"  expected {spell(expected[first:first + 4])} = {expected[first:first + 4]}"]
+    try:
+        lines += _wrong_merge(tokenizer, text, offset, reference)
+    except NotImplementedError:
+        pass   # explain() runs the same merge loop: nothing more to say before it is written
+    raise AssertionError("\n".join(lines))
+
+
+def _wrong_merge(tokenizer, text, offset, reference) -> list[str]:
+    """Correct merges never cross a boundary of the expected tokens of a piece: the first that
+    does is wrong; if none does, a merge of the list was left out."""
+    start = 0
+    for trace in tokenizer.explain(text):
+        if start <= offset < start + len(trace.utf8):
+            break
+        start += len(trace.utf8)
+    else:
+        return []
+    if trace.special:
+        return [f"in the special token {trace.text!r}"]
+    expected = [reference.decode_single_token_bytes(i) for i in reference.encode_ordinary(trace.text)]
+    boundaries = set(np.cumsum([len(token) for token in expected])[:-1].tolist())
+    lines = [f"in the piece {trace.text!r}, which should become "
+             f"{[t.decode('utf-8', 'backslashreplace') for t in expected]}:"]
+    before = trace.symbols
+    for number, step in enumerate(trace.steps, 1):
+        ends = np.cumsum([len(symbol) for symbol in step.symbols]).tolist()   # a symbol is a byte
+        for symbol, end in zip(step.symbols, ends):
+            if any(end - len(symbol) < b < end for b in boundaries):
+                return lines + [f"  merge step {number} fused {step.pair} (rank {step.rank}) into "
+                                f"{symbol!r}, across a boundary of the expected tokens; the symbols "
+                                f"before it were {before}"]
+        before = step.symbols
+    pairs = [(tokenizer.merge_ranks[pair], pair) for pair in zip(before, before[1:])
+             if pair in tokenizer.merge_ranks]
+    if pairs:
+        rank, pair = min(pairs)
+        return lines + [f"  the merges stopped at {before}, but {pair} is in the merge list "
+                        f"(rank {rank}) and should have been fused"]
+    return lines + [f"  the merges ended at {before}"]
+
+
+def test_a_wrong_merge_order_is_explained_by_the_merge_that_crossed_a_token(gpt2_tokenizer, tiktoken_gpt2):
+    """(n, i) ranked first fuses "ni" across " token" | "izer": the message names that merge."""
+    merges = [("n", "i")] + [pair for pair in gpt2_tokenizer.merges if pair != ("n", "i")]
+    wrong = Tokenizer(gpt2_tokenizer.vocab, merges, gpt2_tokenizer.special_tokens)
+    text = "a tokenizer"
+    with pytest.raises(AssertionError) as error:
+        assert_same_ids(wrong, text, wrong.encode(text), tiktoken_gpt2.encode(text), tiktoken_gpt2)
+    message = str(error.value)
+    assert "they agree up to token 1, at byte 1 of the text:" in message
+    assert "in the piece ' tokenizer', which should become [' token', 'izer']:" in message
+    assert "merge step 1 fused ('n', 'i') (rank 0) into 'ni', across a boundary" in message
+
+
+def test_a_merge_left_out_is_explained_by_the_pair_that_was_not_fused(gpt2_tokenizer, tiktoken_gpt2):
+    class StopsEarly(Tokenizer):
+        """A merge loop that leaves out the last merge of each piece."""
+        def _merge(self, symbols, steps=None):
+            recorded = []
+            super()._merge(symbols, recorded)
+            del recorded[-1:]
+            if steps is not None:
+                steps.extend(recorded)
+            return recorded[-1].symbols if recorded else symbols
+
+    early = StopsEarly(gpt2_tokenizer.vocab, gpt2_tokenizer.merges, gpt2_tokenizer.special_tokens)
+    with pytest.raises(AssertionError) as error:
+        assert_same_ids(early, "Hello world", early.encode("Hello world"), [15496, 995], tiktoken_gpt2)
+    message = str(error.value)
+    assert message.startswith("4 ids, expected 2; they agree up to token 0, at byte 0 of the text:")
+    assert "in the piece 'Hello', which should become ['Hello']:" in message
+    assert ("the merges stopped at ('H', 'ello'), but ('H', 'ello') is in the merge list (rank 15240) "
+            "and should have been fused") in message
+
+
 # Strings that stress pre-tokenisation, written with escapes so no editor can change them.
 EDGE_CASES = [
     "",
@@ -78,19 +169,22 @@ def test_gpt2_vocabulary_shape(gpt2_tokenizer):
 
 
 @pytest.mark.assignment(1)
-def test_known_ids(gpt2_tokenizer):
-    assert gpt2_tokenizer.encode("Hello world") == [15496, 995]
-    assert gpt2_tokenizer.encode("我喜欢吃") == [
-        22755, 239, 161, 244, 250, 162, 105, 95, 28938, 225
-    ]
+@pytest.mark.parametrize("text, ids", [
+    ("Hello world", [15496, 995]),
+    ("我喜欢吃", [22755, 239, 161, 244, 250, 162, 105, 95, 28938, 225]),
+])
+def test_known_ids(gpt2_tokenizer, tiktoken_gpt2, text, ids):
+    assert_same_ids(gpt2_tokenizer, text, gpt2_tokenizer.encode(text), ids, tiktoken_gpt2)
 
 
 @pytest.mark.assignment(1)
 def test_corpus_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2, tokenizer_corpus):
     assert "\r\n" in tokenizer_corpus and "\u3000" in tokenizer_corpus  # arrived byte for byte
-    assert gpt2_tokenizer.encode(tokenizer_corpus) == tiktoken_gpt2.encode(tokenizer_corpus)
-    for line in tokenizer_corpus.split("\n"):
-        assert gpt2_tokenizer.encode(line) == tiktoken_gpt2.encode(line), line
+    for line in tokenizer_corpus.split("\n"):   # line by line first: the message shows the line
+        assert_same_ids(gpt2_tokenizer, line, gpt2_tokenizer.encode(line), tiktoken_gpt2.encode(line),
+                        tiktoken_gpt2)
+    assert_same_ids(gpt2_tokenizer, tokenizer_corpus, gpt2_tokenizer.encode(tokenizer_corpus),
+                    tiktoken_gpt2.encode(tokenizer_corpus), tiktoken_gpt2)
 
 
 @pytest.mark.parametrize("text", EDGE_CASES)

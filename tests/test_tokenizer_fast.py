@@ -37,6 +37,21 @@ def test_gpt2_is_fast_by_default(gpt2_fast_tokenizer, gpt2_tokenizer):
     assert type(gpt2_tokenizer) is Tokenizer
 
 
+def test_without_the_compiled_encoder_the_readable_loop_encodes(trained_pair, tokenizer_corpus,
+                                                                monkeypatch):
+    """The student copy withholds the compiled merge loop: FastTokenizer then encodes with the
+    readable one (the student's) instead of failing."""
+    import minillm.tokenizer.fast
+
+    def withheld(*args):
+        raise NotImplementedError("Assignment 1 (bpe): _fill_token_table ... is withheld")
+
+    monkeypatch.setattr(minillm.tokenizer.fast, "CompiledEncoder", withheld)
+    readable, fast = trained_pair
+    fresh = FastTokenizer(readable.vocab, readable.merges, readable.special_tokens)
+    assert fresh.encode(tokenizer_corpus) == readable.encode(tokenizer_corpus)
+
+
 def test_corpus_matches_tiktoken_and_readable(
     gpt2_fast_tokenizer, gpt2_tokenizer, tiktoken_gpt2, tokenizer_corpus
 ):

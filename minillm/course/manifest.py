@@ -14,7 +14,7 @@ except ModuleNotFoundError:   # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
 MANIFEST_PATH = "assignments/assignments.toml"
-_ASSIGNMENT_KEYS = {"name", "title", "handout", "files", "points", "test_points"}
+_ASSIGNMENT_KEYS = {"name", "title", "handout", "files", "points", "test_points", "withhold"}
 # Never copied, even from a tree whose .gitignore does not say so.
 _NEVER_COPIED = ["__pycache__/", "*.py[co]", "*.so", ".venv/", "venv/", ".ipynb_checkpoints/",
                  ".pytest_cache/", "*.egg-info/", ".DS_Store"]
@@ -37,10 +37,20 @@ class Assignment:
     files: tuple[str, ...]          # where its solution regions live
     points: float | None            # total; None: one point per test
     test_points: dict = field(default_factory=dict, hash=False)  # node-id prefix -> points
+    # "path/to/file.py::qualname": functions outside the regions that compute what this
+    # assignment asks for; its release stubs their bodies too
+    withhold: tuple[str, ...] = ()
 
     def stub_message(self, what: str) -> str:
-        see = f" — see {self.handout}" if self.handout else ""
-        return f"Assignment {self.number} ({self.name}): implement {what or 'this'}{see}"
+        return f"Assignment {self.number} ({self.name}): implement {what or 'this'}{self._see()}"
+
+    def withheld_message(self, entry: str) -> str:
+        path, _, qualname = entry.partition("::")
+        return (f"Assignment {self.number} ({self.name}): {qualname} in {path} is withheld from "
+                f"the student copy because it computes what this assignment asks for{self._see()}")
+
+    def _see(self) -> str:
+        return f" — see {self.handout}" if self.handout else ""
 
 
 @dataclass(frozen=True)
@@ -94,11 +104,17 @@ def load_manifest(repo) -> Manifest:
             problems.append(f"{where}: keys are a1, a2, ...; each needs a short `name` and may "
                             f"have {sorted(_ASSIGNMENT_KEYS - {'name'})}")
             continue
+        withhold = entry.get("withhold", [])
+        if not isinstance(withhold, list) or not all(isinstance(e, str) for e in withhold):
+            problems.append(f"{where}: withhold is a list of \"path/to/file.py::function\" "
+                            f"strings, got {withhold!r}")
+            continue
         number = int(tag[1:])
         assignments[number] = Assignment(
             number, entry["name"], entry.get("title", entry["name"]), entry.get("handout"),
             tuple(entry.get("files", ())), entry.get("points"),
-            {prefix.rstrip("/"): points for prefix, points in entry.get("test_points", {}).items()})
+            {prefix.rstrip("/"): points for prefix, points in entry.get("test_points", {}).items()},
+            tuple(entry.get("withhold", ())))
     if problems or not assignments:
         raise AssignmentError(problems or f"{MANIFEST_PATH}: defines no [assignments.aN] tables")
     grading = data.get("grading", {})

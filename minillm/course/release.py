@@ -34,6 +34,7 @@ class Region:
     what: str                 # what to implement, for the stub's message
     indent: str
     yields: bool = False      # the stub must keep its function a generator
+    message: str | None = None   # a withheld function's stub message (regions: from `what`)
 
     @property
     def location(self) -> str:
@@ -127,7 +128,7 @@ def render(source: str, regions: list[Region], selected, manifest: Manifest) -> 
         if region.number in selected:
             first = lines[region.begin - 1]
             newline = first[len(first.rstrip("\r\n")):] or "\n"
-            message = manifest.assignments[region.number].stub_message(region.what)
+            message = region.message or manifest.assignments[region.number].stub_message(region.what)
             out.append(f"{region.indent}raise NotImplementedError("
                        f"{json.dumps(message, ensure_ascii=False)}){newline}")
             if region.yields:
@@ -199,6 +200,12 @@ def scan_repository(root, manifest: Manifest | None = None, files=None) -> dict[
                  f"in {MANIFEST_PATH} does not list"
                  for rel, regions in found.items() for r in regions
                  if rel not in manifest.assignments[r.number].files]
+    withheld, withhold_problems = find_withheld(root, manifest, files)
+    problems += withhold_problems + [
+        f"{w.location}: {w.what}, which [assignments.a{w.number}] withhold lists, lies inside the "
+        f"solution region at line {r.begin}; withhold the function around it or drop the entry"
+        for rel, bodies in withheld.items() for w in bodies for r in found.get(rel, ())
+        if r.begin < w.begin and w.end < r.end]
     if problems:
         raise AssignmentError(problems)
     return {rel: regions for rel, regions in found.items() if regions}
@@ -211,10 +218,83 @@ def coverage_warnings(found: dict[str, list[Region]], manifest: Manifest) -> lis
             if not any(r.number == n for r in found.get(rel, ()))]
 
 
+# ---------------------------------------------------------------------------- withheld functions
+def find_withheld(root, manifest: Manifest, files,
+                  selected=None) -> tuple[dict[str, list[Region]], list[str]]:
+    """The bodies of the functions that [assignments.aN] withhold lists (of the `selected`
+    assignments; all when None), as regions to stub, by file; and the problems of the entries."""
+    root, files = Path(root), set(files)
+    found, problems, seen = {}, [], set()
+    for number, assignment in sorted(manifest.assignments.items()):
+        for entry in assignment.withhold:
+            region, problem = _withheld_body(root, files, number, entry, manifest)
+            if problem:
+                problems.append(f"{MANIFEST_PATH} [assignments.a{number}] withhold {entry!r}: {problem}")
+            elif (selected is None or number in selected) and (region.path, region.begin) not in seen:
+                seen.add((region.path, region.begin))   # withheld by two assignments: stubbed once
+                found.setdefault(region.path, []).append(region)
+    return found, problems
+
+
+def _withheld_body(root: Path, files, number: int, entry: str, manifest: Manifest):
+    """(the region of the body of the function `entry` names, None) or (None, what is wrong)."""
+    path, sep, qualname = entry.partition("::")
+    if not sep or not path.endswith(".py") or not re.fullmatch(r"\w+(\.\w+)*", qualname):
+        return None, "expected 'path/to/file.py::function' or 'path/to/file.py::Class.method'"
+    if path not in files:
+        return None, f"{path} is not a file of the release"
+    try:
+        source = _read_python(root / path)
+        scope = ast.parse(source, path)
+    except (OSError, UnicodeDecodeError, SyntaxError) as exc:
+        return None, f"cannot parse {path}: {exc}"
+    for name in qualname.split("."):
+        scope = next((node for node in getattr(scope, "body", ()) if isinstance(node, _SCOPES)
+                      and not isinstance(node, ast.Lambda) and node.name == name), None)
+        if scope is None:
+            return None, f"{path} defines no {qualname} (looked for {name!r})"
+    if isinstance(scope, ast.ClassDef):
+        return None, f"{qualname} is a class; withhold its methods (Class.method)"
+    body = scope.body
+    if ast.get_docstring(scope, clean=False) is not None:
+        body = body[1:]                             # the docstring stays, like a region's
+    if not body:
+        return None, f"{qualname} has no statements besides its docstring"
+    first, lines = body[0], source.splitlines()
+    indent = lines[first.lineno - 1][:first.col_offset]
+    if first.lineno == scope.lineno or indent.strip():
+        return None, f"the body of {qualname} must start on a line of its own"
+    # The comments around the statements go too: they may be a region's markers.
+    def comment(line):
+        return line.strip().startswith("#") and line.startswith(indent)
+
+    floor = scope.body[0].end_lineno if body is not scope.body else scope.lineno   # docstring or def
+    begin, end = first.lineno, body[-1].end_lineno
+    while begin - 1 > floor and comment(lines[begin - 2]):
+        begin -= 1
+    while end < len(lines) and comment(lines[end]):
+        end += 1
+    region = Region(path, None, begin, end, number, qualname, indent, any(map(_yields, body)),
+                    manifest.assignments[number].withheld_message(entry))
+    return region, None
+
+
+def _merge_withheld(regions: list[Region], withheld: list[Region], selected) -> list[Region]:
+    """A file's regions with its withheld bodies. A body that holds a region the release stubs
+    is left to that stub (it no longer computes the answer, and the stub says what to write);
+    any other region inside a withheld body goes with the body."""
+    def inside(region, body):
+        return body.begin <= region.begin and region.end <= body.end
+
+    withheld = [w for w in withheld if not any(r.number in selected and inside(r, w) for r in regions)]
+    return [r for r in regions if not any(inside(r, w) for w in withheld)] + withheld
+
+
 class Release(NamedTuple):
     out: Path
     files: int
     stubbed: dict[int, int]        # assignment -> number of regions turned into stubs
+    withheld: dict[int, int] = {}  # assignment -> number of withheld functions stubbed
 
 
 def release(source, out, only=None, *, check: bool = True) -> Release:
@@ -239,11 +319,16 @@ def release(source, out, only=None, *, check: bool = True) -> Release:
     if missing:
         raise AssignmentError(f"{', '.join(missing)}: no solution region in the source; the "
                               f"release would hand out the solution")
+    withheld, _ = find_withheld(source, manifest, files, selected)   # checked by scan_repository
+    withheld_count = dict.fromkeys(selected, 0)
     for rel in files:
-        _release_file(source / rel, out / rel, found.get(rel, []), selected, manifest)
+        regions = _merge_withheld(found.get(rel, []), withheld.get(rel, []), selected)
+        for body in (r for r in regions if r.message is not None):
+            withheld_count[body.number] += 1
+        _release_file(source / rel, out / rel, regions, selected, manifest)
     if check:
         _check_collection(out, manifest)
-    return Release(out, len(files), stubbed)
+    return Release(out, len(files), stubbed, withheld_count)
 
 
 def _release_file(src: Path, dst: Path, regions, selected, manifest) -> None:
@@ -279,8 +364,11 @@ def _check_collection(root: Path, manifest: Manifest) -> None:
 def verify_round_trip(repo, assignments=None, *, jobs: int | None = None) -> list[str]:
     """What is wrong with the markers and tests of `repo` (empty when they agree): with the
     solutions every assignment test passes (or is skipped); in the release of assignment N
-    alone exactly the tests of N (and those declaring `uses=[N]`) raise NotImplementedError
-    while every other assignment's tests pass. `jobs` test runs go in parallel (default 2)."""
+    alone (its regions and withheld functions stubbed) exactly the tests of N (and those
+    declaring `uses=[N]`) raise NotImplementedError while every other assignment's tests pass.
+    That is also the release check: a test of N that passes on N's student copy would give its
+    points away. `assignments` defaults to every assignment of the manifest; `jobs` test runs
+    go in parallel (default 2)."""
     repo = Path(repo).resolve()
     manifest = load_manifest(repo)
     released = manifest.select(assignments)
@@ -308,7 +396,8 @@ def _run_problems(label, run, expected, number=None, solutions=None) -> list[str
         if outcome in (want, "skipped") or skipped:
             continue
         if want == "not_implemented":
-            problems.append(f"{label}: {nodeid} still passes: no a{number} region covers what it checks"
+            problems.append(f"{label}: {nodeid} still passes: no a{number} region covers what it "
+                            f"checks, or it reaches code that computes a{number}'s answer (withhold it)"
                             if outcome == "passed" else f"{label}: {nodeid} {outcome} instead of "
                             f"raising NotImplementedError: {test['message']}")
             continue

@@ -405,5 +405,12 @@ class FastTokenizer(Tokenizer):
         if self._compiled is None:
             from minillm.tokenizer.fast import CompiledEncoder  # numba loads only when asked for
 
-            self._compiled = CompiledEncoder(self.vocab, self.merges, self.byte_encoder, self._token_bytes)
+            try:
+                self._compiled = CompiledEncoder(self.vocab, self.merges, self.byte_encoder, self._token_bytes)
+            except NotImplementedError:
+                # The course's student copy withholds the compiled merge loop (it is assignment
+                # 1's answer): encode with the readable one, which the student writes.
+                self._compiled = False
+        if self._compiled is False:
+            return super()._encode_chunk(text)
         return self._compiled.encode(text)
