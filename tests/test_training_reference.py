@@ -3,7 +3,8 @@ of torch.optim.AdamW with clip_grad_norm_ and the warm-up + cosine schedule.
 
 The reference files are written by `scripts/make_training_reference.py` (torch 2.13, HF
 transformers' GPT2LMHeadModel) on a 2-layer, 24-wide, 3-head GPT-2 with a 67-token vocabulary;
-these tests never import torch.
+these tests never import torch. Assignment 6 is graded here on the gradients of the whole
+model, assignment 7 on the optimiser against torch's, step by step.
 """
 from pathlib import Path
 
@@ -40,9 +41,8 @@ def max_error_per_tensor(grads: dict, reference: dict, prefix: str) -> dict[str,
             for name, g in grads.items()}
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_loss_and_every_gradient_match_autograd(grads_reference, backend):
-    model = GPT2.from_pretrained(REFERENCE, backend=backend)
+def assert_gradients_match_autograd(model, grads_reference):
+    """The loss and all 28 gradients of the reference GPT-2 against torch's, float32."""
     loss, grads = loss_and_grads(model, grads_reference["ids"], grads_reference["targets"])
     assert loss == pytest.approx(float(grads_reference["loss"]), abs=1e-5)
     assert set(grads) == {key[len("grad/"):] for key in grads_reference if key.startswith("grad/")}
@@ -53,6 +53,16 @@ def test_loss_and_every_gradient_match_autograd(grads_reference, backend):
     assert errors[worst] < 1e-4, f"{worst}: {errors[worst]:.2e} of its largest entry"
 
 
+@pytest.mark.assignment(6, uses=[2, 3])
+def test_loss_and_every_gradient_match_autograd(grads_reference):
+    assert_gradients_match_autograd(GPT2.from_pretrained(REFERENCE), grads_reference)
+
+
+def test_the_numba_backends_gradients_match_autograd(grads_reference):
+    assert_gradients_match_autograd(GPT2.from_pretrained(REFERENCE, backend="numba"), grads_reference)
+
+
+@pytest.mark.assignment(6, uses=[2, 3])
 def test_float64_gradients_match_float64_autograd_to_rounding(grads_reference):
     """In float64 the two agree to ~1e-9, the float32 rounding of the constants minillm keeps
     in float32 even then (sqrt(2/pi) and 0.044715 of GELU, LayerNorm's eps): the float32
@@ -80,6 +90,7 @@ def names_of(reference: dict, prefix: str) -> list[str]:
     return [key[len(prefix):] for key in reference if key.startswith(prefix)]
 
 
+@pytest.mark.assignment(7)
 def test_schedule_matches_the_reference_learning_rates(optim_reference):
     r = optim_reference
     for step in range(int(r["total_steps"])):
@@ -88,6 +99,7 @@ def test_schedule_matches_the_reference_learning_rates(optim_reference):
         assert lr == pytest.approx(float(r[f"step{step}/lr"]), rel=1e-12)
 
 
+@pytest.mark.assignment(7)
 def test_schedule_warms_up_then_decays_to_min_lr():
     lrs = [learning_rate(s, 1.0, 10, 100, 0.1) for s in range(120)]
     assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
@@ -95,6 +107,46 @@ def test_schedule_warms_up_then_decays_to_min_lr():
     assert lrs[10] == pytest.approx(1.0) and lrs[100] == pytest.approx(0.1) and lrs[119] == 0.1
 
 
+@pytest.mark.assignment(7)
+def test_clip_grad_norm_matches_torch(optim_reference):
+    """torch's raw gradients of ten steps, clipped: the same norm, the same clipped gradients,
+    and a gradient already within max_norm left exactly as it was."""
+    r = optim_reference
+    names, max_norm = names_of(r, "init/"), float(r["max_norm"])
+    clipped_steps = 0
+    for step in range(int(r["total_steps"])):
+        grads = {name: r[f"step{step}/grad/{name}"].copy() for name in names}
+        norm = clip_grad_norm(grads, max_norm)
+        assert isinstance(norm, float) and norm == pytest.approx(float(r[f"step{step}/norm"]), rel=1e-5)
+        clipped_steps += norm > max_norm
+        for name in names:
+            np.testing.assert_allclose(grads[name], r[f"step{step}/clipped/{name}"], rtol=0, atol=1e-7)
+    assert 0 < clipped_steps < int(r["total_steps"])     # the file exercises both branches
+    small = {"a": np.full(3, 0.1, np.float32), "b": np.full((2, 2), -0.2, np.float32)}
+    before = {name: g.copy() for name, g in small.items()}
+    assert clip_grad_norm(small, 1.0) == pytest.approx(np.sqrt(3 * 0.01 + 4 * 0.04), rel=1e-6)
+    assert all(np.array_equal(small[name], before[name]) for name in small)
+
+
+@pytest.mark.assignment(7)
+def test_adamw_on_torchs_clipped_gradients_matches_torch(optim_reference):
+    """AdamW alone: fed torch's clipped gradients and learning rates, torch's parameters after
+    each of the ten steps, to 1e-6."""
+    r = optim_reference
+    params = {name: r["init/" + name].copy() for name in names_of(r, "init/")}
+    optimizer = AdamW(params, lr=0.0, betas=(float(r["beta1"]), float(r["beta2"])),
+                      eps=float(r["eps"]), weight_decay=float(r["weight_decay"]))
+    for step in range(int(r["total_steps"])):
+        optimizer.lr = float(r[f"step{step}/lr"])
+        optimizer.step({name: r[f"step{step}/clipped/{name}"].copy() for name in params})
+        for name, p in params.items():
+            assert p.dtype == np.float32, name
+            np.testing.assert_allclose(p, r[f"step{step}/param/{name}"], rtol=0, atol=1e-6,
+                                       err_msg=f"step {step}: {name}")
+    assert optimizer.step_count == int(r["total_steps"])
+
+
+@pytest.mark.assignment(7)
 def test_ten_adamw_steps_with_clipping_match_torch(optim_reference):
     """Fed torch's raw gradients, clipping and AdamW reproduce torch's parameters to 1e-6."""
     r = optim_reference
@@ -117,6 +169,7 @@ def test_ten_adamw_steps_with_clipping_match_torch(optim_reference):
     assert 0 < clipped_steps < int(r["total_steps"])     # the file exercises both branches
 
 
+@pytest.mark.assignment(7, uses=[2, 3, 6])
 def test_ten_training_steps_of_minillm_follow_torch(optim_reference):
     """The whole step, minillm's own gradients included, stays on torch's trajectory."""
     r = optim_reference
@@ -141,6 +194,7 @@ def test_ten_training_steps_of_minillm_follow_torch(optim_reference):
         np.testing.assert_allclose(p, expected, rtol=0, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.assignment(7)
 def test_weight_decay_skips_biases_and_layer_norms():
     params = {"w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float32)}
     optimizer = AdamW(params, lr=0.1, weight_decay=0.5)

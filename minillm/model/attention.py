@@ -86,6 +86,7 @@ def causal_attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray,
 
     Masked entries have P = 0, so dS is 0 there and no gradient reaches future keys.
     """
+    ### BEGIN SOLUTION a6: attention's backward: dV, dP, the softmax backward dS, dQ and dK
     T, head_dim = q.shape[-2], q.shape[-1]
     scale = np.float32(1.0 / np.sqrt(head_dim))
     scores = (q @ k.swapaxes(-1, -2)) * scale + causal_mask(T, T)      # (B, H, T, T)
@@ -97,3 +98,4 @@ def causal_attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray,
     dq = (dscores @ k) * scale                                         # (B, H, T, d)
     dk = (dscores.swapaxes(-1, -2) @ q) * scale                        # (B, H, T, d)
     return dq, dk, dv
+    ### END SOLUTION

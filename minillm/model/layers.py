@@ -73,6 +73,7 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
         dW = sum over rows of x^T dy    (in, out)   every row used the same W
         db = sum over rows of dy        (out,)
     """
+    ### BEGIN SOLUTION a6: the backward of a linear layer: dx, dW, db
     n_in, n_out = weight.shape
     dy_rows = dy.reshape(-1, n_out)                              # (M, out)
     x_rows = x.reshape(-1, n_in)                                 # (M, in)
@@ -80,6 +81,7 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
     dweight = x_rows.T @ dy_rows                                 # (in, out)
     dbias = dy_rows.sum(axis=0)                                  # (out,)
     return dx, dweight, dbias
+    ### END SOLUTION
 
 
 def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: float = 1e-5):
@@ -93,6 +95,7 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: fl
     (the mean term is the path through `mean`, the x_hat term the path through `var`).
     x, dy: (..., C); gain: (C,). dg = sum of dy * x_hat and db = sum of dy over all rows.
     """
+    ### BEGIN SOLUTION a6: LayerNorm's backward: dx (three paths), dgain, dbias
     C = x.shape[-1]
     mean = x.mean(axis=-1, keepdims=True)                                 # (..., 1)
     centered = x - mean                                                   # (..., C)
@@ -105,6 +108,7 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: fl
     dgain = (dy * x_hat).reshape(-1, C).sum(axis=0)                       # (C,)
     dbias = dy.reshape(-1, C).sum(axis=0)                                 # (C,)
     return dx, dgain, dbias
+    ### END SOLUTION
 
 
 def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -114,7 +118,9 @@ def gelu_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
 
     dy, x: (...) -> dx: (...)
     """
+    ### BEGIN SOLUTION a6: GELU's derivative (tanh form) times dy
     tanh_u = np.tanh(_GELU_TANH_SCALE * (x + _GELU_CUBIC * x * x * x))
     du_dx = _GELU_TANH_SCALE * (np.float32(1.0) + np.float32(3.0) * _GELU_CUBIC * x * x)
     half = np.float32(0.5)
     return dy * (half * (np.float32(1.0) + tanh_u) + half * x * (np.float32(1.0) - tanh_u * tanh_u) * du_dx)
+    ### END SOLUTION

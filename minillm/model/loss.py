@@ -61,7 +61,8 @@ def cross_entropy(logits: np.ndarray, targets) -> tuple[float, np.ndarray]:
     because d/dz_j [logsumexp(z) - z_t] = p_j - [j == t]. Computing it from the log-softmax
     already at hand is what "fused" means: no separate softmax backward, no V x V Jacobian.
     """
-    logits_rows, targets_rows, rows = loss_rows(logits, targets)
+    logits_rows, targets_rows, rows = loss_rows(logits, targets)   # (N, V), (N,), counted row indices
+    ### BEGIN SOLUTION a6: the mean loss and its gradient (p - onehot) / n, 0 on ignored rows
     n = np.float32(len(rows))
     log_probs = log_softmax(logits_rows)                                     # (N, V)
     loss = -log_probs[rows, targets_rows[rows]].sum() / n                    # float32, as in torch
@@ -72,3 +73,4 @@ def cross_entropy(logits: np.ndarray, targets) -> tuple[float, np.ndarray]:
     ignored[rows] = False
     dlogits[ignored] = 0.0
     return float(loss), dlogits.reshape(logits.shape)
+    ### END SOLUTION

@@ -61,7 +61,13 @@ def block_forward(x: np.ndarray, p: BlockParams, n_head: int, eps: float, backen
 
 
 def block_backward(dout: np.ndarray, tape: BlockTape, p: BlockParams, eps: float, backend):
-    """dL/dx of the block input and dL/d(each BlockParams field).  dout: (B, T, C)"""
+    """dL/dx of the block input and dL/d(each BlockParams field).  dout: (B, T, C)
+
+    Returns (dx, g): dx (B, T, C) and g mapping every BlockParams field name (ln_1_gain, ...,
+    mlp_proj_bias) to its gradient, shaped like the weight. Each layer's backward goes through
+    `backend` (linear_backward, gelu_backward, layer_norm_backward, and attention_backward,
+    which takes tape.heads and tape.saved besides q, k, v)."""
+    ### BEGIN SOLUTION a6: the block's backward: both halves in reverse, the residual paths added
     g = {}
     # MLP half: out = x1 + act W_proj + b; the residual passes dout straight to x1.
     dact, g["mlp_proj_weight"], g["mlp_proj_bias"] = backend.linear_backward(dout, tape.act, p.mlp_proj_weight)
@@ -80,6 +86,7 @@ def block_backward(dout: np.ndarray, tape: BlockTape, p: BlockParams, eps: float
     dx, g["ln_1_gain"], g["ln_1_bias"] = backend.layer_norm_backward(dh1, tape.x, p.ln_1_gain, eps)
     dx += dx1                                                                        # (B, T, C)
     return dx, g
+    ### END SOLUTION
 
 
 def embedding_backward(dx0: np.ndarray, ids: np.ndarray, vocab_size: int, n_positions: int):
@@ -87,12 +94,14 @@ def embedding_backward(dx0: np.ndarray, ids: np.ndarray, vocab_size: int, n_posi
 
     Returns dwte (V, C), where row t sums dx0 over every occurrence of id t, and dwpe (P, C),
     where row i sums over the batch (positions 0..T-1; later rows get 0)."""
+    ### BEGIN SOLUTION a6: the embedding's backward: scatter-add into wte's rows, sum over the batch for wpe
     B, T, C = dx0.shape
     dwte = np.zeros((vocab_size, C), dx0.dtype)
     np.add.at(dwte, ids.reshape(-1), dx0.reshape(-1, C))    # unbuffered: repeats all add
     dwpe = np.zeros((n_positions, C), dx0.dtype)
     dwpe[:T] = dx0.sum(axis=0)
     return dwte, dwpe
+    ### END SOLUTION
 
 
 def check_training_batch(ids, targets, config) -> tuple[np.ndarray, np.ndarray]:

@@ -90,6 +90,7 @@ class _Run:
         try:
             for step in range(start, c.steps):
                 began = time.perf_counter()
+                ### BEGIN SOLUTION a7: one training step (learning rate, batch, gradients, clipping, AdamW)
                 self.optimizer.lr = learning_rate(step, c.lr, c.warmup_steps, c.steps, c.min_lr)
                 ids, targets = sample_batch(train_tokens, c.batch_size, c.context, batch_rng(c.seed, step))
                 loss, grads = loss_and_grads(self.model, ids, targets)
@@ -97,6 +98,7 @@ class _Run:
                 self._check_finite(step, loss, norm)
                 self.optimizer.step(grads)
                 self.model.backend.clear()      # weights changed in place: drop derived copies
+                ### END SOLUTION
                 self.last_loss = loss
                 tokens_per_s = ids.size / (time.perf_counter() - began)
                 self._log({"step": step + 1, "loss": loss, "lr": self.optimizer.lr,

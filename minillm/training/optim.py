@@ -50,6 +50,7 @@ class AdamW:
             missing = sorted(self.params.keys() - grads.keys())
             extra = sorted(grads.keys() - self.params.keys())
             raise KeyError(f"grads must name every parameter: missing {missing}, unknown {extra}")
+        ### BEGIN SOLUTION a7: the AdamW update: moments, bias corrections, decoupled weight decay
         self.step_count += 1
         beta1, beta2 = self.betas
         # Bias corrections in float64 as Python floats, the way torch computes them.
@@ -65,6 +66,7 @@ class AdamW:
             v += np.float32(1.0 - beta2) * g * g
             denom = np.sqrt(v) / np.float32(bias2_sqrt) + np.float32(self.eps)
             p -= np.float32(step_size) * m / denom
+        ### END SOLUTION
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """m and v as one flat dict, for saving: `exp_avg.<name>`, `exp_avg_sq.<name>`."""
@@ -89,6 +91,7 @@ def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     total norm before clipping: torch.nn.utils.clip_grad_norm_'s semantics (the 1e-6 is its
     guard against dividing by zero). total_norm = sqrt(sum over all entries of g^2): one norm
     over the whole model, so clipping keeps the update's direction."""
+    ### BEGIN SOLUTION a7: clipping by the global gradient norm
     norms = np.array([np.linalg.norm(g.reshape(-1)) for g in grads.values()], np.float32)
     total_norm = np.float32(np.linalg.norm(norms))
     clip_coef = np.float32(max_norm) / (total_norm + np.float32(1e-6))
@@ -96,6 +99,7 @@ def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
         for g in grads.values():
             g *= clip_coef
     return float(total_norm)
+    ### END SOLUTION
 
 
 def learning_rate(step: int, max_lr: float, warmup_steps: int, total_steps: int,
@@ -108,9 +112,11 @@ def learning_rate(step: int, max_lr: float, warmup_steps: int, total_steps: int,
     Step s counts from 0. Warm-up matters for Adam: its first steps divide by a second moment
     estimated from a handful of gradients, and a small lr keeps those noisy steps small.
     """
+    ### BEGIN SOLUTION a7: the linear warm-up and the cosine decay
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= total_steps:
         return min_lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    ### END SOLUTION
