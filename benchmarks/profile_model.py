@@ -30,6 +30,7 @@ from minillm.model.config import GPT2Config                 # noqa: E402
 import minillm.model.gpt2                                   # noqa: E402
 from minillm.model.gpt2 import GPT2                         # noqa: E402
 from minillm.model.params import random_params              # noqa: E402
+from minillm.model.quantize import DTYPES, linear_weight_shape, weight_bytes  # noqa: E402
 from timing import best_time                                # noqa: E402  benchmarks/timing.py
 
 DECODE_PROMPT_LEN = 16
@@ -68,7 +69,7 @@ class TimedBackend:
         self.name = backend.name
 
     def linear(self, x, weight, bias=None):
-        name = self._names.get(weight.shape, "other matmul")
+        name = self._names.get(linear_weight_shape(weight), "other matmul")
         return self._clock.timed(name, self._backend.linear)(x, weight, bias)
 
     def __getattr__(self, method):
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default=None, help="default: numba if present, else numpy")
     parser.add_argument("--prefill", type=int, default=1024, help="prefill length T")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="how the weights are held")
     args = parser.parse_args(argv)
     backend = args.backend
     if backend is None:
@@ -190,8 +192,8 @@ def main(argv=None) -> int:
 
     config = GPT2Config()
     print_machine_limits(config, args.repeats)
-    model = GPT2(config, random_params(config, seed=0), backend=backend)
-    print(f"backend: {model.backend.name}")
+    model = GPT2(config, random_params(config, seed=0), backend=backend).quantized(args.dtype)
+    print(f"backend: {model.backend.name}, weights {args.dtype} ({weight_bytes(model.params) / 1e6:.0f} MB)")
     profile_prefill(model, args.prefill, args.repeats)
     profile_decode(model, args.repeats)
     return 0

@@ -12,9 +12,10 @@ from minillm.inference.kv_cache import KVCache
 from minillm.model.config import GPT2Config
 from minillm.model.gpt2 import GPT2
 from minillm.model.params import random_params
-from minillm.model.quantize import (INT8_BLOCK, INT8_MAX, QuantizedMatrix, quantize,
+from minillm.model.quantize import (INT8_MAX, QuantizedMatrix, quantize,
                                     quantize_params, weight_bytes)
 
+INT8_BLOCK_TESTED = 32        # several blocks per row on small matrices
 finite_weights = st.floats(-4, 4, width=32, allow_subnormal=False)
 
 
@@ -23,13 +24,13 @@ finite_weights = st.floats(-4, 4, width=32, allow_subnormal=False)
 @given(arrays(np.float32, st.tuples(st.integers(1, 5), st.sampled_from([32, 64, 96])),
               elements=finite_weights))
 def test_int8_error_is_at_most_half_a_step_and_block_maxima_are_exact(w):
-    q = quantize(w, "int8")
+    q = quantize(w, "int8", block=INT8_BLOCK_TESTED)
     assert q.data.dtype == np.int8 and q.scales.dtype == np.float32
     assert np.abs(q.data.astype(int)).max() <= INT8_MAX
-    step = np.repeat(q.scales, INT8_BLOCK, axis=1)                  # (rows, cols): each weight's scale
+    step = np.repeat(q.scales, INT8_BLOCK_TESTED, axis=1)                  # (rows, cols): each weight's scale
     error = np.abs(q.dequantize() - w)
     assert np.all(error <= step / 2 * (1 + 1e-5) + 1e-12)
-    blocks = np.abs(w).reshape(w.shape[0], -1, INT8_BLOCK)
+    blocks = np.abs(w).reshape(w.shape[0], -1, INT8_BLOCK_TESTED)
     # the largest weight of each block is +-127 steps, i.e. exact up to float32 rounding
     largest = np.take_along_axis(q.data.reshape(blocks.shape), blocks.argmax(2)[..., None], 2)
     assert np.all(np.abs(largest.astype(int)) == np.where(blocks.max(2, keepdims=True) > 0, INT8_MAX, 0))
@@ -38,7 +39,7 @@ def test_int8_error_is_at_most_half_a_step_and_block_maxima_are_exact(w):
 def test_int8_all_zero_block_stays_zero_and_scale_is_per_block():
     w = np.zeros((2, 64), np.float32)
     w[0, 40] = 3.0                                                 # only the second block of row 0
-    q = quantize(w, "int8")
+    q = quantize(w, "int8", block=32)
     assert q.scales.tolist() == [[0.0, pytest.approx(3.0 / 127)], [0.0, 0.0]]
     np.testing.assert_array_equal(q.dequantize(), w)
 
@@ -59,9 +60,10 @@ def test_take_rows_is_the_dequantised_rows():
         np.testing.assert_array_equal(q.take_rows(ids), q.dequantize()[ids])
 
 
-def test_int8_block_defaults_to_32_or_the_whole_row():
-    assert quantize(np.ones((2, 64), np.float32), "int8").scales.shape == (2, 2)
+def test_int8_block_defaults_to_128_or_the_whole_row():
+    assert quantize(np.ones((2, 256), np.float32), "int8").scales.shape == (2, 2)
     assert quantize(np.ones((2, 48), np.float32), "int8").scales.shape == (2, 1)   # per channel
+    assert quantize(np.ones((2, 64), np.float32), "int8", block=32).scales.shape == (2, 2)
     with pytest.raises(ValueError, match="blocks of 32 must divide the row length, got 33"):
         quantize(np.zeros((4, 33), np.float32), "int8", block=32)
 
@@ -92,7 +94,8 @@ def test_matvec_matches_dequantised_reference(matvec, dtype, n_rows, with_bias):
     w_t = rng.standard_normal((37, 96), dtype=np.float32)          # 37 outputs: uneven shares
     x = rng.standard_normal((n_rows, 96), dtype=np.float32)
     bias = rng.standard_normal(37, dtype=np.float32) if with_bias else None
-    weight = w_t if dtype == "float32" else quantize(w_t, dtype)
+    # int8 in blocks of 32: three blocks per row, each with its own scale
+    weight = w_t if dtype == "float32" else quantize(w_t, dtype, block=32 if dtype == "int8" else None)
     dense = w_t if dtype == "float32" else weight.dequantize()
     expected = x.astype(np.float64) @ dense.T.astype(np.float64) + (0 if bias is None else bias)
     out = matvec.matvec(weight, x, bias)
@@ -111,7 +114,8 @@ def test_matvec_propagates_nan(matvec):
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_widen_rows_is_dequantize(matvec, dtype):
-    q = quantize(np.random.default_rng(1).standard_normal((20, 64), dtype=np.float32), dtype)
+    q = quantize(np.random.default_rng(1).standard_normal((20, 64), dtype=np.float32), dtype,
+                 block=32 if dtype == "int8" else None)
     out = np.full((8, 64), np.nan, np.float32)
     matvec.widen_rows(q, 5, 12, out)
     np.testing.assert_array_equal(out[:7], q.dequantize()[5:12])
@@ -161,7 +165,12 @@ def test_memory_shrinks_by_the_bytes_per_weight(float32_model):
     f32 = weight_bytes(float32_model.params)
     kept = f32 - 4 * n_quantised                              # biases, LayerNorms, wpe: float32
     assert weight_bytes(float32_model.quantized("float16").params) == kept + 2 * n_quantised
-    assert weight_bytes(float32_model.quantized("int8").params) == kept + n_quantised * (1 + 4 / 32)
+    # rows of W^T (out, in): one scale per 128 inputs, or per row when 128 does not divide it
+    def n_scales(n_out, n_in):
+        return n_out * (n_in // 128 if n_in % 128 == 0 else 1)
+    scales = n_scales(CONFIG.vocab_size, C) + L * (n_scales(3 * C, C) + n_scales(C, C)
+                                                   + n_scales(4 * C, C) + n_scales(C, 4 * C))
+    assert weight_bytes(float32_model.quantized("int8").params) == kept + n_quantised + 4 * scales
 
 
 def test_quantised_weights_are_refused_where_they_cannot_work(float32_model):
