@@ -31,6 +31,10 @@ EXPECTED = [
 ]
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600
+# Notebooks whose asserts compare timings. Their measurements are best-of-n on one thread, but
+# a second test process on CI's two cores can still disturb one round; a failed timing assert
+# gets one more fresh run before the test fails (any other error fails at once).
+TIMED = {"05_generation.ipynb", "06_kernels.ipynb", "08_systems.ipynb"}
 KERNEL_NAME = "python3"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -81,13 +85,24 @@ def test_kernel_is_this_interpreter(kernel_dir, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, kernel_dir, monkeypatch):
-    nb = nbformat.read(path, as_version=4)
-    try:
-        execute(nb, kernel_dir, monkeypatch)
-    except nbclient.exceptions.CellExecutionError as error:
+    tries = 2 if path.name in TIMED else 1
+    for attempt in range(1, tries + 1):
+        nb = nbformat.read(path, as_version=4)
+        try:
+            execute(nb, kernel_dir, monkeypatch)
+            return
+        except nbclient.exceptions.CellExecutionError as error:
+            if error.ename != "AssertionError" or attempt == tries:
+                _fail_run(path, error)
+            print(f"{path.name}: a timing assert failed, running it once more:\n{_ANSI.sub('', str(error))[-2000:]}")
+        except (nbclient.exceptions.CellTimeoutError, nbclient.exceptions.DeadKernelError) as error:
+            _fail_run(path, error)
+
+
+def _fail_run(path: Path, error: Exception) -> None:
+    if isinstance(error, nbclient.exceptions.CellExecutionError):
         pytest.fail(f"{path.name}: a cell failed\n{_ANSI.sub('', str(error))}", pytrace=False)
-    except (nbclient.exceptions.CellTimeoutError, nbclient.exceptions.DeadKernelError) as error:
-        pytest.fail(f"{path.name}: {type(error).__name__}: {_ANSI.sub('', str(error))}", pytrace=False)
+    pytest.fail(f"{path.name}: {type(error).__name__}: {_ANSI.sub('', str(error))}", pytrace=False)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
