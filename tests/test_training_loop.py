@@ -82,6 +82,8 @@ def test_resuming_continues_bit_for_bit(small_data, tmp_path, backend):
 
 def test_ctrl_c_finishes_the_step_saves_and_resumes(small_data, tmp_path):
     config = tiny_config(small_data, tmp_path / "run", steps=100_000, eval_interval=100_000)
+    # what was installed before (pytest's default, or what a test runner's worker chose)
+    handler_before = signal.getsignal(signal.SIGINT)
     timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -91,7 +93,7 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(small_data, tmp_path):
     assert result.interrupted and 0 < result.step < config.steps
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     assert state["step"] == result.step
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before                 # handler restored
     resumed = train(replace(config, steps=result.step + 2), resume=True, progress=False)
     assert resumed.step == result.step + 2 and not resumed.interrupted
 
