@@ -135,7 +135,7 @@ class NumbaBackend:
         n_out, n_in = weight.shape
         rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)     # (M, in)
         if rows.shape[0] <= MATVEC_MAX_ROWS:
-            out = self._matvec.matvec(weight, rows, bias)                  # (M, out)
+            out = self._matvec.matvec(weight, rows, bias, self.pool.n_threads)  # (M, out)
         else:
             out = self._widened_tiles_matmul(rows, weight, bias)           # (M, out)
         return out.reshape(*x.shape[:-1], n_out)

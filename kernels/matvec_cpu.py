@@ -147,10 +147,13 @@ def _matvec_int8(q, scales, x, bias, out, n_shares):
                     _store(out, m, o, _dot_float32(row_f32, x[m]), bias)
 
 
-def matvec(weight, x: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+def matvec(weight, x: np.ndarray, bias: np.ndarray | None, n_shares: int | None = None) -> np.ndarray:
     """out (M, N) = x (M, K) @ W + bias, W given as W^T (N, K): a float32 array or a
-    minillm.model.quantize.QuantizedMatrix. x: C-contiguous float32."""
-    n_shares = get_num_threads()
+    minillm.model.quantize.QuantizedMatrix. x: C-contiguous float32.
+
+    n_shares: how many shares to cut the rows into (numba runs them on its threads); default
+    numba's thread count, which costs ~9 us to ask, 49 times a decoding step."""
+    n_shares = get_num_threads() if n_shares is None else n_shares
     bias = NO_BIAS if bias is None else bias
     out = np.empty((x.shape[0], weight.shape[0]), np.float32)               # (M, N)
     if isinstance(weight, np.ndarray):

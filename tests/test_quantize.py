@@ -199,3 +199,11 @@ def test_training_and_saving_refuse_quantised_weights(tmp_path, float32_model):
         model.named_parameters()
     with pytest.raises(ValueError, match="cannot save float16 weights"):
         save_checkpoint(model.params, CONFIG, tmp_path)
+
+
+@pytest.mark.parametrize("n_shares", [1, 3, 50])           # 50 shares of 37 rows: most are empty
+def test_matvec_any_number_of_shares(matvec, n_shares):
+    w_t = np.random.default_rng(2).standard_normal((37, 64), dtype=np.float32)
+    x = np.random.default_rng(3).standard_normal((2, 64), dtype=np.float32)
+    q = quantize(w_t, "int8", block=32)
+    np.testing.assert_allclose(matvec.matvec(q, x, None, n_shares), x @ q.dequantize().T, atol=1e-5)

@@ -29,7 +29,7 @@ kernels in minillm/kernels/quantized_cpu.py are tested against, and the NumPy ba
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -157,20 +157,16 @@ def quantize_params(params, dtype: str):
 
     What stays float32, and why: biases, LayerNorm gains and the position embedding are <1%
     of the weights and read once per token; quantising them would buy nothing."""
-    from minillm.model.params import BlockParams, GPT2Params
-
     if dtype not in DTYPES:
         raise ValueError(f"unknown weight dtype {dtype!r}; expected one of {DTYPES}")
-    if dtype == "float32" or weight_dtype(params) != "float32":
-        if weight_dtype(params) not in ("float32", dtype):
-            raise ValueError(f"the weights are already {weight_dtype(params)}; "
-                             f"quantise from the float32 model instead")
+    current = weight_dtype(params)
+    if current == dtype:
         return params
-    blocks = [BlockParams(**{f: (as_linear_weight(getattr(b, f), dtype) if f in LINEAR_WEIGHTS
-                                 else getattr(b, f)) for f in BlockParams.__dataclass_fields__})
+    if current != "float32":
+        raise ValueError(f"the weights are already {current}; quantise from the float32 model instead")
+    blocks = [replace(b, **{f: as_linear_weight(getattr(b, f), dtype) for f in LINEAR_WEIGHTS})
               for b in params.blocks]
-    return GPT2Params(wte=quantize(params.wte, dtype), wpe=params.wpe, blocks=blocks,
-                      ln_f_gain=params.ln_f_gain, ln_f_bias=params.ln_f_bias)
+    return replace(params, wte=quantize(params.wte, dtype), blocks=blocks)
 
 
 def weight_bytes(params) -> int:
