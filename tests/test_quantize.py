@@ -60,12 +60,14 @@ def test_take_rows_is_the_dequantised_rows():
         np.testing.assert_array_equal(q.take_rows(ids), q.dequantize()[ids])
 
 
-def test_int8_block_defaults_to_128_or_the_whole_row():
-    assert quantize(np.ones((2, 256), np.float32), "int8").scales.shape == (2, 2)
-    assert quantize(np.ones((2, 48), np.float32), "int8").scales.shape == (2, 1)   # per channel
+def test_int8_scale_defaults_to_one_per_output_channel_or_per_block_if_asked():
+    assert quantize(np.ones((2, 256), np.float32), "int8").scales.shape == (2, 1)   # per channel
+    assert quantize(np.ones((2, 256), np.float32), "int8").block == 256
+    assert quantize(np.ones((2, 256), np.float32), "int8", block=128).scales.shape == (2, 2)
     assert quantize(np.ones((2, 64), np.float32), "int8", block=32).scales.shape == (2, 2)
-    with pytest.raises(ValueError, match="blocks of 32 must divide the row length, got 33"):
-        quantize(np.zeros((4, 33), np.float32), "int8", block=32)
+    for block in (32, 0, 128):
+        with pytest.raises(ValueError, match=f"blocks of {block} must divide the row length, got 33"):
+            quantize(np.zeros((4, 33), np.float32), "int8", block=block)
 
 
 @pytest.mark.parametrize("matrix, dtype, message", [
@@ -86,7 +88,7 @@ def matvec():
     return matvec_cpu
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "int8 per channel"])
 @pytest.mark.parametrize("n_rows", [1, 3, 16])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_matvec_matches_dequantised_reference(matvec, dtype, n_rows, with_bias):
@@ -94,8 +96,12 @@ def test_matvec_matches_dequantised_reference(matvec, dtype, n_rows, with_bias):
     w_t = rng.standard_normal((37, 96), dtype=np.float32)          # 37 outputs: uneven shares
     x = rng.standard_normal((n_rows, 96), dtype=np.float32)
     bias = rng.standard_normal(37, dtype=np.float32) if with_bias else None
-    # int8 in blocks of 32: three blocks per row, each with its own scale
-    weight = w_t if dtype == "float32" else quantize(w_t, dtype, block=32 if dtype == "int8" else None)
+    # "int8": blocks of 32, three per row, each with its own scale; "int8 per channel": one
+    # scale per row (the default, its own code path in the kernel)
+    weights = {"float32": lambda: w_t, "float16": lambda: quantize(w_t, "float16"),
+               "int8": lambda: quantize(w_t, "int8", block=32),
+               "int8 per channel": lambda: quantize(w_t, "int8")}
+    weight = weights[dtype]()
     dense = w_t if dtype == "float32" else weight.dequantize()
     expected = x.astype(np.float64) @ dense.T.astype(np.float64) + (0 if bias is None else bias)
     out = matvec.matvec(weight, x, bias)
@@ -165,11 +171,8 @@ def test_memory_shrinks_by_the_bytes_per_weight(float32_model):
     f32 = weight_bytes(float32_model.params)
     kept = f32 - 4 * n_quantised                              # biases, LayerNorms, wpe: float32
     assert weight_bytes(float32_model.quantized("float16").params) == kept + 2 * n_quantised
-    # rows of W^T (out, in): one scale per 128 inputs, or per row when 128 does not divide it
-    def n_scales(n_out, n_in):
-        return n_out * (n_in // 128 if n_in % 128 == 0 else 1)
-    scales = n_scales(CONFIG.vocab_size, C) + L * (n_scales(3 * C, C) + n_scales(C, C)
-                                                   + n_scales(4 * C, C) + n_scales(C, 4 * C))
+    # one float32 scale per row of W^T (out, in): per output channel
+    scales = CONFIG.vocab_size + L * (3 * C + C + 4 * C + C)
     assert weight_bytes(float32_model.quantized("int8").params) == kept + n_quantised + 4 * scales
 
 

@@ -1,4 +1,4 @@
-"""Weights in fewer bits: float16, and int8 with one scale per block of 128 inputs.
+"""Weights in fewer bits: float16, and int8 with one scale per output channel (or per block).
 
 Why. Decoding one token multiplies one row of activations by every weight of the model once, so
 its speed is set by how many bytes of weights the memory can deliver per second
@@ -14,18 +14,21 @@ its rows are what the embedding lookup reads.
     int8:     w[o, i] ~ scale[o, b] * q[o, i]     b = i // block, q in [-127, 127]
               scale[o, b] = max_i |w[o, i]| / 127 over block b: the largest weight of each
               block is exact, every other is off by at most scale / 2.
-              1 byte + 4 / 128 bytes of scale = 1.03 bytes a weight
-              (a row whose length the block does not divide gets one scale for the whole row)
+              By default the block is the whole row (one scale per output channel):
+              1 byte + 4 / in bytes a weight.
 
 The block size trades accuracy for speed. Smaller blocks follow the weights' local range
 (llama.cpp's q8_0 uses 32), but each block's partial sum is a horizontal add across a vector
-register, which the matrix-vector kernel pays once per block and row: on GPT-2 124M's shapes
-blocks of 32 made the int8 kernel compute-bound, 2.4x slower than one scale per row, while 128
-costs ~30% over one scale per row, under the time the memory takes to deliver the weights.
-The bundled model's max logit error against float32: 0.10 (32), 0.14 (128), 0.15 (a row).
+register, which the matrix-vector kernel pays once per block and row. Measured on GPT-2 124M's
+shapes (2 cores, streaming every weight once): blocks of 128 are 1.27x slower than one scale per
+row, blocks of 32 ~3x, which makes int8 decoding compute-bound instead of memory-bound. What the
+blocks buy on the bundled model is small: max |logit error| against float32 0.17 (a row), 0.16
+(128), 0.10 (32); held-out loss +0.0006 (a row) and +0.0004 (128) nats/token on 10k tokens.
+So the default is one scale per row, and `quantize(..., block=128)` (or any divisor of the row)
+is there for weights whose rows mix very different magnitudes.
 
 Nothing here is expanded to float32 ahead of time except by `dequantize` (the reference the
-kernels in minillm/kernels/quantized_cpu.py are tested against, and the NumPy backend's path).
+kernels in minillm/kernels/matvec_cpu.py are tested against, and the NumPy backend's path).
 """
 from __future__ import annotations
 
@@ -34,7 +37,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 DTYPES = ("float32", "float16", "int8")
-INT8_BLOCK = 128       # inputs per scale: see the module docstring for why not q8_0's 32
 INT8_MAX = 127         # symmetric: -127..127, so that -q is always representable
 
 
@@ -47,7 +49,7 @@ class QuantizedMatrix:
     dtype: str                    # "float16" or "int8"
     data: np.ndarray              # (rows, cols) float16 or int8, C-contiguous
     scales: np.ndarray | None     # (rows, cols // block) float32 for int8, else None
-    block: int = INT8_BLOCK
+    block: int = 0                # int8: inputs per scale (cols: one scale per row)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -77,17 +79,14 @@ class QuantizedMatrix:
 def quantize(matrix: np.ndarray, dtype: str, block: int | None = None) -> QuantizedMatrix:
     """Store a float32 matrix (rows, cols) as `dtype` ("float16" or "int8").
 
-    block (int8): inputs per scale. By default 128 when it divides the row, else the whole row
-    (one scale per output channel), so that any model size can be quantised."""
+    block (int8): inputs per scale, a divisor of the row length. By default the whole row: one
+    scale per output channel (the module docstring says why)."""
     if matrix.ndim != 2 or matrix.dtype != np.float32:
         raise ValueError(f"quantize expects a 2-D float32 matrix, got {matrix.dtype} {matrix.shape}")
     if dtype == "float16":
         return QuantizedMatrix("float16", _to_float16(matrix), None)
     if dtype == "int8":
-        cols = matrix.shape[1]
-        if block is None:
-            block = INT8_BLOCK if cols % INT8_BLOCK == 0 else cols
-        return _quantize_int8(matrix, block)
+        return _quantize_int8(matrix, matrix.shape[1] if block is None else block)
     raise ValueError(f"unknown weight dtype {dtype!r}; expected one of {DTYPES}")
 
 
@@ -101,7 +100,7 @@ def _to_float16(matrix: np.ndarray) -> np.ndarray:
 
 def _quantize_int8(matrix: np.ndarray, block: int) -> QuantizedMatrix:
     rows, cols = matrix.shape
-    if cols % block:
+    if not 0 < block <= cols or cols % block:
         raise ValueError(f"int8 blocks of {block} must divide the row length, got {cols}")
     blocks = matrix.reshape(rows, cols // block, block)                   # (rows, n_blocks, block)
     scales = np.abs(blocks).max(axis=2) / np.float32(INT8_MAX)           # (rows, n_blocks)
