@@ -331,14 +331,15 @@ def _check_inputs(q, k, v, key_valid):
     return q, k, v, key_valid
 
 
-def flash_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
+def flash_attention(q, k, v, key_valid=None, pool=None, decode_threads: int = 1) -> np.ndarray:
     """Causal attention without the T x T matrix. q: (B,H,Tq,d), k, v: (B,H,Tk,d) -> (B,H,Tq,d).
 
     pool: a minillm.kernels.workers.WorkerPool whose threads share the jobs; None: the calling
-    thread alone. Tq == 1 goes to `decode_attention`."""
+    thread alone. Tq == 1 goes to `decode_attention`, which without a pool runs on
+    decode_threads of numba's threads."""
     q, k, v, key_valid = _check_inputs(q, k, v, key_valid)
-    if q.shape[2] == 1:
-        return decode_attention(q, k, v, key_valid, pool)
+    if q.shape[2] == 1:                                                  # checked already
+        return attention_decode_cpu.decode(q, k, v, key_valid, pool, decode_threads)
     n_batch, n_heads, n_queries, head_dim = q.shape
     out = np.empty((n_batch, n_heads, n_queries, head_dim), np.float32)
     if out.size == 0:
@@ -356,11 +357,11 @@ def flash_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
     return out
 
 
-def decode_attention(q, k, v, key_valid=None, pool=None) -> np.ndarray:
+def decode_attention(q, k, v, key_valid=None, pool=None, n_threads: int = 1) -> np.ndarray:
     """Attention for one new query per sequence: q (B,H,1,d), k, v (B,H,Tk,d) -> (B,H,1,d).
 
-    pool: as for `flash_attention`."""
+    pool: as for `flash_attention`; without one, n_threads of numba's threads."""
     q, k, v, key_valid = _check_inputs(q, k, v, key_valid)
     if q.shape[2] != 1:
         raise ValueError(f"decode_attention takes one query per sequence, got {q.shape[2]}")
-    return attention_decode_cpu.decode(q, k, v, key_valid, pool)
+    return attention_decode_cpu.decode(q, k, v, key_valid, pool, n_threads)

@@ -167,6 +167,16 @@ def test_decode_attention_on_transposed_views(rng):
     assert_attention_matches(q, k_t, v)
 
 
+@pytest.mark.parametrize("n_threads", [2, 3, 50])      # 50: more threads than (batch, head) jobs
+def test_decode_attention_on_numba_threads_equals_one_thread(rng, n_threads):
+    """The same jobs, shared out by prange: each (batch, head) row is computed the same way."""
+    q, k, v = random_qkv(rng, 2, 3, 1, 41, 16)
+    key_valid = rng.random((2, 41)) < 0.8
+    one = flash_attention(q, k, v, key_valid)
+    np.testing.assert_array_equal(flash_attention(q, k, v, key_valid, decode_threads=n_threads), one)
+    assert_attention_matches(q, k, v, key_valid)
+
+
 @settings(max_examples=40, deadline=None)
 @given(B=st.integers(1, 2), H=st.integers(1, 3), Tk=st.integers(1, 80),
        d=st.sampled_from([8, 16, 24, 64]), query_fraction=st.floats(0, 1),

@@ -122,6 +122,26 @@ def test_one_row_linear_matches_blas(numba_backend, shape):
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("n_batch", [2, 5, 16])
+@pytest.mark.parametrize("shape", [(3072, 768), (768, 2304)])
+def test_batched_decoding_linear_matches_blas(numba_backend, n_batch, shape):
+    """One token for each of a few sequences, (B, 1, in): the matrix-vector kernels on a
+    transposed copy (four rows of x at a time, then the rest one by one)."""
+    x, weight, bias = randn(n_batch, 1, shape[0]), randn(*shape), randn(shape[1])
+    out = numba_backend.linear(x, weight, bias)
+    assert out.shape == (n_batch, 1, shape[1]) and out.dtype == np.float32
+    expected = x.astype(np.float64) @ weight.astype(np.float64) + bias
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_batched_decoding_lm_head_reads_the_embedding_rows(numba_backend):
+    """The LM head passes wte.T (a transposed view): its rows are used as they are, no copy."""
+    wte = randn(300, 64)
+    x = randn(3, 1, 64)
+    np.testing.assert_allclose(numba_backend.linear(x, wte.T), x @ wte.T, rtol=1e-5, atol=1e-4)
+    assert np.shares_memory(numba_backend._transposed_copy(wte.T), wte)
+
+
 def test_transposed_copies_follow_clear(numba_backend):
     x, weight = randn(1, 3072), randn(3072, 768)
     before = numba_backend.linear(x, weight)

@@ -118,7 +118,8 @@ class GPT2:
 
         h = self._layer_norm(x, p.ln_1_gain, p.ln_1_bias)                 # (B, T, C)
         qkv = self.backend.linear(h, p.attn_qkv_weight, p.attn_qkv_bias)  # (B, T, 3C)
-        q, k, v = np.split(qkv, 3, axis=-1)                               # 3 x (B, T, C)
+        C = x.shape[-1]     # views by slicing: what np.split returns, without its ~20 us a call
+        q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]      # 3 x (B, T, C)
         q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)  # 3 x (B, H, T, d)
         if cache is not None:
             k, v = cache.update(layer, k, v)                              # (B, H, past+T, d)
