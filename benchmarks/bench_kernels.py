@@ -117,15 +117,19 @@ def bench_attention(lengths, repeats, rng, pool) -> float:
 
 
 def bench_decode(repeats, rng) -> None:
-    print("\n   decode (one query against a KV cache of T keys; one thread, as NumbaBackend runs it):")
+    threads = numba.get_num_threads()
+    print(f"\n   decode (one query against a KV cache of T keys): one thread, as NumbaBackend runs it "
+          f"after float32 matmuls, and {threads} of numba's threads, as after quantised ones:")
     for T in (128, 1024):
         cache = KVCache(n_layer=1, batch_size=1, n_head=N_HEADS, head_dim=HEAD_DIM, max_len=1024)
         new_keys = rng.standard_normal((1, N_HEADS, T, HEAD_DIM), dtype=np.float32)
         k, v = cache.update(0, new_keys, new_keys * 2)                     # views of the cache
         q = rng.standard_normal((1, N_HEADS, 1, HEAD_DIM), dtype=np.float32)
-        t_ref, t_fused = best_times([lambda: causal_attention(q, k, v),
-                                     lambda: flash_attention(q, k, v)], max(repeats, 20))
-        print(f"{T:>6} {t_ref * 1e6:>9.0f} us {t_fused * 1e6:>7.0f} us {t_ref / t_fused:>8.2f}x")
+        t_ref, t_fused, t_threads = best_times(
+            [lambda: causal_attention(q, k, v), lambda: flash_attention(q, k, v),
+             lambda: flash_attention(q, k, v, decode_threads=threads)], max(repeats, 20))
+        print(f"{T:>6} {t_ref * 1e6:>9.0f} us {t_fused * 1e6:>7.0f} us {t_ref / t_fused:>8.2f}x"
+              f"   {threads} threads: {t_threads * 1e6:.0f} us, {t_ref / t_threads:.2f}x")
 
 
 # ---- 2. matmul ----------------------------------------------------------------------------------
