@@ -21,7 +21,6 @@ from llvmlite import ir
 from numba import boolean, float32, njit, prange, types, void
 from numba.extending import intrinsic
 
-
 CONTRACT = {"contract"}
 REASSOC = {"contract", "reassoc"}
 NEG_INF = np.float32(-np.inf)

@@ -119,7 +119,7 @@ class NumbaBackend:
         n_in, n_out = weight.shape
         if self.matmul == "numba":
             return self._numba_linear(x, weight, bias)
-        if self.decode_copies and x.ndim >= 2 and x.shape[-2] == 1 and 1 < x.size // n_in <= BATCHED_DECODE_MAX:
+        if self.decode_copies and _is_batched_decoding(x, n_in):
             rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)      # (B, in)
             out = self._matvec.matvec(self._transposed_copy(weight), rows, bias, self.pool.n_threads)
             return out.reshape(*x.shape[:-1], n_out)                          # (B, 1, out)
@@ -271,6 +271,11 @@ class NumbaBackend:
             cached = (weight, np.ascontiguousarray(weight.T))   # `weight` pins the key's address
             self._transposed[key] = cached
         return cached[1]
+
+
+def _is_batched_decoding(x: np.ndarray, n_in: int) -> bool:
+    """x (B, 1, in) with 2 <= B <= BATCHED_DECODE_MAX: one new token for each of a few sequences."""
+    return x.ndim >= 2 and x.shape[-2] == 1 and 1 < x.size // n_in <= BATCHED_DECODE_MAX
 
 
 def cuda_unavailable_reason() -> str | None:

@@ -46,26 +46,29 @@ def _float16_bits_to_float32(typingctx, bits):
 
 
 @njit(inline="always")
+def _float16_to_float32(bits):
+    return _float16_bits_to_float32(bits)
+
+
+@njit(inline="always")
 def _int8_to_float32(q):
     """Through int32: the direct int8 -> float32 conversion keeps LLVM from vectorising the
     loop (9x slower, measured), while int32 -> float32 is one `vcvtdq2ps` per 8 weights."""
     return np.float32(np.int32(q))
 
 
+@njit(inline="always")
+def _float32(w):
+    return w
+
+
 # ---- one row of W^T, widened to float32 ----------------------------------------------------
 @njit(inline="always", fastmath=REASSOC)
-def _dot_float32(w_row, x_row):
+def _dot(widen, w_row, x_row):
+    """sum_i widen(w[i]) x[i]: a stored row, widened in registers, dotted with x."""
     total = np.float32(0.0)
     for i in range(x_row.size):
-        total += w_row[i] * x_row[i]
-    return total
-
-
-@njit(inline="always", fastmath=REASSOC)
-def _dot_float16(w_row, x_row):
-    total = np.float32(0.0)
-    for i in range(x_row.size):
-        total += _float16_bits_to_float32(w_row[i]) * x_row[i]
+        total += widen(w_row[i]) * x_row[i]
     return total
 
 
@@ -76,7 +79,7 @@ def _dot_int8(q_row, scale_row, x_row, block):
     One scale for the row (the default) is one plain dot product, scaled at the end: 1.27x
     faster than blocks of 128, which end each block with a horizontal sum (measured)."""
     if scale_row.size == 1:
-        return _dot_int8_row(q_row, x_row) * scale_row[0]
+        return _dot(_int8_to_float32, q_row, x_row) * scale_row[0]
     total = np.float32(0.0)
     for b in range(scale_row.size):
         partial = np.float32(0.0)
@@ -84,14 +87,6 @@ def _dot_int8(q_row, scale_row, x_row, block):
         for i in range(block):
             partial += _int8_to_float32(q_row[base + i]) * x_row[base + i]
         total += partial * scale_row[b]
-    return total
-
-
-@njit(inline="always", fastmath=REASSOC)
-def _dot_int8_row(q_row, x_row):
-    total = np.float32(0.0)
-    for i in range(x_row.size):
-        total += _int8_to_float32(q_row[i]) * x_row[i]
     return total
 
 
@@ -143,7 +138,7 @@ def _dot_rows_of_x(w_row, x, o, bias, out):
         _store(out, m + 2, o, t2, bias)
         _store(out, m + 3, o, t3, bias)
     for m in range(whole, n_rows):
-        _store(out, m, o, _dot_float32(w_row, x[m]), bias)
+        _store(out, m, o, _dot(_float32, w_row, x[m]), bias)
 
 
 @njit(parallel=True, nogil=True, fastmath=REASSOC, cache=True)
@@ -163,7 +158,7 @@ def _matvec_float16(w_bits, x, bias, out, n_shares):
         row_f32 = np.empty(x.shape[1], np.float32)        # one widened row, reused by each x row
         for o in range(start, stop):
             if x.shape[0] == 1:
-                _store(out, 0, o, _dot_float16(w_bits[o], x[0]), bias)
+                _store(out, 0, o, _dot(_float16_to_float32, w_bits[o], x[0]), bias)
             else:
                 _widen_float16(w_bits[o], row_f32)
                 _dot_rows_of_x(row_f32, x, o, bias, out)
