@@ -315,7 +315,7 @@ def _worker_jobs(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job):
 
 # ---- entry points -------------------------------------------------------------------------------
 def _check_inputs(q, k, v, key_valid):
-    q, k, v = (np.asarray(x, np.float32) for x in (q, k, v))
+    q, k, v = np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32)
     if q.ndim != 4 or k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
         raise ValueError(f"expected q (B,H,Tq,d), k and v (B,H,Tk,d); "
                          f"got {q.shape}, {k.shape}, {v.shape}")

@@ -142,7 +142,7 @@ def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
     rows, out_rows = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])
-    gain, bias = (np.ascontiguousarray(a, np.float32) for a in (gain, bias))
+    gain, bias = np.ascontiguousarray(gain, np.float32), np.ascontiguousarray(bias, np.float32)
     eps = np.float32(eps)
     if pool is None:
         _layer_norm_rows(rows, gain, bias, eps, out_rows)

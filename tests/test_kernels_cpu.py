@@ -161,6 +161,15 @@ def test_attention_on_kv_cache_views(rng):
         assert_attention_matches(q, k, v, key_valid[:, :stop])
 
 
+def test_decode_attention_on_a_window_of_the_cache_that_starts_later(rng):
+    """k, v = buffer[:, :, 5:40]: the same base and strides as a prefix of the buffer, but not
+    at its start, so the kernel must not read the buffer from position 0."""
+    q, k_all, v_all = random_qkv(rng, 1, 2, 1, 64, 16)
+    k, v = k_all[:, :, 5:40], v_all[:, :, 5:40]
+    assert k.base is k_all.base or k.base is k_all
+    assert_attention_matches(q, k, v)
+
+
 def test_decode_attention_on_transposed_views(rng):
     q, k, v = random_qkv(rng, 2, 3, 1, 30, 16)
     k_t = np.ascontiguousarray(k.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)   # d-major storage
