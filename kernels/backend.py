@@ -37,7 +37,7 @@ MATVEC_MAX_ROWS = 16
 # Float32 weights, batched decoding (one new token for each of 2..16 sequences): the
 # matrix-vector kernels on transposed copies of the weights read each weight once for all the
 # sequences, where OpenBLAS's sgemm packs the whole weight again on every such call. Measured on
-# GPT-2 124M, greedy decoding: 2x the tokens/s at batch 4, 2.3x at batch 16.
+# GPT-2 124M, greedy decoding: 2.3x the tokens/s at batch 4, 2.4-2.9x at batch 16.
 BATCHED_DECODE_MAX = MATVEC_MAX_ROWS
 # Output rows per widened tile: 256 x 3072 float32 = 3 MiB at most, per thread, reused.
 WIDEN_TILE_ROWS = 256
@@ -63,10 +63,12 @@ class NumbaBackend:
     single-threaded BLAS call per worker, and each kernel as per-worker shares. OpenBLAS's own
     threads and numba's would otherwise take turns with the cores, and an idle OpenBLAS worker
     spins for a while after every call, slowing a parallel kernel that runs next to it.
-    Shorter calls (decoding, short prompts) run their matmuls on OpenBLAS's threads, which
-    split a few rows better than row blocks can (each block would read the whole weight), and
-    every kernel on the calling thread alone: attention over a short prompt is too small a
-    share of the work to be worth a fight for the cores.
+    Shorter calls (decoding one sequence, short prompts) run their matmuls on OpenBLAS's
+    threads, which split a few rows better than row blocks can (each block would read the whole
+    weight), and every kernel on the calling thread alone: attention over a short prompt is too
+    small a share of the work to be worth a fight for the cores. Batched decoding and quantised
+    weights run their matmuls on numba's threads instead (minillm.kernels.matvec_cpu), and then
+    decode attention shares its heads among numba's threads too.
 
     Layout for decoding. One row times a weight (in, out) with out < in -- the MLP's
     down-projection, (3072, 768) -- reads the weight in strips of only `out` floats, which
@@ -75,7 +77,7 @@ class NumbaBackend:
     output is one dot product along a contiguous row. The price is memory: one more copy of
     those weights (113 MB for GPT-2 124M, +23%), made on first use and kept while the backend
     lives. Batched decoding (one token for each of 2..BATCHED_DECODE_MAX sequences) uses
-    transposed copies of every block weight (340 MB for GPT-2 124M, +72%) with the
+    transposed copies of every block weight (340 MB for GPT-2 124M, +68%) with the
     matrix-vector kernels of minillm.kernels.matvec_cpu, which read each weight once for all
     the sequences. The copies assume the weights never change in place; call `clear()` if they do.
     """
@@ -104,7 +106,7 @@ class NumbaBackend:
         self._matvec = matvec_cpu
         self._transposed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._tiles: dict[int, list[np.ndarray]] = {}       # row length -> one tile per thread
-        self._blas_threads_spinning = True      # did the last linear run on OpenBLAS's threads?
+        self._blas_threads_spinning = True      # did the last linear start OpenBLAS's threads?
 
     def _pool_for(self, n_rows: int):
         """The pool for a call over n_rows token positions, or None: the calling thread alone."""
@@ -113,7 +115,7 @@ class NumbaBackend:
     def linear(self, x: np.ndarray, weight: np.ndarray,
                bias: np.ndarray | None = None) -> np.ndarray:
         """(..., in) @ (in, out) + (out,) -> (..., out)"""
-        self._blas_threads_spinning = False
+        self._blas_threads_spinning = False          # set again below where OpenBLAS's run
         if isinstance(weight, QuantizedMatrix):
             return self._quantized_linear(x, weight, bias)
         n_in, n_out = weight.shape
@@ -123,14 +125,15 @@ class NumbaBackend:
             rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)      # (B, in)
             out = self._matvec.matvec(self._transposed_copy(weight), rows, bias, self.pool.n_threads)
             return out.reshape(*x.shape[:-1], n_out)                          # (B, 1, out)
-        self._blas_threads_spinning = True
         if self.decode_copies and n_out < n_in and x.size == n_in:     # one row, narrowing
+            self._blas_threads_spinning = True
             out = self._transposed_copy(weight) @ x.reshape(n_in)      # (out,)
             if bias is not None:
                 out += bias
             return out.reshape(*x.shape[:-1], n_out)
         rows = x.reshape(-1, n_in)                                     # (M, in)
         if self._pool_for(rows.shape[0]) is None:
+            self._blas_threads_spinning = True
             return layers.linear(x, weight, bias)                      # OpenBLAS's threads
         out = np.empty((rows.shape[0], n_out), np.float32)             # (M, out)
         blocks = self.pool.split(rows.shape[0])
@@ -188,8 +191,9 @@ class NumbaBackend:
                   key_valid: np.ndarray | None = None) -> np.ndarray:
         """q: (B,H,Tq,d), k, v: (B,H,Tk,d), key_valid: (B,Tk) bool or None -> (B,H,Tq,d)"""
         # One query per sequence (decoding) runs on numba's threads when the matmuls before it
-        # did (quantised weights); after an OpenBLAS call (float32) its idle threads spin on
-        # the cores for a while, and numba's threads beside them ran 4x slower (measured).
+        # did (quantised weights, batched float32, matmul="numba"); after a call on OpenBLAS's
+        # threads (float32, one sequence) its idle threads spin on the cores for a while, and
+        # numba's threads beside them made decoding 4x slower (measured).
         decode_threads = 1 if self._blas_threads_spinning else self.pool.n_threads
         return self._attention(q, k, v, key_valid, pool=self._pool_for(q.shape[0] * q.shape[2]),
                                decode_threads=decode_threads)
@@ -275,7 +279,8 @@ class NumbaBackend:
 
 def _is_batched_decoding(x: np.ndarray, n_in: int) -> bool:
     """x (B, 1, in) with 2 <= B <= BATCHED_DECODE_MAX: one new token for each of a few sequences."""
-    return x.ndim >= 2 and x.shape[-2] == 1 and 1 < x.size // n_in <= BATCHED_DECODE_MAX
+    return (x.ndim >= 2 and x.shape[-1] == n_in and x.shape[-2] == 1
+            and 1 < x.size // n_in <= BATCHED_DECODE_MAX)
 
 
 def cuda_unavailable_reason() -> str | None:

@@ -132,6 +132,19 @@ def test_batched_decoding_linear_matches_blas(numba_backend, n_batch, shape):
     assert out.shape == (n_batch, 1, shape[1]) and out.dtype == np.float32
     expected = x.astype(np.float64) @ weight.astype(np.float64) + bias
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    assert not numba_backend._blas_threads_spinning            # it ran on numba's threads
+
+
+def test_batched_decoding_route_is_two_to_sixteen_sequences(numba_backend):
+    """One sequence, 17 sequences, or a prompt of several tokens go to OpenBLAS instead."""
+    from minillm.kernels.backend import BATCHED_DECODE_MAX
+
+    weight = randn(64, 48)
+    for shape, on_blas in [((1, 1, 64), True), ((2, 1, 64), False), ((BATCHED_DECODE_MAX, 1, 64), False),
+                           ((BATCHED_DECODE_MAX + 1, 1, 64), True), ((2, 3, 64), True)]:
+        x = randn(*shape)
+        np.testing.assert_allclose(numba_backend.linear(x, weight), x @ weight, rtol=1e-5, atol=1e-4)
+        assert numba_backend._blas_threads_spinning == on_blas, shape
 
 
 def test_batched_decoding_lm_head_reads_the_embedding_rows(numba_backend):

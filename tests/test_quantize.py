@@ -89,7 +89,7 @@ def matvec():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "int8 per channel"])
-@pytest.mark.parametrize("n_rows", [1, 3, 16])
+@pytest.mark.parametrize("n_rows", [1, 3, 7, 16])     # 7: a group of four x rows, then three single
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_matvec_matches_dequantised_reference(matvec, dtype, n_rows, with_bias):
     rng = np.random.default_rng(n_rows)

@@ -53,9 +53,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="numpy", choices=available_backends(),
                         help="kernels for matmul and attention (default: numpy)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
-                        help="how the weights are held in memory: float16 and int8 (per block of "
-                             "32) take 1/2 and ~1/3.6 of float32's memory and decode faster on "
-                             "the numba backend; the arithmetic stays float32 (default: float32)")
+                        help="how the weights are held in memory: float16 and int8 (a scale per "
+                             "output channel) take 1/2 and ~1/4 of float32's memory and decode "
+                             "faster on the numba backend; the arithmetic stays float32 "
+                             "(default: float32)")
 
 
 def run(args) -> int:

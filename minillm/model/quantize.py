@@ -42,18 +42,22 @@ INT8_MAX = 127         # symmetric: -127..127, so that -q is always representabl
 
 @dataclass(frozen=True)
 class QuantizedMatrix:
-    """A float32 matrix M (rows, cols) stored as float16, or int8 + per-block float32 scales.
+    """A float32 matrix M (rows, cols) stored as float16, or int8 + float32 scales per block.
 
     As a linear layer's weight it holds W^T: rows = out, cols = in (see the module docstring)."""
 
     dtype: str                    # "float16" or "int8"
     data: np.ndarray              # (rows, cols) float16 or int8, C-contiguous
     scales: np.ndarray | None     # (rows, cols // block) float32 for int8, else None
-    block: int = 0                # int8: inputs per scale (cols: one scale per row)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.data.shape
+
+    @property
+    def block(self) -> int:
+        """int8: inputs per scale (cols when there is one scale per row); 0 for float16."""
+        return 0 if self.scales is None else self.data.shape[1] // self.scales.shape[1]
 
     @property
     def nbytes(self) -> int:
@@ -107,7 +111,7 @@ def _quantize_int8(matrix: np.ndarray, block: int) -> QuantizedMatrix:
     safe = np.where(scales > 0, scales, np.float32(1.0))                 # an all-zero block stays 0
     q = np.rint(blocks / safe[:, :, None])                               # ties to even, as q8_0
     q = np.clip(q, -INT8_MAX, INT8_MAX).astype(np.int8).reshape(rows, cols)
-    return QuantizedMatrix("int8", q, scales.astype(np.float32), block)
+    return QuantizedMatrix("int8", q, scales.astype(np.float32))
 
 
 # ---- using them in the model ----------------------------------------------------------------
