@@ -20,8 +20,9 @@ its rows are what the embedding lookup reads.
 The block size trades accuracy for speed. Smaller blocks follow the weights' local range
 (llama.cpp's q8_0 uses 32), but each block's partial sum is a horizontal add across a vector
 register, which the matrix-vector kernel pays once per block and row. Measured on GPT-2 124M's
-shapes (2 cores, streaming every weight once): blocks of 128 are 1.27x slower than one scale per
-row, blocks of 32 ~3x, which makes int8 decoding compute-bound instead of memory-bound. What the
+shapes (2 cores, streaming every weight once, `benchmarks/bench_matvec.py`): blocks of 128 are
+1.1-1.3x slower than one scale per row, blocks of 32 ~2x, which makes int8 decoding
+compute-bound instead of memory-bound. What the
 blocks buy on the bundled model is small: max |logit error| against float32 0.17 (a row), 0.16
 (128), 0.10 (32); held-out loss +0.0006 (a row) and +0.0004 (128) nats/token on 10k tokens.
 So the default is one scale per row, and `quantize(..., block=128)` (or any divisor of the row)
