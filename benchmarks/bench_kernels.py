@@ -11,7 +11,10 @@ Prints, at T = 128 / 512 / 1024 (batch 1):
 2. matmul: the numba kernel's GFLOPS vs NumPy's BLAS on GPT-2 124M's shapes, x (T, 768) times
    the qkv (768, 2304), MLP (768, 3072) and (3072, 768) weights and the tied LM head wte.T
    (768, 50257), a transposed view. Target: >= 50% of BLAS.
-3. whole-model prefill of GPT-2 124M (random weights) per backend: numpy, numba, numba with the
+3. the fused one-pass kernels (minillm.kernels.fused_cpu) vs their NumPy references on one
+   thread, at T = 64 and 256 rows: GELU and its backward on the MLP's (T, 3072), LayerNorm
+   and its backward on (T, 768), cross-entropy and its gradient on (T, 50257) logits.
+4. whole-model prefill of GPT-2 124M (random weights) per backend: numpy, numba, numba with the
    numba matmul too, and cuda if there is a GPU.
 
 Every ratio compares runs made in this process, kernel and baseline interleaved, best of
@@ -53,11 +56,13 @@ import numpy as np  # noqa: E402
 from minillm.inference.kv_cache import KVCache  # noqa: E402
 from minillm.kernels import attention_cpu_v1, attention_cpu_v2  # noqa: E402
 from minillm.kernels.attention_cpu import flash_attention  # noqa: E402
+from minillm.kernels import fused_cpu  # noqa: E402
 from minillm.kernels.backend import NumbaBackend, cuda_unavailable_reason  # noqa: E402
 from minillm.kernels.matmul_cpu import matmul  # noqa: E402
 from minillm.kernels.workers import WorkerPool  # noqa: E402
 from minillm.model.attention import causal_attention, split_heads  # noqa: E402
 from minillm.model.config import GPT2_SIZES  # noqa: E402
+from minillm.model import layers, loss  # noqa: E402
 from minillm.model.gpt2 import GPT2  # noqa: E402
 from minillm.model.params import random_params  # noqa: E402
 
@@ -157,7 +162,34 @@ def bench_matmul(lengths, repeats, rng) -> float:
     return min(ratios)
 
 
-# ---- 3. whole model -----------------------------------------------------------------------------
+# ---- 3. fused kernels ---------------------------------------------------------------------------
+def bench_fused(repeats, rng) -> None:
+    print("\n3. fused kernels, one thread: NumPy reference vs numba kernel")
+    print(f"{'kernel':>22} {'T':>5} {'reference':>11} {'numba':>10} {'speed-up':>9}")
+    for T in (64, 256):
+        h = rng.standard_normal((T, 4 * WIDTH), dtype=np.float32)
+        dh = rng.standard_normal(h.shape, dtype=np.float32)
+        x = rng.standard_normal((T, WIDTH), dtype=np.float32)
+        dx = rng.standard_normal(x.shape, dtype=np.float32)
+        gain, bias = rng.standard_normal(WIDTH, dtype=np.float32), rng.standard_normal(WIDTH, dtype=np.float32)
+        logits = rng.standard_normal((T, VOCAB), dtype=np.float32)
+        targets = rng.integers(0, VOCAB, T)
+        cases = {"gelu": (lambda: layers.gelu(h), lambda: fused_cpu.gelu(h)),
+                 "gelu backward": (lambda: layers.gelu_backward(dh, h),
+                                   lambda: fused_cpu.gelu_backward(dh, h)),
+                 "layer norm": (lambda: layers.layer_norm(x, gain, bias),
+                                lambda: fused_cpu.layer_norm(x, gain, bias)),
+                 "layer norm backward": (lambda: layers.layer_norm_backward(dx, x, gain),
+                                         lambda: fused_cpu.layer_norm_backward(dx, x, gain)),
+                 "cross-entropy": (lambda: loss.cross_entropy(logits, targets),
+                                   lambda: fused_cpu.cross_entropy(logits, targets))}
+        for name, (reference, kernel) in cases.items():
+            t_ref, t_kernel = best_times([reference, kernel], max(repeats, 20))
+            print(f"{name:>22} {T:>5} {t_ref * 1e3:>8.3f} ms {t_kernel * 1e3:>7.3f} ms "
+                  f"{t_ref / t_kernel:>8.2f}x")
+
+
+# ---- 4. whole model -----------------------------------------------------------------------------
 def bench_model(lengths, repeats) -> None:
     config = GPT2_SIZES["gpt2"]
     params = random_params(config)
@@ -171,7 +203,7 @@ def bench_model(lengths, repeats) -> None:
     else:
         print("\n   (no CUDA GPU: the cuda backend is not timed)")
     models = {name: GPT2(config, params, backend=backend) for name, backend in backends.items()}
-    print("\n3. Prefill of GPT-2 124M (random weights), B=1, per backend: a KV cache and the last "
+    print("\n4. Prefill of GPT-2 124M (random weights), B=1, per backend: a KV cache and the last "
           "position's logits (seconds; speed-up vs numpy)")
     print(f"{'T':>6} " + " ".join(f"{name:>22}" for name in models))
     rng = np.random.default_rng(0)
@@ -195,6 +227,7 @@ def main(args: argparse.Namespace) -> None:
     speedup = bench_attention(args.lengths, args.repeats, rng, pool)
     bench_decode(args.repeats, rng)
     matmul_ratio = bench_matmul(args.lengths, args.repeats, rng)
+    bench_fused(args.repeats, rng)
     if not args.skip_model:
         bench_model(args.lengths, args.repeats)
 

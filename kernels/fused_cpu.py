@@ -15,7 +15,10 @@ Numerics, measured against float64 by the tests:
   gelu(x) = x / (1 + exp(-2z)), with `exp_f32` below: Cephes's expf, relative error < 8.2e-8
   (NumPy's float32 exp: < 2e-7). Max difference from float64 5e-7, the same as the NumPy
   reference's own.
-* No fast-math: nothing is reassociated, and NaN/inf come out where the reference gives them.
+* Of fast-math, GELU and cross-entropy use contraction alone (`CONTRACT`: a * b + c as one
+  fused multiply-add, rounded once); LayerNorm none, so that a row's centred values cancel
+  to exactly 0 as in the reference. Nothing is reassociated, and NaN/inf come out where the
+  reference gives them.
   `error_model="numpy"` drops numba's division-by-zero checks, which would otherwise stop LLVM
   from vectorising the loops.
 """
@@ -38,6 +41,11 @@ EXP_MIN, EXP_MAX = np.float32(-87.3), np.float32(88.7)     # keep 2^n a normal f
 EXP_POLY = tuple(np.float32(c) for c in
                  (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                   4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+
+# Fused multiply-add only: a * b + c rounded once instead of twice. Nothing is reordered,
+# and NaN / inf propagate as without it. GELU and its backward run 1.4x faster with it,
+# cross-entropy 1.3x (measured on (64, 3072) and (64, 50257) float32).
+CONTRACT = {"contract"}
 
 LANES = 8       # partial sums per LayerNorm reduction: one AVX2 register of float32s
 
@@ -72,7 +80,7 @@ def exp_f32(x):
 
 
 # ---- GELU ----------------------------------------------------------------------------------
-@njit(error_model="numpy", cache=True, nogil=True)
+@njit(error_model="numpy", fastmath=CONTRACT, cache=True, nogil=True)
 def _gelu_flat(x, out):
     """out[i] = gelu(x[i]) for 1-D contiguous float32 arrays."""
     for i in range(x.size):
@@ -100,23 +108,29 @@ def gelu(x: np.ndarray, pool=None) -> np.ndarray:
 # ---- LayerNorm -----------------------------------------------------------------------------
 @njit(inline="always", error_model="numpy", cache=True)
 def _row_mean_var(row):
-    """Mean and biased variance of a float32 row, accumulated in float64."""
+    """Mean and biased variance of a float32 row, accumulated in float64.
+
+    Each sum runs in LANES partial sums, lane j adding elements j, j + 8, j + 16, ... in
+    order, the lanes then added up one by one. They are eight scalars, not an array: scalars
+    stay in registers (two AVX2 vectors of float64), where an array's slots were loaded and
+    stored at every step (1.25x slower, measured)."""
     n = row.size
     whole = n - n % LANES
-    partial = np.zeros(LANES)
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0.0
     for i in range(0, whole, LANES):
-        for lane in range(LANES):
-            partial[lane] += row[i + lane]
-    total = partial.sum()
+        p0 += row[i]; p1 += row[i + 1]; p2 += row[i + 2]; p3 += row[i + 3]          # noqa: E702
+        p4 += row[i + 4]; p5 += row[i + 5]; p6 += row[i + 6]; p7 += row[i + 7]      # noqa: E702
+    total = p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
     for i in range(whole, n):
         total += row[i]
     mean = total / n
-    partial[:] = 0.0
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0.0
     for i in range(0, whole, LANES):
-        for lane in range(LANES):
-            d = row[i + lane] - mean
-            partial[lane] += d * d
-    squares = partial.sum()
+        d0, d1, d2, d3 = row[i] - mean, row[i + 1] - mean, row[i + 2] - mean, row[i + 3] - mean
+        d4, d5, d6, d7 = row[i + 4] - mean, row[i + 5] - mean, row[i + 6] - mean, row[i + 7] - mean
+        p0 += d0 * d0; p1 += d1 * d1; p2 += d2 * d2; p3 += d3 * d3                  # noqa: E702
+        p4 += d4 * d4; p5 += d5 * d5; p6 += d6 * d6; p7 += d7 * d7                  # noqa: E702
+    squares = p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
     for i in range(whole, n):
         d = row[i] - mean
         squares += d * d
@@ -157,7 +171,7 @@ def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1
 # References: `gelu_backward` and `layer_norm_backward` in minillm/model/layers.py;
 # tests/test_training_kernels.py compares them.
 
-@njit(error_model="numpy", cache=True, nogil=True)
+@njit(error_model="numpy", fastmath=CONTRACT, cache=True, nogil=True)
 def _gelu_backward_flat(dy, x, dx):
     """dx[i] = dy[i] * gelu'(x[i]) for 1-D contiguous float32 arrays.
 
@@ -259,7 +273,7 @@ def layer_norm_backward(dy: np.ndarray, x: np.ndarray, gain: np.ndarray, eps: fl
 
 
 # ---- cross-entropy (training) ----------------------------------------------------------------
-@njit(error_model="numpy", cache=True, nogil=True)
+@njit(error_model="numpy", fastmath=CONTRACT, cache=True, nogil=True)
 def _cross_entropy_rows(logits, targets, scale, dlogits, row_losses, first, stop):
     """Rows first..stop-1 of (N, V) logits: row_losses[r] = logsumexp(z) - z[target] and
     dlogits[r] = (softmax(z) - onehot(target)) * scale, both 0 for an ignored (negative)
