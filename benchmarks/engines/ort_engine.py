@@ -79,7 +79,10 @@ def _optimise(raw: Path, optimised: Path) -> None:
 class OrtGPT2:
     """Prefill and greedy generation through the two ONNX Runtime sessions."""
 
-    def __init__(self, prefill_graph: Path, decode_graph: Path, threads: int):
+    def __init__(self, prefill_graph: Path, decode_graph: Path, threads: int,
+                 profile_prefix: Path | None = None):
+        """profile_prefix: turn on ORT's per-node profiler, its JSON files named from this
+        (profile_ort.py reads them; `end_profiling()` on a session writes one)."""
         import onnxruntime as ort
 
         self.ort = ort
@@ -90,6 +93,9 @@ class OrtGPT2:
         # ORT's idle threads keep spinning after a run by default, taking the cores from
         # whichever engine runs next; this stops them when each run returns.
         options.add_session_config_entry("session.force_spinning_stop", "1")
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile_prefix)
         providers = ["CPUExecutionProvider"]
         self.prefill_session = ort.InferenceSession(str(prefill_graph), options, providers=providers)
         self.decode_session = ort.InferenceSession(str(decode_graph), options, providers=providers)
