@@ -7,7 +7,9 @@ weights) multiplied by M rows of x, each variant timed in interleaved rounds, me
 Variants (minillm.kernels.matvec_cpu unless said otherwise):
   blas            x @ W (in, out) through NumPy's OpenBLAS (a transposed copy for the narrowing
                   (3072, 768) weight at M = 1, as NumbaBackend does)
-  float32 W^T     the float32 matrix-vector kernel on W^T (out, in): batched decoding's path
+  float32 W^T     the float32 matrix-vector kernel on W^T (out, in)
+  float32 packed  minillm.kernels.matmul_packed_cpu's 4 x 16 register tile on W packed into
+                  16-column panels: batched float32 decoding's path
   float16         W^T in float16, widened in registers
   int8 per row    one scale per output channel (the default)
   int8 block 128  one scale per 128 inputs
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minillm.kernels import matvec_cpu                      # noqa: E402
+from minillm.kernels import matmul_packed_cpu, matvec_cpu   # noqa: E402
 from minillm.model.quantize import quantize                 # noqa: E402
 
 C = 768
@@ -54,6 +56,13 @@ def variants(n_threads: int) -> dict:
 
     runs = {"blas": (blas, sum(w.nbytes for w in weights))}
     runs["float32 W^T"] = kernel(w_t)
+    panels = [matmul_packed_cpu.pack_weight(w) for w in weights]
+
+    def packed(xs):
+        for p, w, x in zip(panels, weights, xs):
+            matmul_packed_cpu.matmul_packed(x, p, w.shape[1], None, n_threads)
+
+    runs["float32 packed"] = (packed, sum(p.nbytes for p in panels))
     runs["float16"] = kernel([quantize(w, "float16") for w in w_t])
     runs["int8 per row"] = kernel([quantize(w, "int8") for w in w_t])
     runs["int8 block 128"] = kernel([quantize(w, "int8", block=128) for w in w_t])

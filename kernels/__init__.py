@@ -8,6 +8,11 @@
                     the steps towards it, tested against the same reference: v1 the
                     reference's loops one query at a time, v2 the online softmax in one pass
     matmul_cpu      packed, register-blocked matmul -- against x @ w
+    matvec_cpu      few-row products with weights stored by output row, in float32, float16
+                    or int8 (decoding) -- against x @ dequantize(W^T).T
+    matmul_packed_cpu
+                    few-row products on a weight packed once into 16-column panels, a 4 x 16
+                    register tile of explicit 8-float vectors (batched decoding) -- against x @ w
     attention_cuda  the fused attention as a CUDA kernel (numba.cuda)
     matmul_cuda     shared-memory tiled matmul as a CUDA kernel
     fused_cpu       LayerNorm and GELU, one loop each -- against minillm/model/layers.py

@@ -23,7 +23,7 @@ from minillm.model.quantize import QuantizedMatrix
 _KERNELS_DIR = Path(__file__).resolve().parent
 INFERENCE_KERNELS = {_KERNELS_DIR / "attention_cpu.py": None, _KERNELS_DIR / "attention_decode_cpu.py": None,
                      _KERNELS_DIR / "fused_cpu.py": ("_gelu_flat", "_layer_norm_rows"),
-                     _KERNELS_DIR / "matvec_cpu.py": None}
+                     _KERNELS_DIR / "matvec_cpu.py": None, _KERNELS_DIR / "matmul_packed_cpu.py": None}
 
 # Calls over at least this many token positions (batch x queries) run on the worker pool: below
 # it OpenBLAS's own threads split a matmul better; the crossover measured on 2 cores lies
@@ -34,10 +34,10 @@ POOL_MIN_ROWS = 384
 # the matrix-vector kernels, which widen each weight once for all the rows; longer ones
 # (prompts) widen a tile of the weights at a time and multiply it with BLAS.
 MATVEC_MAX_ROWS = 16
-# Float32 weights, batched decoding (one new token for each of 2..16 sequences): the
-# matrix-vector kernels on transposed copies of the weights read each weight once for all the
-# sequences, where OpenBLAS's sgemm packs the whole weight again on every such call. Measured on
-# GPT-2 124M, greedy decoding: 2.3x the tokens/s at batch 4, 2.4-2.9x at batch 16.
+# Float32 weights, batched decoding (one new token for each of 2..16 sequences): a 4 x 16
+# register-tile kernel on copies of the weights packed once (minillm.kernels.matmul_packed_cpu)
+# reads each weight once for all the sequences, where OpenBLAS's sgemm packs the whole weight
+# again on every such call (benchmarks/README.md has the tokens/s).
 BATCHED_DECODE_MAX = MATVEC_MAX_ROWS
 # Output rows per widened tile: 256 x 3072 float32 = 3 MiB at most, per thread, reused.
 WIDEN_TILE_ROWS = 256
@@ -77,9 +77,12 @@ class NumbaBackend:
     output is one dot product along a contiguous row. The price is memory: one more copy of
     those weights (113 MB for GPT-2 124M, +23%), made on first use and kept while the backend
     lives. Batched decoding (one token for each of 2..BATCHED_DECODE_MAX sequences) uses
-    transposed copies of every block weight (340 MB for GPT-2 124M, +68%) with the
-    matrix-vector kernels of minillm.kernels.matvec_cpu, which read each weight once for all
-    the sequences. The copies assume the weights never change in place; call `clear()` if they do.
+    copies of every block weight packed into 16-column panels (340 MB for GPT-2 124M, +68%)
+    with the register-tile kernel of minillm.kernels.matmul_packed_cpu, which reads each
+    weight once for all the sequences; its LM head reads wte's rows as they are, with the
+    matrix-vector kernel. A backend that has decoded both one and several sequences holds
+    both kinds of copy (453 MB for 124M, +91%). The copies assume the weights never change in
+    place; call `clear()` if they do.
     """
 
     name = "numba"
@@ -90,7 +93,8 @@ class NumbaBackend:
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
         # Imported here: compiling (or loading from numba's cache) happens on first use.
         announce_compilation("model kernels", INFERENCE_KERNELS)
-        from minillm.kernels import attention_backward_cpu, attention_cpu, fused_cpu, matmul_cpu, matvec_cpu
+        from minillm.kernels import (attention_backward_cpu, attention_cpu, fused_cpu, matmul_cpu,
+                                     matmul_packed_cpu, matvec_cpu)
         from minillm.kernels.workers import WorkerPool
 
         self.matmul = matmul
@@ -104,7 +108,9 @@ class NumbaBackend:
         self._gelu = fused_cpu.gelu
         self._fused = fused_cpu
         self._matvec = matvec_cpu
+        self._matmul_packed = matmul_packed_cpu
         self._transposed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._packed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._tiles: dict[int, list[np.ndarray]] = {}       # row length -> one tile per thread
         self._blas_threads_spinning = True      # did the last linear start OpenBLAS's threads?
 
@@ -123,7 +129,12 @@ class NumbaBackend:
             return self._numba_linear(x, weight, bias)
         if self.decode_copies and _is_batched_decoding(x, n_in):
             rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)      # (B, in)
-            out = self._matvec.matvec(self._transposed_copy(weight), rows, bias, self.pool.n_threads)
+            threads = self.pool.n_threads
+            if weight.T.flags.c_contiguous:          # the LM head's wte.T: wte's rows as they are
+                out = self._matvec.matvec(weight.T, rows, bias, threads)       # (B, out)
+            else:
+                out = self._matmul_packed.matmul_packed(rows, self._packed_copy(weight), n_out,
+                                                        bias, threads)         # (B, out)
             return out.reshape(*x.shape[:-1], n_out)                          # (B, 1, out)
         if self.decode_copies and n_out < n_in and x.size == n_in:     # one row, narrowing
             self._blas_threads_spinning = True
@@ -264,17 +275,28 @@ class NumbaBackend:
         return self._fused.cross_entropy(logits, targets, pool=self._pool_for(n_rows))
 
     def clear(self) -> None:
-        """Forget the transposed copies of the weights."""
+        """Forget the transposed and packed copies of the weights."""
         self._transposed.clear()
+        self._packed.clear()
 
     def _transposed_copy(self, weight: np.ndarray) -> np.ndarray:
         """weight.T as a C-contiguous (out, in) array, copied on first use and kept."""
-        key = (weight.__array_interface__["data"][0], weight.shape, weight.strides)
-        cached = self._transposed.get(key)
-        if cached is None:
-            cached = (weight, np.ascontiguousarray(weight.T))   # `weight` pins the key's address
-            self._transposed[key] = cached
-        return cached[1]
+        return _derived_copy(self._transposed, weight, lambda w: np.ascontiguousarray(w.T))
+
+    def _packed_copy(self, weight: np.ndarray) -> np.ndarray:
+        """weight packed into 16-column panels (matmul_packed_cpu.pack_weight), on first use."""
+        return _derived_copy(self._packed, weight, self._matmul_packed.pack_weight)
+
+
+def _derived_copy(cache: dict, weight: np.ndarray, derive) -> np.ndarray:
+    """derive(weight), made the first time this weight (address, shape, strides) is seen and
+    kept in `cache` with the weight itself, which pins the address so it cannot be reused."""
+    key = (weight.__array_interface__["data"][0], weight.shape, weight.strides)
+    cached = cache.get(key)
+    if cached is None:
+        cached = (weight, derive(weight))
+        cache[key] = cached
+    return cached[1]
 
 
 def _is_batched_decoding(x: np.ndarray, n_in: int) -> bool:

@@ -13,8 +13,9 @@ it buys:
 * The weights are widened to float32 in registers, eight at a time (`vcvtph2ps` for float16,
   sign-extend + `vcvtdq2ps` for int8): nothing is expanded to float32 in memory. With M > 1,
   one row is widened once into a small per-thread buffer and reused by every x row, four x
-  rows per pass over it (`_dot_rows_of_x`). The float32 kernel is batched decoding's on
-  float32 weights (NumbaBackend keeps transposed copies for it).
+  rows per pass over it (`_dot_rows_of_x`). The float32 kernel is batched decoding's LM
+  head, on wte's rows as they are; the block weights of a float32 batch go through
+  minillm.kernels.matmul_packed_cpu instead, whose register tile does more per weight load.
 * The rows are split into one contiguous share per thread (numba's `prange` over the shares).
 
 Numerics: only reassociation is allowed (`fastmath={"reassoc", "contract"}`), so that LLVM sums

@@ -4,8 +4,9 @@ attention: minillm.kernels.attention_cpu.flash_attention vs minillm.model.attent
     max abs difference <= 1e-5, over odd shapes: T not a multiple of the tiles, head_dim 16, 64
     and odd ones, T = 1, T = 1024, fewer queries than keys (decoding, chunked prefill), padding
     masks with fully masked rows, and the strided views the model passes (split heads, KV cache).
-matmul: minillm.kernels.matmul_cpu.matmul vs `a @ b`. A length-K dot product in float32 carries
-    rounding error proportional to sum_k |a_ik b_kj|, so the check is relative to that:
+matmul: minillm.kernels.matmul_cpu.matmul, and matmul_packed_cpu.matmul_packed on a packed
+    weight, vs `a @ b`. A length-K dot product in float32 carries rounding error proportional
+    to sum_k |a_ik b_kj|, so the check is relative to that:
     |C - (a @ b + bias)| <= 1e-5 * (|a| @ |b| + |bias|) elementwise (for K = 3072 that allows
     ~1e-5 relative error, where the typical one is ~1e-6).
 """
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from minillm.inference.kv_cache import KVCache
 from minillm.kernels import attention_cpu, attention_cpu_v1, attention_cpu_v2, matmul_cpu
+from minillm.kernels.matmul_packed_cpu import matmul_packed, pack_weight
 from minillm.kernels.attention_cpu import exp_nonpositive, flash_attention
 from minillm.kernels.matmul_cpu import matmul
 from minillm.model.attention import causal_attention, split_heads
@@ -261,8 +263,8 @@ def test_fused_attention_memory_is_linear_in_T(rng):
 
 
 # ---- matmul -------------------------------------------------------------------------------------
-def assert_matmul_matches(a, b, bias=None):
-    got = matmul(a, b, bias)
+def assert_matmul_matches(a, b, bias=None, kernel=matmul):
+    got = kernel(a, b, bias)
     want = matmul_cpu.reference(a, b, bias)
     scale = np.abs(a) @ np.abs(b) + (0 if bias is None else np.abs(bias))
     assert got.shape == want.shape and got.dtype == np.float32
@@ -318,6 +320,51 @@ def test_matmul_with_one_thread(rng):
     finally:
         numba.set_num_threads(threads)
     np.testing.assert_array_equal(one_thread, matmul(a, b))
+
+
+def packed(a, b, bias=None, n_shares=2):
+    """matmul_packed through a freshly packed b."""
+    return matmul_packed(a, pack_weight(np.ascontiguousarray(b)), b.shape[1], bias, n_shares)
+
+
+def test_pack_weight_layout(rng):
+    """panels[p, k, c] = W[k, 16 p + c]; the last panel's columns past N are zeros."""
+    w = rng.standard_normal((5, 40), dtype=np.float32)
+    panels = pack_weight(w)
+    assert panels.shape == (3, 5, 16) and panels.flags.c_contiguous
+    for p in range(3):
+        for c in range(16):
+            column = 16 * p + c
+            expected = w[:, column] if column < 40 else np.zeros(5, np.float32)
+            np.testing.assert_array_equal(panels[p, :, c], expected)
+
+
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 7, 16, 17])
+@pytest.mark.parametrize("K, N", [(33, 40), (64, 48), (768, 2304), (3072, 96)])
+def test_matmul_packed_matches_numpy(rng, M, K, N):
+    """Row groups of 4 and panels of 16 with edges in both (M % 4, N % 16, odd K)."""
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    assert_matmul_matches(a, b, kernel=packed)
+    assert_matmul_matches(a, b, rng.standard_normal(N, dtype=np.float32), kernel=packed)
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(0, 20), K=st.integers(0, 80), N=st.integers(1, 70),
+       n_shares=st.integers(1, 5), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_matmul_packed_on_random_shapes(M, K, N, n_shares, with_bias, seed):
+    """Any shape, empty ones included, and any number of shares (more shares than panels too)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32) if with_bias else None
+    assert_matmul_matches(a, b, bias, kernel=lambda a, b, bias: packed(a, b, bias, n_shares))
+
+
+def test_matmul_packed_rejects_a_mismatched_x(rng):
+    panels = pack_weight(rng.standard_normal((64, 32), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"x must be \(M, 64\)"):
+        matmul_packed(np.ones((2, 63), np.float32), panels, 32, None, 2)
 
 
 def test_matmul_empty_and_bad_shapes(rng):
