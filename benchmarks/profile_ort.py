@@ -17,6 +17,9 @@ random-weight GPT-2 124M (its model folder and ONNX graphs, made there if missin
   rest              the residual and bias adds, the embedding, shapes, slicing; and the time
                     between operations: ORT's executor, minillm's Python
 
+One difference in the grouping: minillm's linear layers add their bias inside the product, so
+its weight products include ~50 bias adds that ORT counts under "rest" (or in FastGelu).
+
 Prefill: the median over --runs passes (after a warm-up) of each group. Decoding: the mean
 over the 128 steps of greedy generation after a 16-token prompt (bench_engines.py's decode
 case). The GFLOP/s (prefill) and GB/s (decoding) of the weight products are what the
@@ -73,12 +76,19 @@ def ort_group(op: str, inputs: list[dict], outputs: list[dict], vocab_size: int)
     return "rest"
 
 
-def ort_runs(session, n_runs: int, vocab_size: int) -> tuple[list[float], list[dict]]:
-    """Wall ms and {group: ms} of the session's last n_runs runs, from its profile (which
-    ending the profile writes to a JSON file, read and removed here)."""
-    profile_file = Path(session.end_profiling())
-    events = json.loads(profile_file.read_text())
-    profile_file.unlink()
+def ended_profile(engine, measured: str) -> list[dict]:
+    """The events of `measured` ("prefill" or "decode"), from ending the profiles of both of
+    the engine's sessions (each writes a JSON file; both are read here and removed)."""
+    events = {}
+    for name in ("prefill", "decode"):
+        profile_file = Path(getattr(engine, f"{name}_session").end_profiling())
+        events[name] = json.loads(profile_file.read_text())
+        profile_file.unlink()
+    return events[measured]
+
+
+def ort_runs(events: list[dict], n_runs: int, vocab_size: int) -> tuple[list[float], list[dict]]:
+    """Wall ms and {group: ms} of the last n_runs runs in a session's profile events."""
     runs = [e for e in events if e.get("name") == "model_run"][-n_runs:]
     groups = [defaultdict(float) for _ in runs]
     starts = [run["ts"] for run in runs]
@@ -106,7 +116,7 @@ def ort_prefill(graphs, ids, runs: int, threads: int, vocab_size: int, prefix: P
         engine.prefill(ids)
     for _ in range(runs):
         engine.prefill(ids)
-    walls, groups = ort_runs(engine.prefill_session, runs, vocab_size)
+    walls, groups = ort_runs(ended_profile(engine, "prefill"), runs, vocab_size)
     return statistics.median(walls), {g: statistics.median(r[g] for r in groups) for g in GROUPS}
 
 
@@ -116,7 +126,7 @@ def ort_decode(graphs, prompt, threads: int, vocab_size: int, prefix: Path):
     engine = OrtGPT2(*graphs, threads, profile_prefix=prefix)
     engine.generate(prompt, 8)                                       # warm-up, not counted
     engine.generate(prompt, DECODE_STEPS + 1)     # the prefill, then DECODE_STEPS decode steps
-    walls, groups = ort_runs(engine.decode_session, DECODE_STEPS, vocab_size)
+    walls, groups = ort_runs(ended_profile(engine, "decode"), DECODE_STEPS, vocab_size)
     return statistics.mean(walls), {g: statistics.mean(r[g] for r in groups) for g in GROUPS}
 
 

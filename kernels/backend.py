@@ -67,8 +67,8 @@ class NumbaBackend:
     threads, which split a few rows better than row blocks can (each block would read the whole
     weight), and every kernel on the calling thread alone: attention over a short prompt is too
     small a share of the work to be worth a fight for the cores. Batched decoding and quantised
-    weights run their matmuls on numba's threads instead (minillm.kernels.matvec_cpu), and then
-    decode attention shares its heads among numba's threads too.
+    weights run their matmuls on numba's threads instead (minillm.kernels.matmul_packed_cpu
+    and matvec_cpu), and then decode attention shares its heads among numba's threads too.
 
     Layout for decoding. One row times a weight (in, out) with out < in -- the MLP's
     down-projection, (3072, 768) -- reads the weight in strips of only `out` floats, which
@@ -130,7 +130,7 @@ class NumbaBackend:
         if self.decode_copies and _is_batched_decoding(x, n_in):
             rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)      # (B, in)
             threads = self.pool.n_threads
-            if weight.T.flags.c_contiguous:          # the LM head's wte.T: wte's rows as they are
+            if weight.T.flags.c_contiguous:   # stored by output row (the LM head's wte.T): as it is
                 out = self._matvec.matvec(weight.T, rows, bias, threads)       # (B, out)
             else:
                 out = self._matmul_packed.matmul_packed(rows, self._packed_copy(weight), n_out,
@@ -289,9 +289,10 @@ class NumbaBackend:
 
 
 def _derived_copy(cache: dict, weight: np.ndarray, derive) -> np.ndarray:
-    """derive(weight), made the first time this weight (address, shape, strides) is seen and
-    kept in `cache` with the weight itself, which pins the address so it cannot be reused."""
-    key = (weight.__array_interface__["data"][0], weight.shape, weight.strides)
+    """derive(weight), made the first time this weight (address, shape, strides, dtype) is
+    seen and kept in `cache` with the weight itself, which pins the address so it cannot be
+    reused."""
+    key = (weight.__array_interface__["data"][0], weight.shape, weight.strides, weight.dtype.str)
     cached = cache.get(key)
     if cached is None:
         cached = (weight, derive(weight))

@@ -324,7 +324,7 @@ def test_matmul_with_one_thread(rng):
 
 def packed(a, b, bias=None, n_shares=2):
     """matmul_packed through a freshly packed b."""
-    return matmul_packed(a, pack_weight(np.ascontiguousarray(b)), b.shape[1], bias, n_shares)
+    return matmul_packed(a, pack_weight(b), b.shape[1], bias, n_shares)
 
 
 def test_pack_weight_layout(rng):
@@ -361,10 +361,29 @@ def test_matmul_packed_on_random_shapes(M, K, N, n_shares, with_bias, seed):
     assert_matmul_matches(a, b, bias, kernel=lambda a, b, bias: packed(a, b, bias, n_shares))
 
 
-def test_matmul_packed_rejects_a_mismatched_x(rng):
-    panels = pack_weight(rng.standard_normal((64, 32), dtype=np.float32))
+def test_matmul_packed_on_a_strided_weight(rng):
+    a = rng.standard_normal((6, 96), dtype=np.float32)
+    wide = rng.standard_normal((96, 300), dtype=np.float32)
+    assert_matmul_matches(a, wide[:, ::3], kernel=packed)                # no unit stride at all
+    assert_matmul_matches(a, wide[:, 7:107], rng.standard_normal(100, dtype=np.float32),
+                          kernel=packed)
+
+
+def test_matmul_packed_rejects_what_it_cannot_read(rng):
+    panels = pack_weight(rng.standard_normal((64, 40), dtype=np.float32))       # 3 panels
+    x = np.ones((2, 64), np.float32)
     with pytest.raises(ValueError, match=r"x must be \(M, 64\)"):
-        matmul_packed(np.ones((2, 63), np.float32), panels, 32, None, 2)
+        matmul_packed(np.ones((2, 63), np.float32), panels, 40, None, 2)
+    with pytest.raises(ValueError, match="panels must be"):
+        matmul_packed(x, panels.astype(np.float64), 40, None, 2)
+    with pytest.raises(ValueError, match="panels must be"):
+        matmul_packed(x, panels[:, :, :8], 40, None, 2)
+    with pytest.raises(ValueError, match=r"hold 33-48 output columns, got n_out = 64"):
+        matmul_packed(x, panels, 64, None, 2)
+    with pytest.raises(ValueError, match=r"bias must be \(40,\)"):
+        matmul_packed(x, panels, 40, np.ones(1, np.float32), 2)
+    with pytest.raises(ValueError, match="n_shares must be at least 1"):
+        matmul_packed(x, panels, 40, None, 0)
 
 
 def test_matmul_empty_and_bad_shapes(rng):
