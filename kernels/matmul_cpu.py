@@ -2,7 +2,7 @@
 
     C = A @ B + bias        A: (M, K), B: (K, N) with any strides, bias: (N,), C: (M, N) float32
 
-Reference: `x @ w` (NumPy, which calls BLAS), `reference` below; tests/test_kernels_cpu.py
+Reference: `x @ w` (NumPy, which calls BLAS), `reference` below; tests/test_matmul_cpu.py
 compares the two.
 
 The loop nest is GotoBLAS/BLIS's:

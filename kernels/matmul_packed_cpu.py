@@ -2,7 +2,7 @@
 
     out (M, N) = x (M, K) @ W + bias      W (K, N) held as panels[p, k, c] = W[k, 16 p + c]
 
-Reference: `x @ W + bias` (NumPy's BLAS). tests/test_kernels_cpu.py compares the two within
+Reference: `x @ W + bias` (NumPy's BLAS). tests/test_matmul_cpu.py compares the two within
 1e-5 of sum_k |x_k w_k| over edge and random shapes; tests/test_performance_paths.py the
 backend's batched decoding against float64, within 1e-6 of that sum.
 

@@ -6,8 +6,8 @@ process: the tests at the bottom run there (MINILLM_CUDA_TEST_CHILD=1), and the 
 collects here launch them, once under the simulator (always; tiny shapes, since the simulator
 runs every CUDA thread as a Python thread) and once on the GPU if there is one (larger shapes).
 
-Tolerances as in test_kernels_cpu.py: attention max abs 1e-5, matmul 1e-5 relative to
-|a| @ |b| + |bias|.
+Tolerances as in test_kernels_cpu.py (attention: max abs 1e-5) and test_matmul_cpu.py
+(matmul: 1e-5 relative to |a| @ |b| + |bias|).
 """
 import os
 import subprocess

@@ -1,0 +1,177 @@
+"""The numba CPU matmul kernels against `a @ b`.
+
+matmul: minillm.kernels.matmul_cpu.matmul (packs both operands on every call), and
+matmul_packed_cpu.matmul_packed on a weight packed once. A length-K dot product in float32
+carries rounding error proportional to sum_k |a_ik b_kj|, so the check is relative to that:
+|C - (a @ b + bias)| <= 1e-5 * (|a| @ |b| + |bias|) elementwise (for K = 3072 that allows ~1e-5
+relative error, where the typical one is ~1e-6).
+"""
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minillm.kernels import matmul_cpu
+from minillm.kernels.matmul_cpu import matmul
+from minillm.kernels.matmul_packed_cpu import matmul_packed, pack_weight
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+# ---- matmul -------------------------------------------------------------------------------------
+def assert_matmul_matches(a, b, bias=None, kernel=matmul):
+    got = kernel(a, b, bias)
+    want = matmul_cpu.reference(a, b, bias)
+    scale = np.abs(a) @ np.abs(b) + (0 if bias is None else np.abs(bias))
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.all(np.abs(got - want) <= TOLERANCE * scale + 1e-30)
+
+
+@pytest.mark.parametrize("M, K, N", [
+    (1, 1, 1), (1, 768, 5), (7, 13, 5), (3, 256, 32),
+    (37, 300, 65),             # edges in every dimension: M % 3, K % 256, N % 32
+    (64, 3072, 100),           # long dot products
+    (130, 257, 500),
+])
+def test_matmul_matches_numpy(rng, M, K, N):
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    assert_matmul_matches(a, b)
+    assert_matmul_matches(a, b, rng.standard_normal(N, dtype=np.float32))
+
+
+def test_matmul_on_transposed_and_strided_views(rng):
+    a = rng.standard_normal((40, 96), dtype=np.float32)
+    wte = rng.standard_normal((1000, 96), dtype=np.float32)
+    assert_matmul_matches(a, wte.T)                                 # the tied LM head
+    wide = rng.standard_normal((96, 300), dtype=np.float32)
+    assert_matmul_matches(a, wide[:, ::3])                          # no unit stride at all
+    assert_matmul_matches(a[::2], wide[:, 7:107])                   # strided rows of a
+
+
+def test_matmul_gpt2_shape(rng):
+    a = rng.standard_normal((128, 768), dtype=np.float32)
+    b = rng.standard_normal((768, 2304), dtype=np.float32) * np.float32(0.02)
+    assert_matmul_matches(a, b, rng.standard_normal(2304, dtype=np.float32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(1, 70), K=st.integers(1, 300), N=st.integers(1, 100),
+       transposed=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_matmul_matches_numpy_on_random_shapes(M, K, N, transposed, with_bias, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((N, K), dtype=np.float32).T if transposed else \
+        rng.standard_normal((K, N), dtype=np.float32)
+    assert_matmul_matches(a, b, rng.standard_normal(N, dtype=np.float32) if with_bias else None)
+
+
+def test_matmul_with_one_thread(rng):
+    a = rng.standard_normal((50, 70), dtype=np.float32)
+    b = rng.standard_normal((70, 800), dtype=np.float32)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = matmul(a, b)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(one_thread, matmul(a, b))
+
+
+def packed(a, b, bias=None, n_shares=2):
+    """matmul_packed through a freshly packed b."""
+    return matmul_packed(a, pack_weight(b), b.shape[1], bias, n_shares)
+
+
+def test_pack_weight_layout(rng):
+    """panels[p, k, c] = W[k, 16 p + c]; the last panel's columns past N are zeros."""
+    w = rng.standard_normal((5, 40), dtype=np.float32)
+    panels = pack_weight(w)
+    assert panels.shape == (3, 5, 16) and panels.flags.c_contiguous
+    for p in range(3):
+        for c in range(16):
+            column = 16 * p + c
+            expected = w[:, column] if column < 40 else np.zeros(5, np.float32)
+            np.testing.assert_array_equal(panels[p, :, c], expected)
+
+
+@pytest.mark.parametrize("M", [1, 3, 4, 5, 7, 16, 17])
+@pytest.mark.parametrize("K, N", [(33, 40), (64, 48), (768, 2304), (3072, 96)])
+def test_matmul_packed_matches_numpy(rng, M, K, N):
+    """Row groups of 4 and panels of 16 with edges in both (M % 4, N % 16, odd K)."""
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    assert_matmul_matches(a, b, kernel=packed)
+    assert_matmul_matches(a, b, rng.standard_normal(N, dtype=np.float32), kernel=packed)
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(0, 20), K=st.integers(0, 80), N=st.integers(1, 70),
+       n_shares=st.integers(1, 5), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_matmul_packed_on_random_shapes(M, K, N, n_shares, with_bias, seed):
+    """Any shape, empty ones included, and any number of shares (more shares than panels too)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32) if with_bias else None
+    assert_matmul_matches(a, b, bias, kernel=lambda a, b, bias: packed(a, b, bias, n_shares))
+
+
+def test_matmul_packed_on_a_strided_weight(rng):
+    a = rng.standard_normal((6, 96), dtype=np.float32)
+    wide = rng.standard_normal((96, 300), dtype=np.float32)
+    assert_matmul_matches(a, wide[:, ::3], kernel=packed)                # no unit stride at all
+    assert_matmul_matches(a, wide[:, 7:107], rng.standard_normal(100, dtype=np.float32),
+                          kernel=packed)
+
+
+def test_matmul_packed_rejects_what_it_cannot_read(rng):
+    panels = pack_weight(rng.standard_normal((64, 40), dtype=np.float32))       # 3 panels
+    x = np.ones((2, 64), np.float32)
+    with pytest.raises(ValueError, match=r"x must be \(M, 64\)"):
+        matmul_packed(np.ones((2, 63), np.float32), panels, 40, None, 2)
+    with pytest.raises(ValueError, match="panels must be"):
+        matmul_packed(x, panels.astype(np.float64), 40, None, 2)
+    with pytest.raises(ValueError, match="panels must be"):
+        matmul_packed(x, panels[:, :, :8], 40, None, 2)
+    with pytest.raises(ValueError, match=r"hold 33-48 output columns, got n_out = 64"):
+        matmul_packed(x, panels, 64, None, 2)
+    with pytest.raises(ValueError, match=r"bias must be \(40,\)"):
+        matmul_packed(x, panels, 40, np.ones(1, np.float32), 2)
+    with pytest.raises(ValueError, match="n_shares must be at least 1"):
+        matmul_packed(x, panels, 40, None, 0)
+
+
+def test_matmul_empty_and_bad_shapes(rng):
+    assert matmul(np.ones((0, 4), np.float32), np.ones((4, 3), np.float32)).shape == (0, 3)
+    np.testing.assert_array_equal(matmul(np.ones((2, 0), np.float32), np.ones((0, 3), np.float32),
+                                         np.arange(3, dtype=np.float32)), [[0, 1, 2], [0, 1, 2]])
+    with pytest.raises(ValueError, match="matmul"):
+        matmul(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32))
+
+
+def test_linear_keeps_leading_axes(rng):
+    x = rng.standard_normal((2, 5, 24), dtype=np.float32)
+    w = rng.standard_normal((24, 40), dtype=np.float32)
+    bias = rng.standard_normal(40, dtype=np.float32)
+    got = matmul_cpu.linear(x, w, bias)
+    assert got.shape == (2, 5, 40)
+    np.testing.assert_allclose(got, x @ w + bias, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_cols, n_workers",
+                         [(1, 2), (31, 2), (768, 2), (2304, 2), (50257, 2), (50257, 3), (100, 8)])
+def test_matmul_column_blocks_share_the_work_evenly(n_cols, n_workers):
+    """Blocks are whole register panels, fit the cache budget, and no worker gets more than
+    its fair share of columns plus one panel's rounding per block."""
+    width = matmul_cpu._block_cols(n_cols, n_workers)
+    n_blocks = -(-n_cols // width)
+    busiest = -(-n_blocks // n_workers)                  # blocks dealt round-robin
+    assert width % matmul_cpu.NR == 0 and width <= matmul_cpu.NC_MAX
+    assert busiest * width <= -(-n_cols // n_workers) + busiest * matmul_cpu.NR
