@@ -4,11 +4,13 @@ cache against recomputing the whole sequence for every token.
     python benchmarks/bench_inference.py                    # numpy backend
     python benchmarks/bench_inference.py --backend numba    # once the numba kernels exist
     python benchmarks/bench_inference.py --quick            # smaller run, for a smoke test
+    python benchmarks/bench_inference.py --backend numba --batch 1 4 16 --no-baseline
 
 Prefill = one forward pass over a T-token prompt into an empty cache, logits of the last position
 only. Decode = tokens/s after the first token (greedy), 16-token prompt + 128 new tokens by
-default. The baseline runs the same loop with use_cache=False: every step re-runs the prompt and
-all tokens so far through every layer. Times are the best of --repeats runs.
+default; with --batch, for B same-length prompts decoded together (tokens/s counts all B rows).
+The baseline runs the same loop with use_cache=False: every step re-runs the prompt and all
+tokens so far through every layer (batch 1). Times are the best of --repeats runs.
 """
 from __future__ import annotations
 
@@ -44,9 +46,12 @@ def lm_head_seconds(model: GPT2, T: int, repeats: int) -> float:
     return best_time(lambda: model.backend.linear(x, model.params.wte.T), repeats)
 
 
-def decode_tokens_per_second(model: GPT2, prompt_len: int, n_new: int, use_cache: bool, repeats: int) -> float:
-    """Greedy tokens/s after the first token (which the prefill produces)."""
-    prompt = np.random.default_rng(1).integers(0, model.config.vocab_size, prompt_len)
+def decode_tokens_per_second(model: GPT2, prompt_len: int, n_new: int, use_cache: bool, repeats: int,
+                             batch: int = 1) -> float:
+    """Greedy tokens/s after the first token (which the prefill produces), over all `batch`
+    sequences: a (prompt_len,) prompt for batch 1, (batch, prompt_len) otherwise."""
+    shape = (prompt_len,) if batch == 1 else (batch, prompt_len)
+    prompt = np.random.default_rng(1).integers(0, model.config.vocab_size, shape)
 
     def decode_seconds():
         steps = generate_steps(model, prompt, n_new, use_cache=use_cache)
@@ -56,7 +61,7 @@ def decode_tokens_per_second(model: GPT2, prompt_len: int, n_new: int, use_cache
             pass
         return time.perf_counter() - start
 
-    return (n_new - 1) / min(decode_seconds() for _ in range(repeats))
+    return batch * (n_new - 1) / min(decode_seconds() for _ in range(repeats))
 
 
 def main(argv=None) -> int:
@@ -66,6 +71,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prefill", type=int, nargs="+", default=[64, 256, 1024], metavar="T")
     parser.add_argument("--prompt", type=int, default=16, help="decode: prompt tokens (default 16)")
     parser.add_argument("--new", type=int, default=128, help="decode: new tokens (default 128)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1], metavar="B",
+                        help="decode: sequences decoded together (default 1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-baseline", action="store_true", help="skip the slow full-recompute run")
     parser.add_argument("--quick", action="store_true", help="T = 64, 256; 16 + 32 tokens; 1 repeat")
@@ -81,7 +88,7 @@ def main(argv=None) -> int:
     config = GPT2_SIZES[args.size]
     model = GPT2(config, random_params(config, seed=0), backend=backend)
     print(f"{args.size} shape ({config.n_params() / 1e6:.0f}M parameters, {config.n_layer} layers, "
-          f"width {config.n_embd}), random weights, backend {args.backend}, batch 1, "
+          f"width {config.n_embd}), random weights, backend {args.backend}, "
           f"{os.cpu_count()} CPUs")
     decode_tokens_per_second(model, 4, 3, True, 1)     # warm-up: first-touch of the weights
 
@@ -93,12 +100,16 @@ def main(argv=None) -> int:
               f"{T} positions would add {head * 1e3:.1f} ms")
 
     print(f"decode ({args.prompt}-token prompt + {args.new} new tokens, greedy, tokens/s after the first):")
-    cached = decode_tokens_per_second(model, args.prompt, args.new, True, args.repeats)
-    print(f"  KV cache:        {cached:7.1f} tokens/s  ({1e3 / cached:6.1f} ms/token)")
+    rates = {}
+    for batch in args.batch:
+        rates[batch] = decode_tokens_per_second(model, args.prompt, args.new, True, args.repeats, batch)
+        print(f"  KV cache, batch {batch:2d}: {rates[batch]:7.1f} tokens/s  "
+              f"({1e3 * batch / rates[batch]:6.1f} ms/step)")
     if not args.no_baseline:
+        cached = rates.get(1) or decode_tokens_per_second(model, args.prompt, args.new, True, args.repeats)
         full = decode_tokens_per_second(model, args.prompt, args.new, False, 1)
         print(f"  full recompute:  {full:7.1f} tokens/s  ({1e3 / full:6.1f} ms/token; one run, it is slow)")
-        print(f"  the cache is {cached / full:.1f}x faster")
+        print(f"  the cache is {cached / full:.1f}x faster (batch 1)")
     return 0
 
 
