@@ -5,17 +5,21 @@ cache against recomputing the whole sequence for every token.
     python benchmarks/bench_inference.py --backend numba    # once the numba kernels exist
     python benchmarks/bench_inference.py --quick            # smaller run, for a smoke test
     python benchmarks/bench_inference.py --backend numba --batch 1 4 16 --no-baseline
+    python benchmarks/bench_inference.py --backend numba --dtype float16 --prefill 64 --no-baseline
 
 Prefill = one forward pass over a T-token prompt into an empty cache, logits of the last position
 only. Decode = tokens/s after the first token (greedy), 16-token prompt + 128 new tokens by
 default; with --batch, for B same-length prompts decoded together (tokens/s counts all B rows).
 The baseline runs the same loop with use_cache=False: every step re-runs the prompt and all
 tokens so far through every layer (batch 1). Times are the best of --repeats runs.
+On the numba backend, batch 1 is also decoded operation by operation (whole_step=False), in
+rounds interleaved with the default (each step one call of kernels/decode_step_cpu.py).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -27,6 +31,7 @@ from minillm.model.backends import get_backend
 from minillm.model.config import GPT2_SIZES
 from minillm.model.gpt2 import GPT2
 from minillm.model.params import random_params
+from minillm.model.quantize import DTYPES, lm_head_weight
 from timing import best_time                  # benchmarks/timing.py, beside this script
 
 
@@ -43,7 +48,7 @@ def prefill_seconds(model: GPT2, T: int, repeats: int) -> float:
 def lm_head_seconds(model: GPT2, T: int, repeats: int) -> float:
     """What computing logits for all T prompt positions would add to a prefill."""
     x = np.random.default_rng(0).standard_normal((1, T, model.config.n_embd)).astype(np.float32)
-    return best_time(lambda: model.backend.linear(x, model.params.wte.T), repeats)
+    return best_time(lambda: model.backend.linear(x, lm_head_weight(model.params.wte)), repeats)
 
 
 def decode_tokens_per_second(model: GPT2, prompt_len: int, n_new: int, use_cache: bool, repeats: int,
@@ -64,6 +69,23 @@ def decode_tokens_per_second(model: GPT2, prompt_len: int, n_new: int, use_cache
     return batch * (n_new - 1) / min(decode_seconds() for _ in range(repeats))
 
 
+def compare_whole_step(model: GPT2, prompt_len: int, n_new: int, rounds: int) -> None:
+    """Batch 1 with each step one kernel call (the default) and operation by operation,
+    in interleaved rounds: tokens/s of each, median (best), and their ratio."""
+    rates = {True: [], False: []}
+    try:
+        for _ in range(rounds):
+            for whole_step in rates:
+                model.backend.whole_step = whole_step
+                rates[whole_step].append(decode_tokens_per_second(model, prompt_len, n_new, True, 1))
+    finally:
+        model.backend.whole_step = True
+    one, by_op = (statistics.median(rates[k]) for k in (True, False))
+    print(f"  batch 1, each step one kernel call: {one:7.1f} ({max(rates[True]):.1f}) tokens/s; "
+          f"operation by operation: {by_op:7.1f} ({max(rates[False]):.1f}); {one / by_op:.2f}x "
+          f"(medians (best) of {rounds} interleaved rounds)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpy", help="numpy (default), numba or cuda")
@@ -73,6 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--new", type=int, default=128, help="decode: new tokens (default 128)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1], metavar="B",
                         help="decode: sequences decoded together (default 1)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="how the weights are held")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-baseline", action="store_true", help="skip the slow full-recompute run")
     parser.add_argument("--quick", action="store_true", help="T = 64, 256; 16 + 32 tokens; 1 repeat")
@@ -86,9 +109,9 @@ def main(argv=None) -> int:
         print(f"backend {args.backend!r} is not available: {error}", file=sys.stderr)
         return 2
     config = GPT2_SIZES[args.size]
-    model = GPT2(config, random_params(config, seed=0), backend=backend)
+    model = GPT2(config, random_params(config, seed=0), backend=backend).quantized(args.dtype)
     print(f"{args.size} shape ({config.n_params() / 1e6:.0f}M parameters, {config.n_layer} layers, "
-          f"width {config.n_embd}), random weights, backend {args.backend}, "
+          f"width {config.n_embd}), random {args.dtype} weights, backend {args.backend}, "
           f"{os.cpu_count()} CPUs")
     decode_tokens_per_second(model, 4, 3, True, 1)     # warm-up: first-touch of the weights
 
@@ -105,6 +128,8 @@ def main(argv=None) -> int:
         rates[batch] = decode_tokens_per_second(model, args.prompt, args.new, True, args.repeats, batch)
         print(f"  KV cache, batch {batch:2d}: {rates[batch]:7.1f} tokens/s  "
               f"({1e3 * batch / rates[batch]:6.1f} ms/step)")
+    if getattr(model.backend, "whole_step", False) and 1 in args.batch:
+        compare_whole_step(model, args.prompt, args.new, args.repeats)
     if not args.no_baseline:
         cached = rates.get(1) or decode_tokens_per_second(model, args.prompt, args.new, True, args.repeats)
         full = decode_tokens_per_second(model, args.prompt, args.new, False, 1)

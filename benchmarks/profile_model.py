@@ -72,6 +72,16 @@ class TimedBackend:
         name = self._names.get(linear_weight_shape(weight), "other matmul")
         return self._clock.timed(name, self._backend.linear)(x, weight, bias)
 
+    def decode_step(self, *args):
+        """A whole decoding step as one kernel, where the backend runs one: one operation."""
+        step = getattr(self._backend, "decode_step", None)
+        start = time.perf_counter()
+        logits = None if step is None else step(*args)
+        if logits is not None:                        # None: the model runs its layers instead
+            self._clock.seconds["decode step"] += time.perf_counter() - start
+            self._clock.calls["decode step"] += 1
+        return logits
+
     def __getattr__(self, method):
         """attention, layer_norm, gelu, ...: timed under their own name."""
         return self._clock.timed(method.replace("_", " "), getattr(self._backend, method))
@@ -150,9 +160,23 @@ def profile_decode(model: GPT2, repeats: int) -> None:
         for ids in steps:
             model.forward(ids, cache=cache, last_only=True)
 
-    print_profile(f"decode step (mean of {DECODE_STEPS}, context {DECODE_PROMPT_LEN + 1}-"
-                  f"{DECODE_PROMPT_LEN + DECODE_STEPS} tokens)",
-                  *profile(decode, model, repeats, per=DECODE_STEPS))
+    title = (f"decode step (mean of {DECODE_STEPS}, context {DECODE_PROMPT_LEN + 1}-"
+             f"{DECODE_PROMPT_LEN + DECODE_STEPS} tokens)")
+    backend = model.backend
+    if not getattr(backend, "whole_step", False):
+        print_profile(title, *profile(decode, model, repeats, per=DECODE_STEPS))
+        return
+    # The numba backend runs a step as one kernel (kernels/decode_step_cpu.py): time that, then
+    # the same steps operation by operation for the table.
+    whole = profile(decode, model, repeats, per=DECODE_STEPS)[0]
+    backend.whole_step = False
+    try:
+        total, clock = profile(decode, model, repeats, per=DECODE_STEPS)
+    finally:
+        backend.whole_step = True
+    print_profile(title + ", operation by operation (whole_step=False)", total, clock)
+    print(f"  as one kernel (decode_step_cpu, the default): {whole * 1e3:.3f} ms, "
+          f"{total / whole:.2f}x the above")
 
 
 # ------------------------------------------------------------------------------------ machine

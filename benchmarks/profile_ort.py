@@ -161,7 +161,17 @@ def minillm_prefill(model, ids, runs: int):
 
 
 def minillm_decode(model, prompt):
-    """(mean step ms, {group: mean ms}) over DECODE_STEPS greedy steps after the prompt."""
+    """(mean step ms, {group: mean ms}) over DECODE_STEPS greedy steps after the prompt, run
+    operation by operation (whole_step=False) so that each group can be timed; by default
+    the numba backend runs a step as one kernel (profile_model.py times both)."""
+    model.backend.whole_step = False
+    try:
+        return _minillm_decode(model, prompt)
+    finally:
+        model.backend.whole_step = True
+
+
+def _minillm_decode(model, prompt):
     import profile_model
     from minillm.inference.kv_cache import KVCache
 

@@ -22,6 +22,7 @@ from minillm.model.quantize import QuantizedMatrix
 # The kernels a forward pass runs (importing attention_cpu compiles its eagerly typed ones).
 _KERNELS_DIR = Path(__file__).resolve().parent
 INFERENCE_KERNELS = {_KERNELS_DIR / "attention_cpu.py": None, _KERNELS_DIR / "attention_decode_cpu.py": None,
+                     _KERNELS_DIR / "decode_step_cpu.py": None,
                      _KERNELS_DIR / "fused_cpu.py": ("_gelu_flat", "_layer_norm_rows"),
                      _KERNELS_DIR / "matvec_cpu.py": None, _KERNELS_DIR / "matmul_packed_cpu.py": None}
 
@@ -70,35 +71,44 @@ class NumbaBackend:
     weights run their matmuls on numba's threads instead (minillm.kernels.matmul_packed_cpu
     and matvec_cpu), and then decode attention shares its heads among numba's threads too.
 
-    Layout for decoding. One row times a weight (in, out) with out < in -- the MLP's
-    down-projection, (3072, 768) -- reads the weight in strips of only `out` floats, which
-    OpenBLAS's gemv streams more slowly than the other shapes. With `decode_copies=True` (the
-    default) such a weight is used through a contiguous copy of its transpose, so that each
-    output is one dot product along a contiguous row. The price is memory: one more copy of
-    those weights (113 MB for GPT-2 124M, +23%), made on first use and kept while the backend
-    lives. Batched decoding (one token for each of 2..BATCHED_DECODE_MAX sequences) uses
+    Decoding one sequence. With `whole_step=True` (the default) the model hands each step of
+    one sequence (one new token, no padding mask) to `decode_step`: the whole forward pass as
+    one call of minillm.kernels.decode_step_cpu, whose threads start once per step and meet at
+    barriers, on the weights as the model holds them (float32, float16, or int8 with one scale
+    per row), no copy made. Elsewhere (whole_step=False, blocked int8 scales) the model runs
+    its layers one operation at a time, as below.
+
+    Layout for decoding, operation by operation. One row times a weight (in, out) with
+    out < in -- the MLP's down-projection, (3072, 768) -- reads the weight in strips of only
+    `out` floats, which OpenBLAS's gemv streams more slowly than the other shapes. With
+    `decode_copies=True` (the default) such a weight is used through a contiguous copy of its
+    transpose, so that each output is one dot product along a contiguous row. The price is
+    memory: one more copy of those weights (113 MB for GPT-2 124M, +23%), made on first use
+    and kept while the backend lives. Batched decoding (one token for each of 2..BATCHED_DECODE_MAX sequences) uses
     copies of every block weight packed into 16-column panels (340 MB for GPT-2 124M, +68%)
     with the register-tile kernel of minillm.kernels.matmul_packed_cpu, which reads each
     weight once for all the sequences; its LM head reads wte's rows as they are, with the
-    matrix-vector kernel. A backend that has decoded both one and several sequences holds
-    both kinds of copy (453 MB for 124M, +91%). The copies assume the weights never change in
+    matrix-vector kernel. A backend that has decoded both one sequence operation by operation
+    and several sequences holds both kinds of copy (453 MB for 124M, +91%). The copies assume the weights never change in
     place; call `clear()` if they do.
     """
 
     name = "numba"
 
     def __init__(self, matmul: str = "blas", decode_copies: bool = True,
-                 threads: int | None = None, pool_min_rows: int = POOL_MIN_ROWS):
+                 threads: int | None = None, pool_min_rows: int = POOL_MIN_ROWS,
+                 whole_step: bool = True):
         if matmul not in ("blas", "numba"):
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
         # Imported here: compiling (or loading from numba's cache) happens on first use.
         announce_compilation("model kernels", INFERENCE_KERNELS)
-        from minillm.kernels import (attention_backward_cpu, attention_cpu, fused_cpu, matmul_cpu,
-                                     matmul_packed_cpu, matvec_cpu)
+        from minillm.kernels import (attention_backward_cpu, attention_cpu, decode_step_cpu,
+                                     fused_cpu, matmul_cpu, matmul_packed_cpu, matvec_cpu)
         from minillm.kernels.workers import WorkerPool
 
         self.matmul = matmul
         self.decode_copies = decode_copies and matmul == "blas"
+        self.whole_step = whole_step and matmul == "blas"
         self.pool = WorkerPool(threads)          # threads=None: numba's thread count
         self.pool_min_rows = pool_min_rows
         self._attention = attention_cpu.flash_attention
@@ -109,6 +119,8 @@ class NumbaBackend:
         self._fused = fused_cpu
         self._matvec = matvec_cpu
         self._matmul_packed = matmul_packed_cpu
+        self._decode_step = decode_step_cpu
+        self._step_weights: tuple | None = None     # (params, StepWeights or None) last used
         self._transposed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._packed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._tiles: dict[int, list[np.ndarray]] = {}       # row length -> one tile per thread
@@ -274,10 +286,27 @@ class NumbaBackend:
         n_rows = logits.size // logits.shape[-1]
         return self._fused.cross_entropy(logits, targets, pool=self._pool_for(n_rows))
 
+    def decode_step(self, params, config, x: np.ndarray, cache) -> np.ndarray | None:
+        """Logits (V,) of one new token of one sequence, the whole step in one kernel call
+        (minillm.kernels.decode_step_cpu), its keys and values written to `cache`; None where
+        that kernel does not apply (whole_step=False, matmul="numba", weights it does not
+        take), and the model then runs its layers one operation at a time. x: (1, 1, C)."""
+        if not self.whole_step:
+            return None
+        if self._step_weights is None or self._step_weights[0] is not params:
+            usable = self._decode_step.unsupported_reason(params) is None
+            self._step_weights = (params, self._decode_step.StepWeights(params) if usable else None)
+        weights = self._step_weights[1]
+        if weights is None:
+            return None
+        return self._decode_step.decode_step(weights, x, cache, config.layer_norm_epsilon, self.pool)
+
     def clear(self) -> None:
-        """Forget the transposed and packed copies of the weights."""
+        """Forget the transposed and packed copies of the weights (and the step kernel's
+        arrangement of them, which holds no copies but could hold replaced arrays)."""
         self._transposed.clear()
         self._packed.clear()
+        self._step_weights = None
 
     def _transposed_copy(self, weight: np.ndarray) -> np.ndarray:
         """weight.T as a C-contiguous (out, in) array, copied on first use and kept."""

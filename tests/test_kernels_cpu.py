@@ -307,6 +307,23 @@ def test_the_decode_kernels_exp_is_an_identical_copy(name):
         assert getattr(attention_decode_cpu, constant) == getattr(attention_cpu, constant), constant
 
 
+@pytest.mark.parametrize("source, name", [
+    ("fused_cpu.py", "_bits_as_float32"), ("fused_cpu.py", "exp_f32"), ("fused_cpu.py", "_row_mean_var"),
+    ("matvec_cpu.py", "_float16_bits_to_float32"), ("matvec_cpu.py", "_float16_to_float32"),
+    ("matvec_cpu.py", "_int8_to_float32"), ("matvec_cpu.py", "_float32"), ("matvec_cpu.py", "_dot")])
+def test_the_decode_step_kernels_helpers_are_identical_copies(source, name):
+    assert _source_of("decode_step_cpu.py", name) == _source_of(source, name)
+
+
+def test_the_decode_step_kernel_uses_the_same_constants():
+    from minillm.kernels import decode_step_cpu, fused_cpu, matvec_cpu
+
+    for constant in ("GELU_SCALE", "GELU_CUBIC", "LOG2_E", "LN2_HIGH", "LN2_LOW", "EXP_MIN",
+                     "EXP_MAX", "EXP_POLY", "LANES", "CONTRACT"):
+        assert getattr(decode_step_cpu, constant) == getattr(fused_cpu, constant), constant
+    assert decode_step_cpu.REASSOC == matvec_cpu.REASSOC
+
+
 def test_both_cephes_exps_use_the_same_constants():
     # exp_nonpositive (attention, x <= 0, 0 below the underflow) and exp_f32 (GELU, clamped at
     # both ends) differ in their domain by design, not in the approximation.

@@ -6,6 +6,11 @@ methods of `Backend` below: `linear` (x @ W + b, ~all of the FLOPs), `attention`
 passes over (T, 4C) arrays that a fused kernel does in one loop instead of NumPy's chain of
 temporaries. "numpy" is the readable reference; "numba" and "cuda" run the kernels in
 `minillm.kernels`, each tested against that reference.
+
+One optional method: `decode_step(params, config, x, cache)`, a whole decoding step of one
+sequence (one new token, no padding) in one call, returning the logits (V,), or None to let
+the model run its layers as usual (`GPT2._whole_step`). The numba backend has one
+(`minillm/kernels/decode_step_cpu.py`, tested against the model's own loop).
 """
 from __future__ import annotations
 

@@ -1,0 +1,554 @@
+"""One decoding step of the whole model in one call: a new token of one sequence through every
+layer and the LM head, with the threads started once and meeting at barriers in between.
+
+    logits (V,) = GPT2.forward(token, cache=cache) for one sequence and one new token
+
+Reference: `GPT2.forward` with a KVCache (minillm/model/gpt2.py) on the "numpy" backend;
+tests/test_decode_step.py compares the logits and the keys and values written to the cache.
+
+Why. Decoding reads every weight once per token, so a step should take as long as memory needs
+to deliver them (benchmarks/README.md has the roofline). Run one operation at a time, a step of
+GPT-2 124M is ~100 calls from Python, each of which wakes numba's threads, splits its work and
+waits for the slowest thread before the next can start: ~2 ms a step beyond the weights'
+reading time (about a tenth of a float16 step; 0.7-0.8 ms as one call, benchmarks/README.md
+has the measurements). Here each of the pool's threads
+(minillm.kernels.workers) runs the whole forward pass, doing its share of every operation,
+and the threads wait for each other only where an operation needs all of the one before it:
+
+    for each layer:                                   worker w of n, shares of the outputs
+        h = LayerNorm_1(x)                            every worker, into its own h (C floats)
+        qkv[share] = h @ W_qkv + b
+        ---- barrier ----
+        for heads w, w + n, ...: write k, v to the cache; att[head] = softmax(q K^T / sqrt(d)) V
+        ---- barrier ----
+        x[share] += att @ W_proj + b
+        ---- barrier ----
+        h = LayerNorm_2(x)
+        fc[share] = gelu(h @ W_fc + b)
+        ---- barrier ----
+        x[share] += fc @ W_mlp_proj + b
+        ---- barrier ----
+    logits[share] = LayerNorm_f(x) @ wte^T
+
+A barrier is one shared counter: each worker adds 1 atomically and spins until it reaches n
+times the number of barriers passed (yielding its core after a while, in case it shares one).
+The workers are the pool's threads, one piece each, so every one of them runs at once (a
+barrier would never open if two took turns on one thread).
+
+The weights are read as the model holds them, nothing copied:
+* float32, W (in, out): each worker takes a share of the rows (inputs), which lie one after
+  another in memory, and adds x[i] W[i, :] over them into partial sums of every output, four
+  rows per pass; after one more barrier each adds up the workers' partial sums for its share
+  of the outputs;
+* float16 and int8, W^T (out, in) (minillm.model.quantize), and the LM head's wte (V, C): each
+  output is one dot product along a contiguous row, widened in registers as in matvec_cpu.py
+  (int8 with one scale per row; NumbaBackend takes the step-by-step path for blocked scales).
+
+Numerics: float32 everywhere, as the reference. The products are summed in vector-wide partial
+sums (`REASSOC`: the same freedom matvec_cpu takes); LayerNorm sums in float64 as fused_cpu
+does; GELU and the softmax use fused_cpu's Cephes exp. Logits agree with the reference to
+~1e-5 of their scale (the tests state the tolerance).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+REASSOC = {"reassoc", "contract"}     # vectorise the dot products' sums; nothing else relaxed
+CONTRACT = {"contract"}               # fused multiply-add only
+NO_BIAS = np.zeros(0, np.float32)     # `bias` meaning "none" (numba wants one type)
+NO_SCALES = np.zeros((0, 1), np.float32)   # `scales` of a weight that has none
+
+# LayerNorm's partial sums (written out for exactly 8 in _row_mean_var)
+LANES = 8
+# gelu: sqrt(2/pi) and the cubic coefficient of GPT-2's tanh approximation
+GELU_SCALE = np.float32(np.sqrt(2.0 / np.pi))
+GELU_CUBIC = np.float32(0.044715)
+# exp_f32: 2^n split off by n = round(x / ln 2); ln 2 in two parts so that x - n ln 2 is exact
+LOG2_E = np.float32(1.4426950408889634)
+LN2_HIGH = np.float32(0.693359375)
+LN2_LOW = np.float32(-2.12194440e-4)
+EXP_MIN, EXP_MAX = np.float32(-87.3), np.float32(88.7)     # keep 2^n a normal float32
+# e^r - 1 - r = r^2 * poly(r) for |r| <= ln2 / 2, poly's coefficients from the highest power down
+EXP_POLY = tuple(np.float32(c) for c in
+                 (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                  4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+# A barrier's reads of the counter before it starts yielding the core: ~0.1-0.3 ms of spinning,
+# longer than workers on cores of their own keep each other waiting at a barrier, far shorter
+# than an OS time slice.
+SPINS_BEFORE_YIELD = 1 << 16
+# Rows of W per pass of the float32 column kernel: each accumulator load and store is shared
+# by four multiply-adds.
+ROWS_PER_PASS = 4
+
+
+# ---- copies of other kernels' helpers --------------------------------------------------------
+# numba's on-disk cache keys a function on its own file only, so these are copies (of
+# fused_cpu.py and matvec_cpu.py); tests/test_kernels_cpu.py keeps them identical.
+@intrinsic
+def _bits_as_float32(typingctx, bits):
+    """Reinterpret an int32's bits as a float32 (no conversion)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.int32), codegen
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def exp_f32(x):
+    """e^x for a float32, as e^r * 2^n with |r| <= ln2 / 2; inf above ~88.4, never below
+    e^-87.3 (no subnormals). Inlined, so LLVM vectorises the loop that calls it (a call to
+    libm's expf would keep it scalar)."""
+    x = min(max(x, EXP_MIN), EXP_MAX)
+    n = np.floor(x * LOG2_E + np.float32(0.5))
+    r = x - n * LN2_HIGH - n * LN2_LOW
+    poly = EXP_POLY[0]
+    for c in EXP_POLY[1:]:
+        poly = poly * r + c
+    e_r = poly * r * r + r + np.float32(1.0)
+    two_to_n = _bits_as_float32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    return e_r * two_to_n
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def _row_mean_var(row):
+    """Mean and biased variance of a float32 row, accumulated in float64.
+
+    Each sum runs in LANES partial sums, lane j adding elements j, j + 8, j + 16, ... in
+    order, the lanes then added up one by one. They are eight scalars, not an array: scalars
+    stay in registers (two AVX2 vectors of float64), where an array's slots were loaded and
+    stored at every step (LayerNorm 1.1-1.25x slower that way, measured)."""
+    n = row.size
+    whole = n - n % LANES
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0.0
+    for i in range(0, whole, LANES):
+        p0 += row[i]; p1 += row[i + 1]; p2 += row[i + 2]; p3 += row[i + 3]          # noqa: E702
+        p4 += row[i + 4]; p5 += row[i + 5]; p6 += row[i + 6]; p7 += row[i + 7]      # noqa: E702
+    total = p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
+    for i in range(whole, n):
+        total += row[i]
+    mean = total / n
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 0.0
+    for i in range(0, whole, LANES):
+        d0, d1, d2, d3 = row[i] - mean, row[i + 1] - mean, row[i + 2] - mean, row[i + 3] - mean
+        d4, d5, d6, d7 = row[i + 4] - mean, row[i + 5] - mean, row[i + 6] - mean, row[i + 7] - mean
+        p0 += d0 * d0; p1 += d1 * d1; p2 += d2 * d2; p3 += d3 * d3                  # noqa: E702
+        p4 += d4 * d4; p5 += d5 * d5; p6 += d6 * d6; p7 += d7 * d7                  # noqa: E702
+    squares = p0 + p1 + p2 + p3 + p4 + p5 + p6 + p7
+    for i in range(whole, n):
+        d = row[i] - mean
+        squares += d * d
+    return mean, squares / n
+
+
+@intrinsic
+def _float16_bits_to_float32(typingctx, bits):
+    """A float16 given as its 16 bits (uint16) widened to float32, exactly."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@njit(inline="always")
+def _float16_to_float32(bits):
+    return _float16_bits_to_float32(bits)
+
+
+@njit(inline="always")
+def _int8_to_float32(q):
+    """Through int32: the direct int8 -> float32 conversion keeps LLVM from vectorising the
+    loop (9x slower, measured), while int32 -> float32 is one `vcvtdq2ps` per 8 weights."""
+    return np.float32(np.int32(q))
+
+
+@njit(inline="always")
+def _float32(w):
+    return w
+
+
+@njit(inline="always", fastmath=REASSOC)
+def _dot(widen, w_row, x_row):
+    """sum_i widen(w[i]) x[i]: a stored row, widened in registers, dotted with x."""
+    total = np.float32(0.0)
+    for i in range(x_row.size):
+        total += widen(w_row[i]) * x_row[i]
+    return total
+
+
+# ---- the barrier -----------------------------------------------------------------------------
+@intrinsic
+def _arrive(typingctx, counter):
+    """counter[0] += 1, atomically and in order with every write before it."""
+    if counter != types.int64[::1]:
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        builder.atomic_rmw("add", array.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(counter), codegen
+
+
+@intrinsic
+def _arrived(typingctx, counter):
+    """counter[0], read atomically (so the spin loop re-reads it and sees the writes before it)."""
+    if counter != types.int64[::1]:
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.load_atomic(array.data, "acquire", 8)
+
+    return types.int64(counter), codegen
+
+
+@intrinsic
+def _yield_core(typingctx):
+    """sched_yield(): let another runnable thread have this core (libc's, linked at load)."""
+    def codegen(context, builder, signature, args):
+        sched_yield = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                     "sched_yield")
+        builder.call(sched_yield, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(inline="always")
+def _barrier(counter, n_workers, passed):
+    """Wait for all n_workers to get here; passed: barriers this worker had passed. -> passed + 1
+
+    Spinning answers within nanoseconds when every worker has a core of its own. After
+    SPINS_BEFORE_YIELD reads it also yields the core at each read, so that a worker which shares
+    its core (more threads than cores, a CPU quota) gets to run and arrive."""
+    _arrive(counter)
+    everyone = (passed + 1) * n_workers
+    spins = 0
+    while _arrived(counter) < everyone:
+        spins += 1
+        if spins > SPINS_BEFORE_YIELD:
+            _yield_core()
+    return passed + 1
+
+
+@njit(inline="always")
+def _share(n, worker, n_workers):
+    """[start, stop) of worker's near-equal contiguous share of range(n)."""
+    return n * worker // n_workers, n * (worker + 1) // n_workers
+
+
+# ---- the products: out = x @ W + bias, each worker its share -------------------------------
+# Every product takes the same arguments and returns the barriers passed, so that _step can run
+# any of them: (w, scales, x, out, bias, worker, n_workers, counter, passed, partials).
+@njit(nogil=True, cache=True, fastmath=REASSOC)
+def _partial_columns_float32(w, x, k_start, k_stop, partial):
+    """partial[o] = sum_{k_start <= i < k_stop} x[i] W[i, o] for every column o of W (in, out):
+    this worker's rows of W, which lie one after another in memory, read in order, four rows
+    per pass over the accumulator."""
+    n = w.shape[1]
+    for o in range(n):
+        partial[o] = 0.0
+    whole = k_start + (k_stop - k_start) - (k_stop - k_start) % ROWS_PER_PASS
+    for i in range(k_start, whole, ROWS_PER_PASS):
+        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        w0, w1, w2, w3 = w[i], w[i + 1], w[i + 2], w[i + 3]
+        for o in range(n):
+            partial[o] += x0 * w0[o] + x1 * w1[o] + x2 * w2[o] + x3 * w3[o]
+    for i in range(whole, k_stop):
+        xi, wi = x[i], w[i]
+        for o in range(n):
+            partial[o] += xi * wi[o]
+
+
+@njit(nogil=True, cache=True)
+def _sum_partials(partials, n_workers, bias, out, start, stop):
+    """out[o] = sum over workers of partials[worker, o] + bias[o], for o in [start, stop)."""
+    for o in range(start, stop):
+        total = partials[0, o]
+        for worker in range(1, n_workers):
+            total += partials[worker, o]
+        out[o] = total + bias[o] if bias.size else total
+
+
+@njit(inline="always")
+def _columns_float32(w, scales, x, out, bias, worker, n_workers, counter, passed, partials):
+    """W (in, out) float32: each worker sums over its share of the inputs (its rows of W) for
+    every output; after a barrier, each adds up the workers' partial sums for its outputs.
+    (Sharing the outputs instead, each worker would read a strip of every row: measured 0.93x
+    the step-by-step path, where this is level with it.)"""
+    k_start, k_stop = _share(w.shape[0], worker, n_workers)
+    _partial_columns_float32(w, x, k_start, k_stop, partials[worker])
+    passed = _barrier(counter, n_workers, passed)
+    start, stop = _share(w.shape[1], worker, n_workers)
+    _sum_partials(partials, n_workers, bias, out, start, stop)
+    return passed      # _step passes a barrier after every product: no worker refills its
+                       # partials while another still reads them
+
+
+@njit(nogil=True, cache=True, fastmath=REASSOC)
+def _dot_rows_float32(w, x, out, bias, start, stop):
+    for o in range(start, stop):
+        total = _dot(_float32, w[o], x)
+        out[o] = total + bias[o] if bias.size else total
+
+
+@njit(nogil=True, cache=True, fastmath=REASSOC)
+def _dot_rows_float16(w_bits, x, out, bias, start, stop):
+    for o in range(start, stop):
+        total = _dot(_float16_to_float32, w_bits[o], x)
+        out[o] = total + bias[o] if bias.size else total
+
+
+@njit(nogil=True, cache=True, fastmath=REASSOC)
+def _dot_rows_int8(q, scales, x, out, bias, start, stop):
+    for o in range(start, stop):
+        total = _dot(_int8_to_float32, q[o], x) * scales[o, 0]
+        out[o] = total + bias[o] if bias.size else total
+
+
+@njit(inline="always")
+def _rows_float32(w, scales, x, out, bias, worker, n_workers, counter, passed, partials):
+    """W^T (out, in) float32 (the LM head's wte): one dot product per output."""
+    start, stop = _share(w.shape[0], worker, n_workers)
+    _dot_rows_float32(w, x, out, bias, start, stop)
+    return passed
+
+
+@njit(inline="always")
+def _rows_float16(w_bits, scales, x, out, bias, worker, n_workers, counter, passed, partials):
+    """W^T (out, in) float16, given as its bits (uint16)."""
+    start, stop = _share(w_bits.shape[0], worker, n_workers)
+    _dot_rows_float16(w_bits, x, out, bias, start, stop)
+    return passed
+
+
+@njit(inline="always")
+def _rows_int8(q, scales, x, out, bias, worker, n_workers, counter, passed, partials):
+    """W^T (out, in) int8 with one scale per row: w[o, i] = scales[o, 0] * q[o, i]."""
+    start, stop = _share(q.shape[0], worker, n_workers)
+    _dot_rows_int8(q, scales, x, out, bias, start, stop)
+    return passed
+
+
+# ---- the other operations, on whole rows or one worker's share -------------------------------
+@njit(nogil=True, cache=True, error_model="numpy")
+def _layer_norm(x, gain, bias, eps, out):
+    """out = (x - mean) / sqrt(var + eps) * gain + bias over one row, as fused_cpu's."""
+    mean, var = _row_mean_var(x)
+    mean32 = np.float32(mean)
+    inv_std = np.float32(1.0) / np.sqrt(np.float32(var) + eps)   # float32, as in the reference
+    for c in range(x.size):
+        out[c] = (x[c] - mean32) * inv_std * gain[c] + bias[c]
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=CONTRACT)
+def _gelu_share(x, start, stop):
+    """x[start:stop] = gelu(x[start:stop]) in place, tanh form as fused_cpu's."""
+    for i in range(start, stop):
+        v = x[i]
+        z = GELU_SCALE * (v + GELU_CUBIC * v * v * v)
+        x[i] = v / (np.float32(1.0) + exp_f32(np.float32(-2.0) * z))
+
+
+@njit(nogil=True, cache=True, error_model="numpy", fastmath=CONTRACT)
+def _attend_head(qkv, keys, values, head, position, att, scores, q_row):
+    """Write head's key and value for `position` into the cache, then
+    att[head] = softmax(q K^T / sqrt(d)) V over positions 0..position (all of them visible)."""
+    head_dim = keys.shape[3]
+    width = att.size                                   # C: q, k, v sit at 0, C, 2C in qkv
+    base = head * head_dim
+    for t in range(head_dim):
+        keys[0, head, position, t] = qkv[width + base + t]
+        values[0, head, position, t] = qkv[2 * width + base + t]
+    scale = np.float32(1.0 / math.sqrt(head_dim))
+    for t in range(head_dim):
+        q_row[t] = qkv[base + t] * scale
+    n_keys = position + 1
+    row_max = np.float32(-np.inf)
+    for j in range(n_keys):
+        s = _dot(_float32, keys[0, head, j], q_row)
+        scores[j] = s
+        row_max = max(row_max, s)
+    total = np.float32(0.0)
+    for j in range(n_keys):
+        p = exp_f32(scores[j] - row_max)
+        scores[j] = p
+        total += p
+    for t in range(head_dim):
+        att[base + t] = 0.0
+    for j in range(n_keys):
+        p = scores[j]
+        for t in range(head_dim):
+            att[base + t] += p * values[0, head, j, t]
+    inv_total = np.float32(1.0) / total
+    for t in range(head_dim):
+        att[base + t] *= inv_total
+
+
+# ---- one worker's whole step -----------------------------------------------------------------
+@njit(inline="always")
+def _step(product, head_product, worker, n_workers, counter, x, shared, scratch, vectors, ln_f,
+          weights, scales, wte, wte_scales, keys, values, position, eps, logits):
+    """The loop of the module docstring, for one worker. shared: (qkv (3C,), att (C,),
+    fc (4C,), partials (n_workers, 4C)); scratch: this worker's own (h (C,), scores
+    (max_len,), q_row (d,)); vectors, weights, scales: StepWeights'."""
+    qkv, att, fc, partials = shared
+    h, scores, q_row = scratch
+    ln_1_gain, ln_1_bias, ln_2_gain, ln_2_bias, qkv_b, proj_b, fc_b, mproj_b = vectors
+    qkv_w, proj_w, fc_w, mproj_w = weights
+    qkv_s, proj_s, fc_s, mproj_s = scales
+    C, n_head = x.size, keys[0].shape[1]
+    n = n_workers
+    passed = 0
+    for layer in range(len(qkv_w)):
+        _layer_norm(x, ln_1_gain[layer], ln_1_bias[layer], eps, h)
+        passed = product(qkv_w[layer], qkv_s[layer], h, qkv, qkv_b[layer], worker, n, counter,
+                         passed, partials)
+        passed = _barrier(counter, n, passed)
+        for head in range(worker, n_head, n):
+            _attend_head(qkv, keys[layer], values[layer], head, position, att, scores, q_row)
+        passed = _barrier(counter, n, passed)
+        # h is free now: it takes this worker's share of the product, added to x
+        passed = product(proj_w[layer], proj_s[layer], att, h, proj_b[layer], worker, n, counter,
+                         passed, partials)
+        start, stop = _share(C, worker, n)
+        for c in range(start, stop):
+            x[c] += h[c]
+        passed = _barrier(counter, n, passed)
+        _layer_norm(x, ln_2_gain[layer], ln_2_bias[layer], eps, h)
+        passed = product(fc_w[layer], fc_s[layer], h, fc, fc_b[layer], worker, n, counter,
+                         passed, partials)
+        start, stop = _share(4 * C, worker, n)
+        _gelu_share(fc, start, stop)
+        passed = _barrier(counter, n, passed)
+        passed = product(mproj_w[layer], mproj_s[layer], fc, h, mproj_b[layer], worker, n,
+                         counter, passed, partials)
+        start, stop = _share(C, worker, n)
+        for c in range(start, stop):
+            x[c] += h[c]
+        passed = _barrier(counter, n, passed)
+    _layer_norm(x, ln_f[0], ln_f[1], eps, h)
+    head_product(wte, wte_scales, h, logits, NO_BIAS, worker, n, counter, passed, partials)
+
+
+@njit(nogil=True, cache=True)
+def _worker_float32(worker, n_workers, counter, x, shared, scratch, vectors, ln_f, weights,
+                    scales, wte, wte_scales, keys, values, position, eps, logits):
+    _step(_columns_float32, _rows_float32, worker, n_workers, counter, x, shared, scratch, vectors,
+          ln_f, weights, scales, wte, wte_scales, keys, values, position, eps, logits)
+
+
+@njit(nogil=True, cache=True)
+def _worker_float16(worker, n_workers, counter, x, shared, scratch, vectors, ln_f, weights,
+                    scales, wte, wte_scales, keys, values, position, eps, logits):
+    _step(_rows_float16, _rows_float16, worker, n_workers, counter, x, shared, scratch, vectors,
+          ln_f, weights, scales, wte, wte_scales, keys, values, position, eps, logits)
+
+
+@njit(nogil=True, cache=True)
+def _worker_int8(worker, n_workers, counter, x, shared, scratch, vectors, ln_f, weights,
+                 scales, wte, wte_scales, keys, values, position, eps, logits):
+    _step(_rows_int8, _rows_int8, worker, n_workers, counter, x, shared, scratch, vectors,
+          ln_f, weights, scales, wte, wte_scales, keys, values, position, eps, logits)
+
+
+_WORKERS = {"float32": _worker_float32, "float16": _worker_float16, "int8": _worker_int8}
+LINEAR_WEIGHTS = ("attn_qkv_weight", "attn_proj_weight", "mlp_fc_weight", "mlp_proj_weight")
+VECTORS = ("ln_1_gain", "ln_1_bias", "ln_2_gain", "ln_2_bias",
+           "attn_qkv_bias", "attn_proj_bias", "mlp_fc_bias", "mlp_proj_bias")
+
+
+# ---- Python side -------------------------------------------------------------------------------
+class StepWeights:
+    """A model's parameters as the step kernel takes them: tuples (one entry per layer) of the
+    model's own arrays, nothing copied, so that updating a weight in place is seen here too."""
+
+    def __init__(self, params):
+        blocks = params.blocks
+        self.dtype = _kind(params.wte)
+        self.weights = tuple(tuple(_stored(getattr(b, name)) for b in blocks) for name in LINEAR_WEIGHTS)
+        self.scales = tuple(tuple(_scales(getattr(b, name)) for b in blocks) for name in LINEAR_WEIGHTS)
+        self.vectors = tuple(tuple(getattr(b, name) for b in blocks) for name in VECTORS)
+        self.ln_f = (params.ln_f_gain, params.ln_f_bias)
+        self.wte, self.wte_scales = _stored(params.wte), _scales(params.wte)
+        self.n_vocab = params.wte.shape[0]
+
+
+def unsupported_reason(params) -> str | None:
+    """Why the step kernel cannot run these parameters, or None if it can."""
+    matrices = [getattr(b, name) for b in params.blocks for name in LINEAR_WEIGHTS] + [params.wte]
+    kinds = {_kind(m) for m in matrices}
+    if len(kinds) != 1:
+        return f"weights of mixed kinds {sorted(kinds)}"
+    for m in matrices:
+        array = _stored(m)
+        if not array.flags.c_contiguous:
+            return "a weight that is not C-contiguous"
+        if _kind(m) == "float32" and array.dtype != np.float32:
+            return f"a {array.dtype} weight"
+        if _kind(m) == "int8" and m.scales.shape[1] != 1:
+            return "int8 weights with blocked scales (the step kernel takes one scale per row)"
+    vectors = [getattr(b, name) for b in params.blocks for name in VECTORS]
+    vectors += [params.ln_f_gain, params.ln_f_bias]
+    if not all(v.dtype == np.float32 and v.ndim == 1 and v.flags.c_contiguous for v in vectors):
+        return "a bias or LayerNorm vector that is not a contiguous float32 array"
+    return None
+
+
+def _kind(matrix) -> str:
+    return "float32" if isinstance(matrix, np.ndarray) else matrix.dtype
+
+
+def _stored(matrix):
+    """The array the kernels read: float32 as it is, float16 as its bits, int8 as its codes."""
+    if isinstance(matrix, np.ndarray):
+        return matrix
+    return matrix.data.view(np.uint16) if matrix.dtype == "float16" else matrix.data
+
+
+def _scales(matrix):
+    return matrix.scales if _kind(matrix) == "int8" else NO_SCALES
+
+
+def decode_step(weights: StepWeights, x: np.ndarray, cache, eps: float, pool) -> np.ndarray:
+    """Logits (V,) for one new token of one sequence, whose embedding x (C,) already holds the
+    position's; writes the token's keys and values at position cache.length of `cache` (a
+    minillm.inference.kv_cache.KVCache for one sequence), which the caller then advances.
+
+    pool: the minillm.kernels.workers.WorkerPool whose threads run the step, one worker each."""
+    position, max_len = cache.length, cache.max_len
+    if position >= max_len:
+        raise ValueError(f"KV cache is full: {position} cached + 1 new positions exceed its "
+                         f"max_len of {max_len}")
+    if cache.batch_size != 1:
+        raise ValueError(f"decode_step runs one sequence; the cache holds {cache.batch_size}")
+    x = np.array(x, np.float32).reshape(-1)                  # (C,), the residual stream, updated
+    C, n_workers = x.size, pool.n_threads
+    head_dim = cache.keys[0].shape[3]
+    shared = (np.empty(3 * C, np.float32), np.empty(C, np.float32), np.empty(4 * C, np.float32),
+              np.empty((n_workers, 4 * C), np.float32))
+    scratch = [(np.empty(C, np.float32), np.empty(max_len, np.float32),
+                np.empty(head_dim, np.float32)) for _ in range(n_workers)]
+    logits = np.empty(weights.n_vocab, np.float32)
+    counter = np.zeros(1, np.int64)
+    keys, values = tuple(cache.keys), tuple(cache.values)
+    worker_step = _WORKERS[weights.dtype]
+    w = weights
+    pool.run(lambda worker: worker_step(worker, n_workers, counter, x, shared, scratch[worker],
+                                        w.vectors, w.ln_f, w.weights, w.scales, w.wte,
+                                        w.wte_scales, keys, values, position, np.float32(eps),
+                                        logits), n_workers)
+    return logits
