@@ -74,8 +74,8 @@ def compare_whole_step(model: GPT2, prompt_len: int, n_new: int, rounds: int) ->
     in interleaved rounds: tokens/s of each, median (best), and their ratio."""
     rates = {True: [], False: []}
     try:
-        for _ in range(rounds):
-            for whole_step in rates:
+        for round_ in range(rounds):
+            for whole_step in ((True, False) if round_ % 2 == 0 else (False, True)):
                 model.backend.whole_step = whole_step
                 rates[whole_step].append(decode_tokens_per_second(model, prompt_len, n_new, True, 1))
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +73,12 @@ class NumbaBackend:
     and matvec_cpu), and then decode attention shares its heads among numba's threads too.
 
     Decoding one sequence. With `whole_step=True` (the default) the model hands each step of
-    one sequence (one new token, no padding mask) to `decode_step`: the whole forward pass as
-    one call of minillm.kernels.decode_step_cpu, whose threads start once per step and meet at
-    barriers, on the weights as the model holds them (float32, float16, or int8 with one scale
-    per row), no copy made. Elsewhere (whole_step=False, blocked int8 scales) the model runs
-    its layers one operation at a time, as below.
+    one sequence (one new token, no attention_mask) to `decode_step`: the whole forward pass
+    as one call of minillm.kernels.decode_step_cpu, whose threads start once per step and meet
+    at barriers, on the weights as the model holds them (float32, float16, or int8 with one
+    scale per row), no copy made; a weight replaced by another array is noticed at the next
+    step. Everything else (prompts, batches, a mask, hidden states, blocked int8 scales,
+    whole_step=False or matmul="numba") runs the layers one operation at a time, as below.
 
     Layout for decoding, operation by operation. One row times a weight (in, out) with
     out < in -- the MLP's down-projection, (3072, 768) -- reads the weight in strips of only
@@ -108,6 +110,7 @@ class NumbaBackend:
 
         self.matmul = matmul
         self.decode_copies = decode_copies and matmul == "blas"
+        # matmul="numba" exists to run the model on the teaching matmul: keep every step on it
         self.whole_step = whole_step and matmul == "blas"
         self.pool = WorkerPool(threads)          # threads=None: numba's thread count
         self.pool_min_rows = pool_min_rows
@@ -120,7 +123,9 @@ class NumbaBackend:
         self._matvec = matvec_cpu
         self._matmul_packed = matmul_packed_cpu
         self._decode_step = decode_step_cpu
-        self._step_weights: tuple | None = None     # (params, StepWeights or None) last used
+        # (key of the arrays, StepWeights or None if the kernel cannot take them), last used
+        self._step_weights: tuple | None = None
+        self._step_lock = threading.Lock()
         self._transposed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._packed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._tiles: dict[int, list[np.ndarray]] = {}       # row length -> one tile per thread
@@ -293,17 +298,21 @@ class NumbaBackend:
         take), and the model then runs its layers one operation at a time. x: (1, 1, C)."""
         if not self.whole_step:
             return None
-        if self._step_weights is None or self._step_weights[0] is not params:
-            usable = self._decode_step.unsupported_reason(params) is None
-            self._step_weights = (params, self._decode_step.StepWeights(params) if usable else None)
+        kernel = self._decode_step
+        key = kernel.key(params)              # which arrays the model holds now
+        if self._step_weights is None or self._step_weights[0] != key:
+            usable = kernel.unsupported_reason(params) is None
+            self._step_weights = (key, kernel.StepWeights(params) if usable else None)
         weights = self._step_weights[1]
         if weights is None:
             return None
-        return self._decode_step.decode_step(weights, x, cache, config.layer_norm_epsilon, self.pool)
+        with self._step_lock:                 # one step at a time: the workers meet at barriers
+            return kernel.decode_step(weights, x, cache, config.layer_norm_epsilon, config.n_head,
+                                      self.pool)
 
     def clear(self) -> None:
-        """Forget the transposed and packed copies of the weights (and the step kernel's
-        arrangement of them, which holds no copies but could hold replaced arrays)."""
+        """Forget the transposed and packed copies of the weights, and the step kernel's
+        arrangement of them (no copies, but references that keep the arrays alive)."""
         self._transposed.clear()
         self._packed.clear()
         self._step_weights = None

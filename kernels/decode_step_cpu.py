@@ -8,8 +8,8 @@ tests/test_decode_step.py compares the logits and the keys and values written to
 
 Why. Decoding reads every weight once per token, so a step should take as long as memory needs
 to deliver them (benchmarks/README.md has the roofline). Run one operation at a time, a step of
-GPT-2 124M is ~100 calls from Python, each of which wakes numba's threads, splits its work and
-waits for the slowest thread before the next can start: ~2 ms a step beyond the weights'
+GPT-2 124M is ~100 calls from Python, each of which wakes numba's (or OpenBLAS's) threads,
+splits its work and waits for the slowest thread before the next can start: ~2 ms a step beyond the weights'
 reading time (about a tenth of a float16 step; 0.7-0.8 ms as one call, benchmarks/README.md
 has the measurements). Here each of the pool's threads
 (minillm.kernels.workers) runs the whole forward pass, doing its share of every operation,
@@ -33,7 +33,9 @@ and the threads wait for each other only where an operation needs all of the one
 A barrier is one shared counter: each worker adds 1 atomically and spins until it reaches n
 times the number of barriers passed (yielding its core after a while, in case it shares one).
 The workers are the pool's threads, one piece each, so every one of them runs at once (a
-barrier would never open if two took turns on one thread).
+barrier would never open if two took turns on one thread); at most one worker per usable core,
+and one step at a time per pool. A worker that fails sets an abort flag beside the counter,
+which opens every barrier, so that the others finish and the error reaches the caller.
 
 The weights are read as the model holds them, nothing copied:
 * float32, W (in, out): each worker takes a share of the rows (inputs), which lie one after
@@ -47,11 +49,13 @@ The weights are read as the model holds them, nothing copied:
 Numerics: float32 everywhere, as the reference. The products are summed in vector-wide partial
 sums (`REASSOC`: the same freedom matvec_cpu takes); LayerNorm sums in float64 as fused_cpu
 does; GELU and the softmax use fused_cpu's Cephes exp. Logits agree with the reference to
-~1e-5 of their scale (the tests state the tolerance).
+~1e-6 of their scale (tests/test_decode_step.py allows 2e-5).
 """
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import numpy as np
 from llvmlite import ir
@@ -82,6 +86,8 @@ EXP_POLY = tuple(np.float32(c) for c in
 # longer than workers on cores of their own keep each other waiting at a barrier, far shorter
 # than an OS time slice.
 SPINS_BEFORE_YIELD = 1 << 16
+YIELD_FUNCTION = "SwitchToThread" if sys.platform == "win32" else "sched_yield"
+ARRIVED, ABORTED = 0, 1         # the barrier counter's slots: arrivals so far, a worker failed
 # Rows of W per pass of the float32 column kernel: each accumulator load and store is shared
 # by four multiply-adds.
 ROWS_PER_PASS = 4
@@ -190,7 +196,7 @@ def _dot(widen, w_row, x_row):
 # ---- the barrier -----------------------------------------------------------------------------
 @intrinsic
 def _arrive(typingctx, counter):
-    """counter[0] += 1, atomically and in order with every write before it."""
+    """counter[ARRIVED] += 1 (ARRIVED = 0), atomically and in order with every write before it."""
     if counter != types.int64[::1]:
         return None
 
@@ -203,25 +209,27 @@ def _arrive(typingctx, counter):
 
 
 @intrinsic
-def _arrived(typingctx, counter):
-    """counter[0], read atomically (so the spin loop re-reads it and sees the writes before it)."""
+def _read(typingctx, counter, index):
+    """counter[index], read atomically (so a spin loop re-reads it and sees the writes before
+    the write it reads)."""
     if counter != types.int64[::1]:
         return None
 
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])
-        return builder.load_atomic(array.data, "acquire", 8)
+        return builder.load_atomic(builder.gep(array.data, [args[1]]), "acquire", 8)
 
-    return types.int64(counter), codegen
+    return types.int64(counter, index), codegen
 
 
 @intrinsic
 def _yield_core(typingctx):
-    """sched_yield(): let another runnable thread have this core (libc's, linked at load)."""
+    """Let another runnable thread have this core: the C library's sched_yield (Windows:
+    SwitchToThread), found in the process when the kernel is loaded."""
     def codegen(context, builder, signature, args):
-        sched_yield = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
-                                                     "sched_yield")
-        builder.call(sched_yield, [])
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                                  YIELD_FUNCTION)
+        builder.call(function, [])
         return context.get_dummy_value()
 
     return types.void(), codegen
@@ -237,7 +245,7 @@ def _barrier(counter, n_workers, passed):
     _arrive(counter)
     everyone = (passed + 1) * n_workers
     spins = 0
-    while _arrived(counter) < everyone:
+    while _read(counter, ARRIVED) < everyone and _read(counter, ABORTED) == 0:
         spins += 1
         if spins > SPINS_BEFORE_YIELD:
             _yield_core()
@@ -251,8 +259,6 @@ def _share(n, worker, n_workers):
 
 
 # ---- the products: out = x @ W + bias, each worker its share -------------------------------
-# Every product takes the same arguments and returns the barriers passed, so that _step can run
-# any of them: (w, scales, x, out, bias, worker, n_workers, counter, passed, partials).
 @njit(nogil=True, cache=True, fastmath=REASSOC)
 def _partial_columns_float32(w, x, k_start, k_stop, partial):
     """partial[o] = sum_{k_start <= i < k_stop} x[i] W[i, o] for every column o of W (in, out):
@@ -283,6 +289,8 @@ def _sum_partials(partials, n_workers, bias, out, start, stop):
         out[o] = total + bias[o] if bias.size else total
 
 
+# Every product below takes the same arguments and returns the barriers passed, so that _step
+# can run any of them: (w, scales, x, out, bias, worker, n_workers, counter, passed, partials).
 @njit(inline="always")
 def _columns_float32(w, scales, x, out, bias, worker, n_workers, counter, passed, partials):
     """W (in, out) float32: each worker sums over its share of the inputs (its rows of W) for
@@ -474,17 +482,31 @@ VECTORS = ("ln_1_gain", "ln_1_bias", "ln_2_gain", "ln_2_bias",
 # ---- Python side -------------------------------------------------------------------------------
 class StepWeights:
     """A model's parameters as the step kernel takes them: tuples (one entry per layer) of the
-    model's own arrays, nothing copied, so that updating a weight in place is seen here too."""
+    model's own arrays, nothing copied, so that updating a weight in place is seen here too.
+    `sources` keeps every parameter object it was made from: `key(params) == weights.key` says
+    whether the model still holds exactly those (none replaced)."""
 
     def __init__(self, params):
         blocks = params.blocks
         self.dtype = _kind(params.wte)
+        self.sources = _sources(params)
+        self.key = tuple(map(id, self.sources))          # valid: `sources` keeps each one alive
         self.weights = tuple(tuple(_stored(getattr(b, name)) for b in blocks) for name in LINEAR_WEIGHTS)
         self.scales = tuple(tuple(_scales(getattr(b, name)) for b in blocks) for name in LINEAR_WEIGHTS)
         self.vectors = tuple(tuple(getattr(b, name) for b in blocks) for name in VECTORS)
         self.ln_f = (params.ln_f_gain, params.ln_f_bias)
         self.wte, self.wte_scales = _stored(params.wte), _scales(params.wte)
-        self.n_vocab = params.wte.shape[0]
+        self.n_layer, (self.n_vocab, self.width) = len(blocks), params.wte.shape
+
+
+def key(params) -> tuple:
+    """The identity of every parameter object the step kernel reads (compare with StepWeights.key)."""
+    return tuple(map(id, _sources(params)))
+
+
+def _sources(params) -> list:
+    return ([getattr(b, name) for b in params.blocks for name in LINEAR_WEIGHTS + VECTORS]
+            + [params.wte, params.ln_f_gain, params.ln_f_bias])
 
 
 def unsupported_reason(params) -> str | None:
@@ -523,32 +545,58 @@ def _scales(matrix):
     return matrix.scales if _kind(matrix) == "int8" else NO_SCALES
 
 
-def decode_step(weights: StepWeights, x: np.ndarray, cache, eps: float, pool) -> np.ndarray:
+def usable_cores() -> int:
+    """The cores this process may run on: more spinning workers than that would take turns."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _check_cache(cache, weights: StepWeights, n_head: int) -> None:
+    """The cache must be one sequence's, for this model, with room for one more position: the
+    kernel writes into it unchecked."""
+    if cache.length >= cache.max_len:
+        raise ValueError(f"KV cache is full: {cache.length} cached + 1 new positions exceed its "
+                         f"max_len of {cache.max_len}")
+    shape = (1, n_head, cache.max_len, weights.width // n_head)
+    arrays = list(cache.keys) + list(cache.values)
+    if len(cache.keys) != weights.n_layer or len(cache.values) != weights.n_layer or not all(
+            a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
+        raise ValueError(f"decode_step needs a KV cache of {weights.n_layer} layers of C-contiguous "
+                         f"float32 {shape} keys and values (one sequence of this model); got "
+                         f"{len(cache.keys)} layers of {cache.keys[0].shape if cache.keys else None}")
+
+
+def decode_step(weights: StepWeights, x: np.ndarray, cache, eps: float, n_head: int,
+                pool) -> np.ndarray:
     """Logits (V,) for one new token of one sequence, whose embedding x (C,) already holds the
     position's; writes the token's keys and values at position cache.length of `cache` (a
     minillm.inference.kv_cache.KVCache for one sequence), which the caller then advances.
 
-    pool: the minillm.kernels.workers.WorkerPool whose threads run the step, one worker each."""
-    position, max_len = cache.length, cache.max_len
-    if position >= max_len:
-        raise ValueError(f"KV cache is full: {position} cached + 1 new positions exceed its "
-                         f"max_len of {max_len}")
-    if cache.batch_size != 1:
-        raise ValueError(f"decode_step runs one sequence; the cache holds {cache.batch_size}")
+    pool: the minillm.kernels.workers.WorkerPool whose threads run the step, one worker each
+    (at most one per usable core). One step at a time per pool (NumbaBackend holds a lock): a
+    second step's workers could otherwise wait at a barrier for threads busy with the first's."""
+    _check_cache(cache, weights, n_head)
     x = np.array(x, np.float32).reshape(-1)                  # (C,), the residual stream, updated
-    C, n_workers = x.size, pool.n_threads
-    head_dim = cache.keys[0].shape[3]
+    if x.size != weights.width:
+        raise ValueError(f"x must hold the model's {weights.width} embedding values, got {x.size}")
+    C, n_workers = weights.width, min(pool.n_threads, usable_cores())
     shared = (np.empty(3 * C, np.float32), np.empty(C, np.float32), np.empty(4 * C, np.float32),
               np.empty((n_workers, 4 * C), np.float32))
-    scratch = [(np.empty(C, np.float32), np.empty(max_len, np.float32),
-                np.empty(head_dim, np.float32)) for _ in range(n_workers)]
+    scratch = [(np.empty(C, np.float32), np.empty(cache.max_len, np.float32),
+                np.empty(C // n_head, np.float32)) for _ in range(n_workers)]
     logits = np.empty(weights.n_vocab, np.float32)
-    counter = np.zeros(1, np.int64)
-    keys, values = tuple(cache.keys), tuple(cache.values)
-    worker_step = _WORKERS[weights.dtype]
-    w = weights
-    pool.run(lambda worker: worker_step(worker, n_workers, counter, x, shared, scratch[worker],
-                                        w.vectors, w.ln_f, w.weights, w.scales, w.wte,
-                                        w.wte_scales, keys, values, position, np.float32(eps),
-                                        logits), n_workers)
+    counter = np.zeros(2, np.int64)                          # [ARRIVED, ABORTED]
+    keys, values, position = tuple(cache.keys), tuple(cache.values), cache.length
+    worker_step, w = _WORKERS[weights.dtype], weights
+
+    def run_worker(worker: int) -> None:
+        try:
+            worker_step(worker, n_workers, counter, x, shared, scratch[worker], w.vectors, w.ln_f,
+                        w.weights, w.scales, w.wte, w.wte_scales, keys, values, position,
+                        np.float32(eps), logits)
+        except BaseException:
+            counter[ABORTED] = 1          # opens every barrier: the other workers run out
+            raise
+
+    pool.run(run_worker, n_workers)
     return logits
+

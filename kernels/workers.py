@@ -14,8 +14,12 @@ is cut into such pieces:
   - the numba kernels are compiled with `nogil=True` and take a worker index, so each worker
     computes its own share of rows or attention jobs, in parallel with the others.
 
-Decoding one token at a time does not use the pool: its matrix-vector products are too short
-to split by rows, and OpenBLAS's own threads run them well (see NumbaBackend).
+Decoding one sequence uses the pool once per step: minillm.kernels.decode_step_cpu runs the
+whole step as one piece per thread, the pieces meeting at barriers, which needs every piece on
+a thread of its own at once (n_pieces <= n_threads, and no other `run` of the pool meanwhile:
+NumbaBackend holds a lock for it). Step by step (NumbaBackend(whole_step=False)) its
+matrix-vector products are too short to split by rows, and OpenBLAS's or numba's own threads
+run them.
 """
 from __future__ import annotations
 

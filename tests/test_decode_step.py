@@ -15,10 +15,15 @@ from minillm.model.quantize import quantize
 pytest.importorskip("numba")
 from minillm.kernels import decode_step_cpu                    # noqa: E402
 from minillm.kernels.backend import NumbaBackend               # noqa: E402
+from minillm.kernels.workers import WorkerPool                 # noqa: E402
 
-CONFIG = GPT2Config(vocab_size=301, n_positions=40, n_embd=48, n_layer=3, n_head=4)
+# eps 1e-3, not GPT-2's 1e-5, so that the kernel must take the model's: a fixed 1e-5 moves the
+# logits by ~1e-3 of their scale here.
+CONFIG = GPT2Config(vocab_size=301, n_positions=40, n_embd=48, n_layer=3, n_head=4,
+                    layer_norm_epsilon=1e-3)
 # Logits differ from the reference by float32 rounding only: ~1e-6 of their scale here (sums
-# reassociated, another exp); a wrong formula (no 1/sqrt(d), erf GELU, eps 1e-6) is >= 1e-3.
+# reassociated, another exp); each wrong formula tried (no 1/sqrt(d), erf GELU, another eps, a
+# bias left out, a share of W's rows skipped) made these tests fail.
 RTOL = 2e-5
 
 
@@ -43,7 +48,7 @@ def _models(config, dtype, threads, seed=0):
 
 def _decode_both(reference, fast, prompt, new_ids):
     """Run the prompt, then each new id, through both models with a cache each; assert the logits
-    of every step agree; return both caches."""
+    of every step agree and that the fast model's steps ran the step kernel; return both caches."""
     config = reference.config
     caches = [KVCache.for_model(config, 1, max_len=len(prompt) + len(new_ids)) for _ in range(2)]
     for model, cache in zip((reference, fast), caches):
@@ -53,7 +58,18 @@ def _decode_both(reference, fast, prompt, new_ids):
         got = fast.forward(np.array([[token]]), cache=caches[1]).logits
         assert got.shape == want.shape == (1, 1, config.vocab_size) and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=0, atol=RTOL * np.abs(want).max())
+    assert _ran_the_kernel(fast) or fast.backend._step_weights == (_key(fast), None)
     return caches
+
+
+def _key(model):
+    return decode_step_cpu.key(model.params)
+
+
+def _ran_the_kernel(model) -> bool:
+    """Whether the backend's last decoding step went through the step kernel."""
+    held = model.backend._step_weights
+    return held is not None and held[1] is not None and held[0] == _key(model)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
@@ -61,7 +77,7 @@ def _decode_both(reference, fast, prompt, new_ids):
 def test_step_matches_the_models_loop(dtype, threads):
     reference, fast = _models(CONFIG, dtype, threads)
     want, got = _decode_both(reference, fast, [3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5])
-    assert fast.backend._step_weights[1] is not None                 # the kernel did the steps
+    assert _ran_the_kernel(fast)
     assert got.length == want.length == 11
     for a, b in zip(want.keys + want.values, got.keys + got.values):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
@@ -79,6 +95,7 @@ def test_step_on_odd_shapes(n_head, head_dim, n_layer, vocab, prompt_len, thread
     reference, fast = _models(config, dtype, threads, seed)
     rng = np.random.default_rng(seed)
     _decode_both(reference, fast, rng.integers(0, vocab, prompt_len), rng.integers(0, vocab, 3))
+    assert _ran_the_kernel(fast)
 
 
 def test_greedy_generation_is_the_same_with_and_without_the_step_kernel():
@@ -87,17 +104,26 @@ def test_greedy_generation_is_the_same_with_and_without_the_step_kernel():
     without = GPT2(CONFIG, params, backend=NumbaBackend(threads=2, whole_step=False))
     prompt = np.array([7, 7, 3])
     np.testing.assert_array_equal(with_kernel.generate(prompt, 20), without.generate(prompt, 20))
-    assert with_kernel.backend._step_weights is not None and without.backend._step_weights is None
+    assert _ran_the_kernel(with_kernel) and without.backend._step_weights is None
+    teaching = GPT2(CONFIG, params, backend=NumbaBackend(threads=2, matmul="numba"))
+    np.testing.assert_array_equal(teaching.generate(prompt, 5), without.generate(prompt, 5))
+    assert teaching.backend._step_weights is None           # the teaching matmul runs every step
 
 
-def test_the_step_sees_weights_updated_in_place():
-    """StepWeights holds the model's own arrays, no copies: an optimiser's in-place update shows."""
+def test_the_step_sees_weights_updated_in_place_or_replaced():
+    """StepWeights holds the model's own arrays, no copies: an optimiser's in-place update
+    shows, and a weight replaced by another array is noticed at the next step."""
     reference, fast = _models(CONFIG, "float32", 2)
     _decode_both(reference, fast, [1, 2], [3])
     for block in fast.params.blocks:
         block.mlp_fc_weight *= np.float32(1.5)
         block.ln_2_bias += np.float32(0.25)
     _decode_both(reference, fast, [1, 2], [3, 4])
+    block = fast.params.blocks[1]
+    block.attn_proj_weight = block.attn_proj_weight * np.float32(-2.0)     # a new array
+    block.ln_1_gain = block.ln_1_gain + np.float32(1.0)
+    _decode_both(reference, fast, [1, 2], [3, 4])
+    assert _ran_the_kernel(fast)
 
 
 def test_where_the_kernel_does_not_apply_the_model_runs_its_layers():
@@ -108,22 +134,63 @@ def test_where_the_kernel_does_not_apply_the_model_runs_its_layers():
     assert "blocked scales" in decode_step_cpu.unsupported_reason(blocked.params)
     fast = GPT2(CONFIG, blocked.params, backend=NumbaBackend(threads=2))
     _decode_both(blocked, fast, [5, 6], [7, 8])
-    assert fast.backend._step_weights == (fast.params, None)
+    assert fast.backend._step_weights == (_key(fast), None)
     assert fast.backend.decode_step(fast.params, CONFIG, np.zeros((1, 1, 48), np.float32),
                                     KVCache.for_model(CONFIG, 1)) is None
 
 
-def test_a_full_cache_is_refused():
-    reference, fast = _models(CONFIG, "float16", 2)
+def test_a_full_or_foreign_cache_is_refused():
+    _, fast = _models(CONFIG, "float16", 2)
+    weights, pool = decode_step_cpu.StepWeights(fast.params), fast.backend.pool
+    x, eps, n_head = np.zeros(CONFIG.n_embd, np.float32), CONFIG.layer_norm_epsilon, CONFIG.n_head
     cache = KVCache.for_model(CONFIG, 1, max_len=3)
-    fast.forward(np.array([[1, 2, 3]]), cache=cache)
+    cache.length = 3
     with pytest.raises(ValueError, match="KV cache is full: 3 cached"):
-        fast.forward(np.array([[4]]), cache=cache)
+        decode_step_cpu.decode_step(weights, x, cache, eps, n_head, pool)
+    other = GPT2Config(vocab_size=301, n_positions=40, n_embd=48, n_layer=2, n_head=4)
+    for foreign in (KVCache.for_model(other, 1), KVCache.for_model(CONFIG, 2)):
+        with pytest.raises(ValueError, match="KV cache of 3 layers"):
+            decode_step_cpu.decode_step(weights, x, foreign, eps, n_head, pool)
+    with pytest.raises(ValueError, match="48 embedding values"):
+        decode_step_cpu.decode_step(weights, x[:40], KVCache.for_model(CONFIG, 1), eps, n_head, pool)
 
 
-def test_padding_and_batches_take_the_layer_by_layer_path():
-    """A mask or several sequences are not the kernel's: the results still match the reference."""
+def test_a_failing_worker_opens_the_barriers_and_its_error_reaches_the_caller(monkeypatch):
+    """One worker raising (here before its kernel starts) must not leave the others spinning."""
+    _, fast = _models(CONFIG, "float32", 2)
+    weights = decode_step_cpu.StepWeights(fast.params)
+    kernel = decode_step_cpu._WORKERS["float32"]
+
+    def worker_one_fails(worker, *args):
+        if worker == 1:
+            raise RuntimeError("worker 1 failed")
+        kernel(worker, *args)
+
+    monkeypatch.setitem(decode_step_cpu._WORKERS, "float32", worker_one_fails)
+    cache = KVCache.for_model(CONFIG, 1)
+    with pytest.raises(RuntimeError, match="worker 1 failed"):
+        decode_step_cpu.decode_step(weights, np.zeros(48, np.float32), cache, 1e-3, 4,
+                                    WorkerPool(2))
+
+
+def test_a_mask_batches_and_hidden_states_take_the_layer_by_layer_path():
+    """A mask, several sequences or hidden states are not the kernel's: the results still match
+    the reference, and the kernel is never asked."""
     reference, fast = _models(CONFIG, "float32", 2)
+    two = [KVCache.for_model(CONFIG, 2, max_len=4) for _ in range(2)]
+    for model, cache in zip((reference, fast), two):
+        model.forward(np.array([[1, 2, 3], [4, 5, 6]]), cache=cache)
+    want = reference.forward(np.array([[7], [8]]), cache=two[0]).logits
+    np.testing.assert_allclose(fast.forward(np.array([[7], [8]]), cache=two[1]).logits, want,
+                               rtol=0, atol=RTOL * np.abs(want).max())
+    one = [KVCache.for_model(CONFIG, 1, max_len=4) for _ in range(2)]
+    for model, cache in zip((reference, fast), one):
+        model.forward(np.array([[1, 2, 3]]), cache=cache)
+    want = reference.forward(np.array([[7]]), cache=one[0], output_hidden_states=True)
+    got = fast.forward(np.array([[7]]), cache=one[1], output_hidden_states=True)
+    assert len(got.hidden_states) == CONFIG.n_layer + 1
+    np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=RTOL * np.abs(want.logits).max())
+    assert fast.backend._step_weights is None
     mask = np.array([[0, 1, 1, 1]])
     caches = [KVCache.for_model(CONFIG, 1, max_len=5) for _ in range(2)]
     for model, cache in zip((reference, fast), caches):
@@ -133,3 +200,13 @@ def test_padding_and_batches_take_the_layer_by_layer_path():
     got = fast.forward(np.array([[7]]), attention_mask=step_mask, cache=caches[1]).logits
     np.testing.assert_allclose(got, want, rtol=0, atol=RTOL * np.abs(want).max())
     assert fast.backend._step_weights is None                       # never asked
+
+
+def test_unsupported_weights_are_named():
+    params = _params(CONFIG, seed=3)
+    assert decode_step_cpu.unsupported_reason(params) is None
+    params.blocks[0].mlp_fc_weight = np.asfortranarray(params.blocks[0].mlp_fc_weight)
+    assert "not C-contiguous" in decode_step_cpu.unsupported_reason(params)
+    mixed = GPT2(CONFIG, _params(CONFIG, seed=3)).quantized("float16").params
+    mixed.blocks[2].attn_qkv_weight = quantize(mixed.blocks[2].attn_qkv_weight.dequantize(), "int8")
+    assert "mixed kinds" in decode_step_cpu.unsupported_reason(mixed)

@@ -312,7 +312,10 @@ def test_the_decode_kernels_exp_is_an_identical_copy(name):
     ("matvec_cpu.py", "_float16_bits_to_float32"), ("matvec_cpu.py", "_float16_to_float32"),
     ("matvec_cpu.py", "_int8_to_float32"), ("matvec_cpu.py", "_float32"), ("matvec_cpu.py", "_dot")])
 def test_the_decode_step_kernels_helpers_are_identical_copies(source, name):
-    assert _source_of("decode_step_cpu.py", name) == _source_of(source, name)
+    copy, original = _source_of("decode_step_cpu.py", name), _source_of(source, name)
+    if "NotImplementedError" in copy + original:     # a course release stubs both (assignment a3)
+        pytest.skip("withheld in this release")
+    assert copy == original
 
 
 def test_the_decode_step_kernel_uses_the_same_constants():

@@ -8,7 +8,7 @@ temporaries. "numpy" is the readable reference; "numba" and "cuda" run the kerne
 `minillm.kernels`, each tested against that reference.
 
 One optional method: `decode_step(params, config, x, cache)`, a whole decoding step of one
-sequence (one new token, no padding) in one call, returning the logits (V,), or None to let
+sequence (one new token, no attention_mask) in one call, returning the logits (V,), or None to let
 the model run its layers as usual (`GPT2._whole_step`). The numba backend has one
 (`minillm/kernels/decode_step_cpu.py`, tested against the model's own loop).
 """
