@@ -15,20 +15,24 @@ has the measurements). Here each of the pool's threads
 (minillm.kernels.workers) runs the whole forward pass, doing its share of every operation,
 and the threads wait for each other only where an operation needs all of the one before it:
 
-    for each layer:                                   worker w of n, shares of the outputs
+    for each layer:                                   worker w of n, its blocks of the outputs
         h = LayerNorm_1(x)                            every worker, into its own h (C floats)
-        qkv[share] = h @ W_qkv + b
+        qkv[block] = h @ W_qkv + b
         ---- barrier ----
         for heads w, w + n, ...: write k, v to the cache; att[head] = softmax(q K^T / sqrt(d)) V
         ---- barrier ----
-        x[share] += att @ W_proj + b
+        x[block] += att @ W_proj + b
         ---- barrier ----
         h = LayerNorm_2(x)
-        fc[share] = gelu(h @ W_fc + b)
+        fc[block] = gelu(h @ W_fc + b)
         ---- barrier ----
-        x[share] += fc @ W_mlp_proj + b
+        x[block] += fc @ W_mlp_proj + b
         ---- barrier ----
-    logits[share] = LayerNorm_f(x) @ wte^T
+    logits[block] = LayerNorm_f(x) @ wte^T
+
+A block is ROWS_PER_TICKET outputs: each worker takes the next one from a shared counter when
+it has finished the last, so that the workers reach the barrier together (with fixed halves,
+the one whose half streamed more slowly kept the other waiting ~5% of a step).
 
 A barrier is one shared counter: each worker adds 1 atomically and spins until it reaches n
 times the number of barriers passed (yielding its core after a while, in case it shares one).
@@ -41,9 +45,10 @@ The weights are read as the model holds them, nothing copied:
 * float32, W (in, out): each worker takes a share of the rows (inputs), which lie one after
   another in memory, and adds x[i] W[i, :] over them into partial sums of every output, four
   rows per pass; after one more barrier each adds up the workers' partial sums for its share
-  of the outputs;
+  of the outputs (fixed halves: the rows of W are the unit of work here);
 * float16 and int8, W^T (out, in) (minillm.model.quantize), and the LM head's wte (V, C): each
-  output is one dot product along a contiguous row, widened in registers as in matvec_cpu.py
+  output is one dot product along a contiguous row, widened in registers as in matvec_cpu.py,
+  in blocks of rows taken as above
   (int8 with one scale per row; NumbaBackend takes the step-by-step path for blocked scales).
 
 Numerics: float32 everywhere, as the reference. The products are summed in vector-wide partial
@@ -87,7 +92,16 @@ EXP_POLY = tuple(np.float32(c) for c in
 # than an OS time slice.
 SPINS_BEFORE_YIELD = 1 << 16
 YIELD_FUNCTION = "SwitchToThread" if sys.platform == "win32" else "sched_yield"
-ARRIVED, ABORTED = 0, 1         # the barrier counter's slots: arrivals so far, a worker failed
+# The counter's slots: arrivals at barriers so far, a worker failed, then one ticket counter per
+# product (at slot TICKETS + the barriers passed before it, which differ from product to product)
+ARRIVED, ABORTED, TICKETS = 0, 1, 2
+# Output rows per ticket of a product on W^T: the workers take the next 64 rows as they finish
+# the last, so that they finish together. Fixed halves left one worker waiting 0.6-0.9 ms of an
+# 11-19 ms int8 / float16 step at the barriers, the other 0.3-0.4; blocks, 0.2-0.4 each.
+ROWS_PER_TICKET = 64
+# What a product does with its outputs: store them, add them to `out` (the residual stream), or
+# store gelu of them (the MLP's first product)
+STORE, ADD, GELU = 0, 1, 2
 # Rows of W per pass of the float32 column kernel: each accumulator load and store is shared
 # by four multiply-adds.
 ROWS_PER_PASS = 4
@@ -195,17 +209,18 @@ def _dot(widen, w_row, x_row):
 
 # ---- the barrier -----------------------------------------------------------------------------
 @intrinsic
-def _arrive(typingctx, counter):
-    """counter[ARRIVED] += 1 (ARRIVED = 0), atomically and in order with every write before it."""
+def _take(typingctx, counter, index):
+    """counter[index] += 1, atomically and in order with every write before it; returns the
+    value before (a ticket: each caller gets a different one)."""
     if counter != types.int64[::1]:
         return None
 
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])
-        builder.atomic_rmw("add", array.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
-        return context.get_dummy_value()
+        return builder.atomic_rmw("add", builder.gep(array.data, [args[1]]),
+                                  ir.Constant(ir.IntType(64), 1), "seq_cst")
 
-    return types.void(counter), codegen
+    return types.int64(counter, index), codegen
 
 
 @intrinsic
@@ -242,7 +257,7 @@ def _barrier(counter, n_workers, passed):
     Spinning answers within nanoseconds when every worker has a core of its own. After
     SPINS_BEFORE_YIELD reads it also yields the core at each read, so that a worker which shares
     its core (more threads than cores, a CPU quota) gets to run and arrive."""
-    _arrive(counter)
+    _take(counter, ARRIVED)
     everyone = (passed + 1) * n_workers
     spins = 0
     while _read(counter, ARRIVED) < everyone and _read(counter, ABORTED) == 0:
@@ -280,19 +295,32 @@ def _partial_columns_float32(w, x, k_start, k_stop, partial):
 
 
 @njit(nogil=True, cache=True)
-def _sum_partials(partials, n_workers, bias, out, start, stop):
-    """out[o] = sum over workers of partials[worker, o] + bias[o], for o in [start, stop)."""
+def _sum_partials(partials, n_workers, bias, out, start, stop, mode):
+    """out[o] (=, += or = gelu of) sum over workers of partials[worker, o] + bias[o], for o in
+    [start, stop)."""
     for o in range(start, stop):
         total = partials[0, o]
         for worker in range(1, n_workers):
             total += partials[worker, o]
-        out[o] = total + bias[o] if bias.size else total
+        _put(out, o, total + bias[o] if bias.size else total, mode)
+    if mode == GELU:
+        _gelu_range(out, start, stop)
+
+
+@njit(inline="always")
+def _put(out, o, value, mode):
+    """out[o] = value, or += value for ADD (GELU is applied afterwards, to the stored values)."""
+    if mode == ADD:
+        out[o] += value
+    else:
+        out[o] = value
 
 
 # Every product below takes the same arguments and returns the barriers passed, so that _step
-# can run any of them: (w, scales, x, out, bias, worker, n_workers, counter, passed, partials).
+# can run any of them: (w, scales, x, out, bias, mode, worker, n_workers, counter, passed,
+# partials).
 @njit(inline="always")
-def _columns_float32(w, scales, x, out, bias, worker, n_workers, counter, passed, partials):
+def _columns_float32(w, scales, x, out, bias, mode, worker, n_workers, counter, passed, partials):
     """W (in, out) float32: each worker sums over its share of the inputs (its rows of W) for
     every output; after a barrier, each adds up the workers' partial sums for its outputs.
     (Sharing the outputs instead, each worker would read a strip of every row: measured 0.93x
@@ -301,53 +329,65 @@ def _columns_float32(w, scales, x, out, bias, worker, n_workers, counter, passed
     _partial_columns_float32(w, x, k_start, k_stop, partials[worker])
     passed = _barrier(counter, n_workers, passed)
     start, stop = _share(w.shape[1], worker, n_workers)
-    _sum_partials(partials, n_workers, bias, out, start, stop)
+    _sum_partials(partials, n_workers, bias, out, start, stop, mode)
     return passed      # _step passes a barrier after every product: no worker refills its
                        # partials while another still reads them
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
-def _dot_rows_float32(w, x, out, bias, start, stop):
+def _dot_rows_float32(w, scales, x, out, bias, start, stop, mode):
+    """W^T (out, in) float32 (the LM head's wte): one dot product per output."""
     for o in range(start, stop):
         total = _dot(_float32, w[o], x)
-        out[o] = total + bias[o] if bias.size else total
+        _put(out, o, total + bias[o] if bias.size else total, mode)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
-def _dot_rows_float16(w_bits, x, out, bias, start, stop):
+def _dot_rows_float16(w_bits, scales, x, out, bias, start, stop, mode):
+    """W^T (out, in) float16, given as its bits (uint16)."""
     for o in range(start, stop):
         total = _dot(_float16_to_float32, w_bits[o], x)
-        out[o] = total + bias[o] if bias.size else total
+        _put(out, o, total + bias[o] if bias.size else total, mode)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
-def _dot_rows_int8(q, scales, x, out, bias, start, stop):
+def _dot_rows_int8(q, scales, x, out, bias, start, stop, mode):
+    """W^T (out, in) int8 with one scale per row: w[o, i] = scales[o, 0] * q[o, i]."""
     for o in range(start, stop):
         total = _dot(_int8_to_float32, q[o], x) * scales[o, 0]
-        out[o] = total + bias[o] if bias.size else total
+        _put(out, o, total + bias[o] if bias.size else total, mode)
 
 
 @njit(inline="always")
-def _rows_float32(w, scales, x, out, bias, worker, n_workers, counter, passed, partials):
-    """W^T (out, in) float32 (the LM head's wte): one dot product per output."""
-    start, stop = _share(w.shape[0], worker, n_workers)
-    _dot_rows_float32(w, x, out, bias, start, stop)
+def _by_tickets(dot_rows, w, scales, x, out, bias, mode, counter, passed):
+    """dot_rows over all rows of W^T, ROWS_PER_TICKET at a time, each worker taking the next
+    block as it finishes one (the blocks of one product counted at slot TICKETS + passed)."""
+    n_rows = w.shape[0]
+    block = _take(counter, TICKETS + passed)
+    while block * ROWS_PER_TICKET < n_rows:
+        start = block * ROWS_PER_TICKET
+        stop = min(n_rows, start + ROWS_PER_TICKET)
+        dot_rows(w, scales, x, out, bias, start, stop, mode)
+        if mode == GELU:
+            _gelu_range(out, start, stop)
+        block = _take(counter, TICKETS + passed)
+
+
+@njit(inline="always")
+def _rows_float32(w, scales, x, out, bias, mode, worker, n_workers, counter, passed, partials):
+    _by_tickets(_dot_rows_float32, w, scales, x, out, bias, mode, counter, passed)
     return passed
 
 
 @njit(inline="always")
-def _rows_float16(w_bits, scales, x, out, bias, worker, n_workers, counter, passed, partials):
-    """W^T (out, in) float16, given as its bits (uint16)."""
-    start, stop = _share(w_bits.shape[0], worker, n_workers)
-    _dot_rows_float16(w_bits, x, out, bias, start, stop)
+def _rows_float16(w_bits, scales, x, out, bias, mode, worker, n_workers, counter, passed, partials):
+    _by_tickets(_dot_rows_float16, w_bits, scales, x, out, bias, mode, counter, passed)
     return passed
 
 
 @njit(inline="always")
-def _rows_int8(q, scales, x, out, bias, worker, n_workers, counter, passed, partials):
-    """W^T (out, in) int8 with one scale per row: w[o, i] = scales[o, 0] * q[o, i]."""
-    start, stop = _share(q.shape[0], worker, n_workers)
-    _dot_rows_int8(q, scales, x, out, bias, start, stop)
+def _rows_int8(q, scales, x, out, bias, mode, worker, n_workers, counter, passed, partials):
+    _by_tickets(_dot_rows_int8, q, scales, x, out, bias, mode, counter, passed)
     return passed
 
 
@@ -363,7 +403,7 @@ def _layer_norm(x, gain, bias, eps, out):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=CONTRACT)
-def _gelu_share(x, start, stop):
+def _gelu_range(x, start, stop):
     """x[start:stop] = gelu(x[start:stop]) in place, tanh form as fused_cpu's."""
     for i in range(start, stop):
         v = x[i]
@@ -418,38 +458,28 @@ def _step(product, head_product, worker, n_workers, counter, x, shared, scratch,
     ln_1_gain, ln_1_bias, ln_2_gain, ln_2_bias, qkv_b, proj_b, fc_b, mproj_b = vectors
     qkv_w, proj_w, fc_w, mproj_w = weights
     qkv_s, proj_s, fc_s, mproj_s = scales
-    C, n_head = x.size, keys[0].shape[1]
-    n = n_workers
+    n_head, n = keys[0].shape[1], n_workers
     passed = 0
     for layer in range(len(qkv_w)):
         _layer_norm(x, ln_1_gain[layer], ln_1_bias[layer], eps, h)
-        passed = product(qkv_w[layer], qkv_s[layer], h, qkv, qkv_b[layer], worker, n, counter,
-                         passed, partials)
+        passed = product(qkv_w[layer], qkv_s[layer], h, qkv, qkv_b[layer], STORE, worker, n,
+                         counter, passed, partials)
         passed = _barrier(counter, n, passed)
         for head in range(worker, n_head, n):
             _attend_head(qkv, keys[layer], values[layer], head, position, att, scores, q_row)
         passed = _barrier(counter, n, passed)
-        # h is free now: it takes this worker's share of the product, added to x
-        passed = product(proj_w[layer], proj_s[layer], att, h, proj_b[layer], worker, n, counter,
-                         passed, partials)
-        start, stop = _share(C, worker, n)
-        for c in range(start, stop):
-            x[c] += h[c]
+        passed = product(proj_w[layer], proj_s[layer], att, x, proj_b[layer], ADD, worker, n,
+                         counter, passed, partials)                  # x += att @ W_proj + b
         passed = _barrier(counter, n, passed)
         _layer_norm(x, ln_2_gain[layer], ln_2_bias[layer], eps, h)
-        passed = product(fc_w[layer], fc_s[layer], h, fc, fc_b[layer], worker, n, counter,
-                         passed, partials)
-        start, stop = _share(4 * C, worker, n)
-        _gelu_share(fc, start, stop)
-        passed = _barrier(counter, n, passed)
-        passed = product(mproj_w[layer], mproj_s[layer], fc, h, mproj_b[layer], worker, n,
+        passed = product(fc_w[layer], fc_s[layer], h, fc, fc_b[layer], GELU, worker, n,
                          counter, passed, partials)
-        start, stop = _share(C, worker, n)
-        for c in range(start, stop):
-            x[c] += h[c]
+        passed = _barrier(counter, n, passed)
+        passed = product(mproj_w[layer], mproj_s[layer], fc, x, mproj_b[layer], ADD, worker, n,
+                         counter, passed, partials)
         passed = _barrier(counter, n, passed)
     _layer_norm(x, ln_f[0], ln_f[1], eps, h)
-    head_product(wte, wte_scales, h, logits, NO_BIAS, worker, n, counter, passed, partials)
+    head_product(wte, wte_scales, h, logits, NO_BIAS, STORE, worker, n, counter, passed, partials)
 
 
 @njit(nogil=True, cache=True)
@@ -584,7 +614,9 @@ def decode_step(weights: StepWeights, x: np.ndarray, cache, eps: float, n_head: 
     scratch = [(np.empty(C, np.float32), np.empty(cache.max_len, np.float32),
                 np.empty(C // n_head, np.float32)) for _ in range(n_workers)]
     logits = np.empty(weights.n_vocab, np.float32)
-    counter = np.zeros(2, np.int64)                          # [ARRIVED, ABORTED]
+    # ARRIVED, ABORTED, then a ticket slot per product: a layer passes at most 9 barriers (5,
+    # and float32's 4 inside its products), the LM head comes after the last
+    counter = np.zeros(TICKETS + 9 * weights.n_layer + 1, np.int64)
     keys, values, position = tuple(cache.keys), tuple(cache.values), cache.length
     worker_step, w = _WORKERS[weights.dtype], weights
 
