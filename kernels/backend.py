@@ -65,10 +65,10 @@ class NumbaBackend:
     single-threaded BLAS call per worker, and each kernel as per-worker shares. OpenBLAS's own
     threads and numba's would otherwise take turns with the cores, and an idle OpenBLAS worker
     spins for a while after every call, slowing a parallel kernel that runs next to it.
-    Shorter calls (decoding one sequence, short prompts) run their matmuls on OpenBLAS's
-    threads, which split a few rows better than row blocks can (each block would read the whole
-    weight), and every kernel on the calling thread alone: attention over a short prompt is too
-    small a share of the work to be worth a fight for the cores. Batched decoding and quantised
+    Shorter calls (short prompts, and decoding one sequence step by step) run their matmuls
+    on OpenBLAS's threads, which split a few rows better than row blocks can (each block would
+    read the whole weight), and every kernel on the calling thread alone: attention over a
+    short prompt is too small a share of the work to be worth a fight for the cores. Batched decoding and quantised
     weights run their matmuls on numba's threads instead (minillm.kernels.matmul_packed_cpu
     and matvec_cpu), and then decode attention shares its heads among numba's threads too.
 
