@@ -15,7 +15,8 @@
                     register tile of explicit 8-float vectors (batched decoding) -- against x @ w
     decode_step_cpu a whole decoding step of one sequence (every layer and the LM head) as
                     one call, its threads meeting at barriers -- against GPT2.forward with a
-                    KV cache on the "numpy" backend
+                    KV cache on the "numpy" backend; step_weights arranges the model's
+                    parameters for it, no copies
     attention_cuda  the fused attention as a CUDA kernel (numba.cuda)
     matmul_cuda     shared-memory tiled matmul as a CUDA kernel
     fused_cpu       LayerNorm and GELU, one loop each -- against minillm/model/layers.py

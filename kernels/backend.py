@@ -105,7 +105,8 @@ class NumbaBackend:
         # Imported here: compiling (or loading from numba's cache) happens on first use.
         announce_compilation("model kernels", INFERENCE_KERNELS)
         from minillm.kernels import (attention_backward_cpu, attention_cpu, decode_step_cpu,
-                                     fused_cpu, matmul_cpu, matmul_packed_cpu, matvec_cpu)
+                                     fused_cpu, matmul_cpu, matmul_packed_cpu, matvec_cpu,
+                                     step_weights)
         from minillm.kernels.workers import WorkerPool
 
         self.matmul = matmul
@@ -122,7 +123,7 @@ class NumbaBackend:
         self._fused = fused_cpu
         self._matvec = matvec_cpu
         self._matmul_packed = matmul_packed_cpu
-        self._decode_step = decode_step_cpu
+        self._decode_step, self._step_weights_module = decode_step_cpu, step_weights
         # (key of the arrays, StepWeights or None if the kernel cannot take them), last used
         self._step_weights: tuple | None = None
         self._step_lock = threading.Lock()
@@ -298,17 +299,17 @@ class NumbaBackend:
         take), and the model then runs its layers one operation at a time. x: (1, 1, C)."""
         if not self.whole_step:
             return None
-        kernel = self._decode_step
-        key = kernel.key(params)              # which arrays the model holds now
+        arrange = self._step_weights_module
+        key = arrange.key(params)             # which arrays the model holds now
         if self._step_weights is None or self._step_weights[0] != key:
-            usable = kernel.unsupported_reason(params) is None
-            self._step_weights = (key, kernel.StepWeights(params) if usable else None)
+            usable = arrange.unsupported_reason(params) is None
+            self._step_weights = (key, arrange.StepWeights(params) if usable else None)
         weights = self._step_weights[1]
         if weights is None:
             return None
         with self._step_lock:                 # one step at a time: the workers meet at barriers
-            return kernel.decode_step(weights, x, cache, config.layer_norm_epsilon, config.n_head,
-                                      self.pool)
+            return self._decode_step.decode_step(weights, x, cache, config.layer_norm_epsilon,
+                                                 config.n_head, self.pool)
 
     def clear(self) -> None:
         """Forget the transposed and packed copies of the weights, and the step kernel's

@@ -13,7 +13,7 @@ from minillm.model.params import random_params
 from minillm.model.quantize import quantize
 
 pytest.importorskip("numba")
-from minillm.kernels import decode_step_cpu                    # noqa: E402
+from minillm.kernels import decode_step_cpu, step_weights      # noqa: E402
 from minillm.kernels.backend import NumbaBackend               # noqa: E402
 from minillm.kernels.workers import WorkerPool                 # noqa: E402
 
@@ -32,7 +32,7 @@ def _params(config, seed):
     random too (random_params leaves them 0 and 1), so that each term of the step shows."""
     params = random_params(config, seed=seed, std=0.1)
     rng = np.random.default_rng(seed + 100)
-    vectors = [getattr(b, name) for b in params.blocks for name in decode_step_cpu.VECTORS]
+    vectors = [getattr(b, name) for b in params.blocks for name in step_weights.VECTORS]
     for v in vectors + [params.ln_f_gain, params.ln_f_bias]:
         v += rng.normal(0, 0.3, v.shape).astype(np.float32)
     return params
@@ -63,7 +63,7 @@ def _decode_both(reference, fast, prompt, new_ids):
 
 
 def _key(model):
-    return decode_step_cpu.key(model.params)
+    return step_weights.key(model.params)
 
 
 def _ran_the_kernel(model) -> bool:
@@ -131,7 +131,7 @@ def test_where_the_kernel_does_not_apply_the_model_runs_its_layers():
     blocked = GPT2(CONFIG, params, backend="numpy").quantized("int8")
     for block in blocked.params.blocks:                           # int8 with blocks of 16
         block.mlp_fc_weight = quantize(block.mlp_fc_weight.dequantize(), "int8", block=16)
-    assert "blocked scales" in decode_step_cpu.unsupported_reason(blocked.params)
+    assert "blocked scales" in step_weights.unsupported_reason(blocked.params)
     fast = GPT2(CONFIG, blocked.params, backend=NumbaBackend(threads=2))
     _decode_both(blocked, fast, [5, 6], [7, 8])
     assert fast.backend._step_weights == (_key(fast), None)
@@ -141,7 +141,7 @@ def test_where_the_kernel_does_not_apply_the_model_runs_its_layers():
 
 def test_a_full_or_foreign_cache_is_refused():
     _, fast = _models(CONFIG, "float16", 2)
-    weights, pool = decode_step_cpu.StepWeights(fast.params), fast.backend.pool
+    weights, pool = step_weights.StepWeights(fast.params), fast.backend.pool
     x, eps, n_head = np.zeros(CONFIG.n_embd, np.float32), CONFIG.layer_norm_epsilon, CONFIG.n_head
     cache = KVCache.for_model(CONFIG, 1, max_len=3)
     cache.length = 3
@@ -158,7 +158,7 @@ def test_a_full_or_foreign_cache_is_refused():
 def test_a_failing_worker_opens_the_barriers_and_its_error_reaches_the_caller(monkeypatch):
     """One worker raising (here before its kernel starts) must not leave the others spinning."""
     _, fast = _models(CONFIG, "float32", 2)
-    weights = decode_step_cpu.StepWeights(fast.params)
+    weights = step_weights.StepWeights(fast.params)
     kernel = decode_step_cpu._WORKERS["float32"]
 
     def worker_one_fails(worker, *args):
@@ -204,9 +204,9 @@ def test_a_mask_batches_and_hidden_states_take_the_layer_by_layer_path():
 
 def test_unsupported_weights_are_named():
     params = _params(CONFIG, seed=3)
-    assert decode_step_cpu.unsupported_reason(params) is None
+    assert step_weights.unsupported_reason(params) is None
     params.blocks[0].mlp_fc_weight = np.asfortranarray(params.blocks[0].mlp_fc_weight)
-    assert "not C-contiguous" in decode_step_cpu.unsupported_reason(params)
+    assert "not C-contiguous" in step_weights.unsupported_reason(params)
     mixed = GPT2(CONFIG, _params(CONFIG, seed=3)).quantized("float16").params
     mixed.blocks[2].attn_qkv_weight = quantize(mixed.blocks[2].attn_qkv_weight.dequantize(), "int8")
-    assert "mixed kinds" in decode_step_cpu.unsupported_reason(mixed)
+    assert "mixed kinds" in step_weights.unsupported_reason(mixed)
