@@ -453,6 +453,30 @@ def _gelu_range(x, start, stop):
         x[i] = v / (np.float32(1.0) + exp_f32(np.float32(-2.0) * z))
 
 
+@njit(nogil=True, cache=True, fastmath=REASSOC)
+def _scores(head_keys, q_row, n_keys, scores):
+    """scores[j] = head_keys[j] . q_row for j < n_keys, in vector-wide partial sums as the
+    products. Its own function: inside _attend_head, whose flags exclude reassociation (they
+    keep exp_f32's exact range reduction), the dot products did not vectorise."""
+    for j in range(n_keys):
+        scores[j] = _dot(_float32, head_keys[j], q_row)
+
+
+@njit(nogil=True, cache=True, fastmath=CONTRACT)
+def _weigh_values(head_values, weights, n_keys, inv_total, out):
+    """out = inv_total * sum_j weights[j] head_values[j] over j < n_keys (out: (d,)). Its own
+    function, on the head's own slice of att: indexed into the whole of att inside
+    _attend_head, the loop over t did not vectorise. (12 heads at 81 keys, one thread: 100-115
+    us inline, 70 us with _scores apart, 20-26 us with both.)"""
+    out[:] = 0.0
+    for j in range(n_keys):
+        w = weights[j]
+        for t in range(out.size):
+            out[t] += w * head_values[j, t]
+    for t in range(out.size):
+        out[t] *= inv_total
+
+
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=CONTRACT)
 def _attend_head(qkv, keys, values, head, position, att, scores, q_row):
     """Write head's key and value for `position` into the cache, then
@@ -467,25 +491,17 @@ def _attend_head(qkv, keys, values, head, position, att, scores, q_row):
     for t in range(head_dim):
         q_row[t] = qkv[base + t] * scale
     n_keys = position + 1
+    _scores(keys[0, head], q_row, n_keys, scores)
     row_max = np.float32(-np.inf)
     for j in range(n_keys):
-        s = _dot(_float32, keys[0, head, j], q_row)
-        scores[j] = s
-        row_max = max(row_max, s)
+        row_max = max(row_max, scores[j])
     total = np.float32(0.0)
     for j in range(n_keys):
         p = exp_f32(scores[j] - row_max)
         scores[j] = p
         total += p
-    for t in range(head_dim):
-        att[base + t] = 0.0
-    for j in range(n_keys):
-        p = scores[j]
-        for t in range(head_dim):
-            att[base + t] += p * values[0, head, j, t]
-    inv_total = np.float32(1.0) / total
-    for t in range(head_dim):
-        att[base + t] *= inv_total
+    _weigh_values(values[0, head], scores, n_keys, np.float32(1.0) / total,
+                  att[base:base + head_dim])
 
 
 # ---- one worker's whole step -----------------------------------------------------------------
