@@ -7,7 +7,9 @@ Prints, at T = 128 / 512 / 1024 (batch 1):
 1. attention, 12 heads of 64: the staged kernels (attention_cpu_v1, _v2, and the fused
    attention_cpu) vs minillm.model.attention.causal_attention: time, and for the reference and
    the fused kernel peak extra memory (tracemalloc: beyond the output; numba allocates through
-   CPython, so its allocations count too). Target: fused >= 2x faster at T = 1024.
+   CPython, so its allocations count too). Target: fused >= 2x faster at T = 1024. Then decode
+   (one query, T = 128 and 1024 keys): the reference, the fused decode kernel, and the
+   decoding-step kernel's attention (decode_step_cpu) against the fused decode kernel.
 2. matmul: the numba kernel's GFLOPS vs NumPy's BLAS on GPT-2 124M's shapes, x (T, 768) times
    the qkv (768, 2304), MLP (768, 3072) and (3072, 768) weights and the tied LM head wte.T
    (768, 50257), a transposed view. Target: >= 50% of BLAS.
@@ -56,7 +58,7 @@ import numpy as np  # noqa: E402
 from minillm.inference.kv_cache import KVCache  # noqa: E402
 from minillm.kernels import attention_cpu_v1, attention_cpu_v2  # noqa: E402
 from minillm.kernels.attention_cpu import flash_attention  # noqa: E402
-from minillm.kernels import fused_cpu  # noqa: E402
+from minillm.kernels import decode_step_cpu, fused_cpu  # noqa: E402
 from minillm.kernels.backend import NumbaBackend, cuda_unavailable_reason  # noqa: E402
 from minillm.kernels.matmul_cpu import matmul  # noqa: E402
 from minillm.kernels.workers import WorkerPool  # noqa: E402
@@ -136,6 +138,26 @@ def bench_decode(repeats, rng) -> None:
              lambda: flash_attention(q, k, v, decode_threads=threads)], max(repeats, 20))
         print(f"{T:>6} {t_ref * 1e6:>9.0f} us {t_fused * 1e6:>7.0f} us {t_ref / t_fused:>8.2f}x"
               f"   {threads} threads: {t_threads * 1e6:.0f} us, {t_ref / t_threads:.2f}x")
+        t_fused, t_step = best_times([lambda: flash_attention(q, k, v),
+                                      step_attention(q, new_keys, T)], max(repeats, 20))
+        print(f"{'':>6} the decoding-step kernel's attention (decode_step_cpu), one thread: "
+              f"{t_step * 1e6:.0f} us against the fused kernel's {t_fused * 1e6:.0f} us "
+              f"(alternating), {t_fused / t_step:.2f}x its speed")
+
+
+@numba.njit(nogil=True)
+def _attend_every_head(qkv, keys, values, position, att, scores, q_row):
+    for head in range(keys.shape[1]):
+        decode_step_cpu._attend_head(qkv, keys, values, head, position, att, scores, q_row)
+
+
+def step_attention(q, keys, T):
+    """The step kernel's attention of one layer, every head in one call: the query and the new
+    position's key and value from a (3C,) qkv row, T keys in all, as in bench_decode."""
+    qkv = np.concatenate([q.reshape(-1), keys[:, :, -1].reshape(-1), 2 * keys[:, :, -1].reshape(-1)])
+    cache_k, cache_v = keys.copy(), 2 * keys
+    att, scores, q_row = (np.empty(n, np.float32) for n in (WIDTH, T, HEAD_DIM))
+    return lambda: _attend_every_head(qkv, cache_k, cache_v, T - 1, att, scores, q_row)
 
 
 # ---- 2. matmul ----------------------------------------------------------------------------------
