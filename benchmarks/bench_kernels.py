@@ -12,12 +12,15 @@ Prints, at T = 128 / 512 / 1024 (batch 1):
    decoding-step kernel's attention (decode_step_cpu) against the fused decode kernel.
 2. matmul: the numba kernel's GFLOPS vs NumPy's BLAS on GPT-2 124M's shapes, x (T, 768) times
    the qkv (768, 2304), MLP (768, 3072) and (3072, 768) weights and the tied LM head wte.T
-   (768, 50257), a transposed view. Target: >= 50% of BLAS.
+   (768, 50257), a transposed view. Target: >= 50% of BLAS. Beside them, for the block
+   weights, prompts' 6 x 16 tile on the weight packed once (matmul_packed_cpu.matmul_prompt,
+   numba's threads), which the numba backend runs for prompts of 17 to 383 rows.
 3. the fused one-pass kernels (minillm.kernels.fused_cpu) vs their NumPy references on one
    thread, at T = 64 and 256 rows: GELU and its backward on the MLP's (T, 3072), LayerNorm
    and its backward on (T, 768), cross-entropy and its gradient on (T, 50257) logits.
-4. whole-model prefill of GPT-2 124M (random weights) per backend: numpy, numba, numba with the
-   numba matmul too, and cuda if there is a GPU.
+4. whole-model prefill of GPT-2 124M (random weights) per backend: numpy, numba, numba with
+   prompts' products on OpenBLAS instead (prompt_kernel=False), numba with the numba matmul
+   too, and cuda if there is a GPU.
 
 Every ratio compares runs made in this process, kernel and baseline interleaved, best of
 --repeats. Threads: the numba kernels use numba.get_num_threads() (the attention kernel on a
@@ -61,6 +64,7 @@ from minillm.kernels.attention_cpu import flash_attention  # noqa: E402
 from minillm.kernels import decode_step_cpu, fused_cpu  # noqa: E402
 from minillm.kernels.backend import NumbaBackend, cuda_unavailable_reason  # noqa: E402
 from minillm.kernels.matmul_cpu import matmul  # noqa: E402
+from minillm.kernels.matmul_packed_cpu import matmul_prompt, pack_weight  # noqa: E402
 from minillm.kernels.workers import WorkerPool  # noqa: E402
 from minillm.model.attention import causal_attention, split_heads  # noqa: E402
 from minillm.model.config import GPT2_SIZES  # noqa: E402
@@ -162,8 +166,10 @@ def step_attention(q, keys, T):
 
 # ---- 2. matmul ----------------------------------------------------------------------------------
 def bench_matmul(lengths, repeats, rng) -> float:
-    print("\n2. Matmul: numba tiled kernel vs NumPy BLAS (GFLOPS)")
-    print(f"{'T':>6} {'weight':>22} {'BLAS':>8} {'numba':>8} {'numba/BLAS':>11}")
+    threads = numba.get_num_threads()
+    print("\n2. Matmul: numba tiled kernel vs NumPy BLAS (GFLOPS); prompts' tile on packed panels")
+    print(f"{'T':>6} {'weight':>22} {'BLAS':>8} {'numba':>8} {'numba/BLAS':>11} {'prompt':>8} "
+          f"{'prompt/BLAS':>12}")
     weights = {
         "qkv (768, 2304)": rng.standard_normal((WIDTH, 3 * WIDTH), dtype=np.float32),
         "mlp fc (768, 3072)": rng.standard_normal((WIDTH, 4 * WIDTH), dtype=np.float32),
@@ -174,11 +180,17 @@ def bench_matmul(lengths, repeats, rng) -> float:
     for T in lengths:
         for name, w in weights.items():
             x = rng.standard_normal((T, w.shape[0]), dtype=np.float32)
-            t_blas, t_numba = best_times([lambda: x @ w, lambda: matmul(x, w)], repeats)
+            kernels = [lambda: x @ w, lambda: matmul(x, w)]
+            if w.flags.c_contiguous:                      # a block weight: packed as the backend does
+                panels = pack_weight(w)
+                kernels.append(lambda: matmul_prompt(x, panels, w.shape[1], None, threads))
+            times = best_times(kernels, repeats)
             gflop = 2 * T * w.shape[0] * w.shape[1] / 1e9
-            ratios.append(t_blas / t_numba)
-            print(f"{T:>6} {name:>22} {gflop / t_blas:>8.1f} {gflop / t_numba:>8.1f} "
-                  f"{ratios[-1]:>10.0%}")
+            ratios.append(times[0] / times[1])
+            prompt = (f"{gflop / times[2]:>8.1f} {times[0] / times[2]:>11.0%}" if len(times) > 2
+                      else f"{'-':>8} {'-':>12}")
+            print(f"{T:>6} {name:>22} {gflop / times[0]:>8.1f} {gflop / times[1]:>8.1f} "
+                  f"{ratios[-1]:>10.0%} {prompt}")
     mean = np.exp(np.mean(np.log(ratios)))
     print(f"   geometric mean: {mean:.0%} of BLAS, worst {min(ratios):.0%}")
     return min(ratios)
@@ -216,6 +228,7 @@ def bench_model(lengths, repeats) -> None:
     config = GPT2_SIZES["gpt2"]
     params = random_params(config)
     backends = {"numpy": "numpy", "numba": NumbaBackend(),
+                "numba, BLAS prompts": NumbaBackend(prompt_kernel=False),
                 "numba, numba matmul": NumbaBackend(matmul="numba")}
     if cuda_unavailable_reason() is None and not numba.config.ENABLE_CUDASIM:
         from minillm.kernels.backend import CudaBackend

@@ -55,7 +55,7 @@ import math
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import boolean, errors, float32, njit, types, void
+from numba import boolean, errors, float32, njit, prange, types, void
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -277,6 +277,7 @@ def _attend_query_tile(q, k, v, key_valid, out, b, h, q0, n_queries, q_t, scores
 
 
 _STRIDED_4D, _DENSE_4D, _SCRATCH_3D = float32[:, :, :, :], float32[:, :, :, ::1], float32[:, :, ::1]
+_SCRATCH_4D = float32[:, :, :, ::1]      # one _SCRATCH_3D per worker
 
 
 @intrinsic
@@ -313,6 +314,15 @@ def _worker_jobs(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job):
         job = _take_ticket(next_job)
 
 
+@njit(void(_STRIDED_4D, _STRIDED_4D, _STRIDED_4D, boolean[:, :], _DENSE_4D,
+           _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D, _SCRATCH_4D, types.int64[::1]),
+      parallel=True, nogil=True, cache=True)
+def _numba_workers(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job):
+    """_worker_jobs on each of numba's threads, worker w with scratch [w]."""
+    for w in prange(q_t.shape[0]):
+        _worker_jobs(q, k, v, key_valid, out, q_t[w], scores[w], acc[w], stats[w], next_job)
+
+
 # ---- entry points -------------------------------------------------------------------------------
 def _check_inputs(q, k, v, key_valid):
     q, k, v = np.asarray(q, np.float32), np.asarray(k, np.float32), np.asarray(v, np.float32)
@@ -331,12 +341,13 @@ def _check_inputs(q, k, v, key_valid):
     return q, k, v, key_valid
 
 
-def flash_attention(q, k, v, key_valid=None, pool=None, decode_threads: int = 1) -> np.ndarray:
+def flash_attention(q, k, v, key_valid=None, pool=None, decode_threads: int = 1,
+                    n_threads: int = 1) -> np.ndarray:
     """Causal attention without the T x T matrix. q: (B,H,Tq,d), k, v: (B,H,Tk,d) -> (B,H,Tq,d).
 
-    pool: a minillm.kernels.workers.WorkerPool whose threads share the jobs; None: the calling
-    thread alone. Tq == 1 goes to `decode_attention`, which without a pool runs on
-    decode_threads of numba's threads."""
+    pool: a minillm.kernels.workers.WorkerPool whose threads share the jobs; None: n_threads
+    of numba's threads (1: the calling thread alone). Tq == 1 goes to `decode_attention`,
+    which without a pool runs on decode_threads of numba's threads."""
     q, k, v, key_valid = _check_inputs(q, k, v, key_valid)
     if q.shape[2] == 1:                                                  # checked already
         return attention_decode_cpu.decode(q, k, v, key_valid, pool, decode_threads)
@@ -344,14 +355,16 @@ def flash_attention(q, k, v, key_valid=None, pool=None, decode_threads: int = 1)
     out = np.empty((n_batch, n_heads, n_queries, head_dim), np.float32)
     if out.size == 0:
         return out
-    pool = WorkerPool(1) if pool is None else pool
-    n_workers, n_panels = pool.n_threads, BQ // NR
+    n_workers, n_panels = (n_threads if pool is None else pool.n_threads), BQ // NR
     head_dim_padded = -(-head_dim // MR) * MR       # _pv_block writes MR value columns at a time
     q_t = np.empty((n_workers, n_panels, head_dim, NR), np.float32)
     scores = np.empty((n_workers, n_panels, BK, NR), np.float32)
     acc = np.empty((n_workers, n_panels, head_dim_padded, NR), np.float32)
     stats = np.empty((n_workers, n_panels, N_STATS, NR), np.float32)
     next_job = np.zeros(1, np.int64)               # the workers' shared job counter
+    if pool is None:
+        _numba_workers(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job)
+        return out
     pool.run(lambda w: _worker_jobs(q, k, v, key_valid, out, q_t[w], scores[w], acc[w], stats[w],
                                     next_job))
     return out

@@ -41,6 +41,8 @@ MATVEC_MAX_ROWS = 16
 # reads each weight once for all the sequences, where OpenBLAS's sgemm packs the whole weight
 # again on every such call (benchmarks/README.md has the tokens/s).
 BATCHED_DECODE_MAX = MATVEC_MAX_ROWS
+# Whose threads ran the last linear layer, and so are awake (spinning) on the cores now
+ON_OPENBLAS, ON_NUMBA, ON_POOL = "OpenBLAS", "numba", "pool"
 # Output rows per widened tile: 256 x 3072 float32 = 3 MiB at most, per thread, reused.
 WIDEN_TILE_ROWS = 256
 
@@ -65,12 +67,18 @@ class NumbaBackend:
     single-threaded BLAS call per worker, and each kernel as per-worker shares. OpenBLAS's own
     threads and numba's would otherwise take turns with the cores, and an idle OpenBLAS worker
     spins for a while after every call, slowing a parallel kernel that runs next to it.
-    Shorter calls (short prompts, and decoding one sequence step by step) run their matmuls
-    on OpenBLAS's threads, which split a few rows better than row blocks can (each block would
-    read the whole weight), and every kernel on the calling thread alone: attention over a
-    short prompt is too small a share of the work to be worth a fight for the cores. Batched decoding and quantised
-    weights run their matmuls on numba's threads instead (minillm.kernels.matmul_packed_cpu
-    and matvec_cpu), and then decode attention shares its heads among numba's threads too.
+    Prompts of 17 rows (token positions, all sequences together) up to `pool_min_rows`, with
+    float32 weights, run on numba's threads alone (`prompt_kernel=True`, the default): their
+    products on the 6 x 16 register tile of minillm.kernels.matmul_packed_cpu (`matmul_prompt`)
+    over copies of the block weights packed once into 16-column panels, and LayerNorm, GELU,
+    attention and the last position's LM head (wte's rows as they are, the matrix-vector
+    kernel) on all of numba's threads, so that OpenBLAS never wakes. Shorter calls (prompts of
+    up to 16 rows, and decoding one sequence step by step) run their matmuls on OpenBLAS's
+    threads and every kernel on the calling thread alone. Batched decoding and quantised
+    weights run their matmuls on numba's threads (minillm.kernels.matmul_packed_cpu and
+    matvec_cpu), and then decode attention shares its heads among numba's threads too.
+    `_products_on` records whose threads ran the last product (and are awake), which the
+    kernels after it follow.
 
     Decoding one sequence. With `whole_step=True` (the default) the model hands each step of
     one sequence (one new token, no attention_mask) to `decode_step`: the whole forward pass
@@ -90,8 +98,10 @@ class NumbaBackend:
     copies of every block weight packed into 16-column panels (340 MB for GPT-2 124M, +68%)
     with the register-tile kernel of minillm.kernels.matmul_packed_cpu, which reads each
     weight once for all the sequences; its LM head reads wte's rows as they are, with the
-    matrix-vector kernel. A backend that has decoded both one sequence operation by operation
-    and several sequences holds both kinds of copy (453 MB for 124M, +91%). The copies assume the weights never change in
+    matrix-vector kernel. Prompts of 17 to `pool_min_rows` rows use the same packed copies
+    (`prompt_kernel=False` keeps them on OpenBLAS without copies). A backend that has decoded
+    both one sequence operation by operation and several sequences (or a prompt) holds both
+    kinds of copy (453 MB for 124M, +91%). The copies assume the weights never change in
     place; call `clear()` if they do.
     """
 
@@ -99,7 +109,7 @@ class NumbaBackend:
 
     def __init__(self, matmul: str = "blas", decode_copies: bool = True,
                  threads: int | None = None, pool_min_rows: int = POOL_MIN_ROWS,
-                 whole_step: bool = True):
+                 whole_step: bool = True, prompt_kernel: bool = True):
         if matmul not in ("blas", "numba"):
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
         # Imported here: compiling (or loading from numba's cache) happens on first use.
@@ -115,6 +125,7 @@ class NumbaBackend:
         self.whole_step = whole_step and matmul == "blas"
         self.pool = WorkerPool(threads)          # threads=None: numba's thread count
         self.pool_min_rows = pool_min_rows
+        self.prompt_kernel = prompt_kernel and matmul == "blas"
         self._attention = attention_cpu.flash_attention
         self._attention_backward = attention_backward_cpu
         self._numba_linear = matmul_cpu.linear
@@ -130,42 +141,70 @@ class NumbaBackend:
         self._transposed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._packed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._tiles: dict[int, list[np.ndarray]] = {}       # row length -> one tile per thread
-        self._blas_threads_spinning = True      # did the last linear start OpenBLAS's threads?
+        self._products_on = ON_OPENBLAS         # whose threads ran the last linear (awake now)
 
     def _pool_for(self, n_rows: int):
         """The pool for a call over n_rows token positions, or None: the calling thread alone."""
         return self.pool if n_rows >= self.pool_min_rows else None
 
+    def _is_prompt(self, n_rows: int) -> bool:
+        """Does a call over n_rows token positions run as a prompt on numba's threads (the 6 x 16
+        tile for float32 products, every kernel on all of numba's threads)?"""
+        return self.prompt_kernel and BATCHED_DECODE_MAX < n_rows < self.pool_min_rows
+
+    def _numba_threads(self, n_rows: int) -> int:
+        """How many of numba's threads a kernel off the pool takes: all of them within a prompt
+        whose products ran on numba's threads, which are awake and own the cores; else 1 (the
+        calling thread): next to idle threads of OpenBLAS or of the pool, still spinning after
+        their last call, numba's would share a core with them."""
+        if self._products_on == ON_NUMBA and self._is_prompt(n_rows):
+            return self.pool.n_threads
+        return 1
+
     def linear(self, x: np.ndarray, weight: np.ndarray,
                bias: np.ndarray | None = None) -> np.ndarray:
         """(..., in) @ (in, out) + (out,) -> (..., out)"""
-        self._blas_threads_spinning = False          # set again below where OpenBLAS's run
         if isinstance(weight, QuantizedMatrix):
             return self._quantized_linear(x, weight, bias)
         n_in, n_out = weight.shape
         if self.matmul == "numba":
+            self._products_on = ON_NUMBA
             return self._numba_linear(x, weight, bias)
+        rows = x.reshape(-1, n_in)                                            # (M, in)
+        n_rows = rows.shape[0]
+        by_output_row = weight.T.flags.c_contiguous     # the LM head's wte.T: wte's rows as they are
+        threads = self.pool.n_threads
         if self.decode_copies and _is_batched_decoding(x, n_in):
-            rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)      # (B, in)
-            threads = self.pool.n_threads
-            if weight.T.flags.c_contiguous:   # stored by output row (the LM head's wte.T): as it is
+            self._products_on = ON_NUMBA
+            rows = np.ascontiguousarray(rows, np.float32)                     # (B, in)
+            if by_output_row:
                 out = self._matvec.matvec(weight.T, rows, bias, threads)       # (B, out)
             else:
                 out = self._matmul_packed.matmul_packed(rows, self._packed_copy(weight), n_out,
                                                         bias, threads)         # (B, out)
             return out.reshape(*x.shape[:-1], n_out)                          # (B, 1, out)
-        if self.decode_copies and n_out < n_in and x.size == n_in:     # one row, narrowing
-            self._blas_threads_spinning = True
+        if self._is_prompt(n_rows) and weight.flags.c_contiguous:
+            self._products_on = ON_NUMBA
+            out = self._matmul_packed.matmul_prompt(rows, self._packed_copy(weight), n_out, bias,
+                                                    threads)                  # (M, out)
+            return out.reshape(*x.shape[:-1], n_out)
+        if n_rows == 1 and by_output_row and self._products_on == ON_NUMBA:
+            # the LM head of a prompt whose products ran on numba's threads: stay on them
+            out = self._matvec.matvec(weight.T, np.ascontiguousarray(rows, np.float32), bias,
+                                      threads)                                # (1, out)
+            return out.reshape(*x.shape[:-1], n_out)
+        if self.decode_copies and n_out < n_in and n_rows == 1:        # one row, narrowing
+            self._products_on = ON_OPENBLAS
             out = self._transposed_copy(weight) @ x.reshape(n_in)      # (out,)
             if bias is not None:
                 out += bias
             return out.reshape(*x.shape[:-1], n_out)
-        rows = x.reshape(-1, n_in)                                     # (M, in)
-        if self._pool_for(rows.shape[0]) is None:
-            self._blas_threads_spinning = True
+        if self._pool_for(n_rows) is None:
+            self._products_on = ON_OPENBLAS
             return layers.linear(x, weight, bias)                      # OpenBLAS's threads
-        out = np.empty((rows.shape[0], n_out), np.float32)             # (M, out)
-        blocks = self.pool.split(rows.shape[0])
+        self._products_on = ON_POOL
+        out = np.empty((n_rows, n_out), np.float32)                    # (M, out)
+        blocks = self.pool.split(n_rows)
 
         def row_block(i):
             start, stop = blocks[i]
@@ -182,8 +221,10 @@ class NumbaBackend:
         n_out, n_in = weight.shape
         rows = np.ascontiguousarray(x.reshape(-1, n_in), np.float32)     # (M, in)
         if rows.shape[0] <= MATVEC_MAX_ROWS:
+            self._products_on = ON_NUMBA
             out = self._matvec.matvec(weight, rows, bias, self.pool.n_threads)  # (M, out)
         else:
+            self._products_on = ON_POOL
             out = self._widened_tiles_matmul(rows, weight, bias)           # (M, out)
         return out.reshape(*x.shape[:-1], n_out)
 
@@ -223,20 +264,22 @@ class NumbaBackend:
         # did (quantised weights, batched float32, matmul="numba"); after a call on OpenBLAS's
         # threads (float32, one sequence) its idle threads spin on the cores for a while, and
         # numba's threads beside them made decoding 4x slower (measured).
-        decode_threads = 1 if self._blas_threads_spinning else self.pool.n_threads
-        return self._attention(q, k, v, key_valid, pool=self._pool_for(q.shape[0] * q.shape[2]),
-                               decode_threads=decode_threads)
+        decode_threads = 1 if self._products_on == ON_OPENBLAS else self.pool.n_threads
+        n_rows = q.shape[0] * q.shape[2]
+        return self._attention(q, k, v, key_valid, pool=self._pool_for(n_rows),
+                               decode_threads=decode_threads, n_threads=self._numba_threads(n_rows))
 
     def layer_norm(self, x: np.ndarray, gain: np.ndarray, bias: np.ndarray,
                    eps: float) -> np.ndarray:
         """(..., C) -> (..., C)"""
         n_rows = x.size // x.shape[-1]
-        return self._layer_norm(x, gain, bias, eps, pool=self._pool_for(n_rows))
+        return self._layer_norm(x, gain, bias, eps, pool=self._pool_for(n_rows),
+                                n_threads=self._numba_threads(n_rows))
 
     def gelu(self, x: np.ndarray) -> np.ndarray:
         """(..., 4C) -> (..., 4C)"""
         n_rows = x.size // x.shape[-1]
-        return self._gelu(x, pool=self._pool_for(n_rows))
+        return self._gelu(x, pool=self._pool_for(n_rows), n_threads=self._numba_threads(n_rows))
 
     def linear_backward(self, dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
         """dx (..., in), dW (in, out), db (out,) of y = x W + b, from dy (..., out).

@@ -26,7 +26,7 @@ Numerics, measured against float64 by the tests:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 # gelu: sqrt(2/pi) and the cubic coefficient of GPT-2's tanh approximation
@@ -92,14 +92,25 @@ def _gelu_flat(x, out):
         out[i] = v / (np.float32(1.0) + exp_f32(np.float32(-2.0) * z))
 
 
-def gelu(x: np.ndarray, pool=None) -> np.ndarray:
+@njit(parallel=True, nogil=True, cache=True)
+def _gelu_shares(x, out, n_shares):
+    """_gelu_flat on n_shares contiguous shares of x, one per numba thread."""
+    for share in prange(n_shares):
+        start, stop = x.size * share // n_shares, x.size * (share + 1) // n_shares
+        _gelu_flat(x[start:stop], out[start:stop])
+
+
+def gelu(x: np.ndarray, pool=None, n_threads: int = 1) -> np.ndarray:
     """GELU, tanh form, in one pass.  (...) float32 -> (...) float32, a new array.
 
-    pool: a minillm.kernels.workers.WorkerPool to share the elements among; None: this thread."""
+    pool: a minillm.kernels.workers.WorkerPool to share the elements among; None: n_threads
+    of numba's threads (1: this thread)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
-    if pool is None:
+    if pool is None and n_threads > 1:
+        _gelu_shares(flat_x, flat_out, n_threads)
+    elif pool is None:
         _gelu_flat(flat_x, flat_out)
     else:
         blocks = pool.split(flat_x.size)
@@ -151,17 +162,28 @@ def _layer_norm_rows(x, gain, bias, eps, out):
             out[r, c] = (x[r, c] - mean32) * inv_std * gain[c] + bias[c]
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def _layer_norm_shares(x, gain, bias, eps, out, n_shares):
+    """_layer_norm_rows on n_shares contiguous shares of the rows, one per numba thread."""
+    for share in prange(n_shares):
+        start, stop = x.shape[0] * share // n_shares, x.shape[0] * (share + 1) // n_shares
+        _layer_norm_rows(x[start:stop], gain, bias, eps, out[start:stop])
+
+
 def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1e-5,
-               pool=None) -> np.ndarray:
+               pool=None, n_threads: int = 1) -> np.ndarray:
     """LayerNorm over the last axis, one row per loop.  x: (..., C); gain, bias: (C,) -> (..., C)
 
-    pool: a minillm.kernels.workers.WorkerPool to share the rows among; None: this thread."""
+    pool: a minillm.kernels.workers.WorkerPool to share the rows among; None: n_threads of
+    numba's threads (1: this thread)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
     rows, out_rows = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])
     gain, bias = np.ascontiguousarray(gain, np.float32), np.ascontiguousarray(bias, np.float32)
     eps = np.float32(eps)
-    if pool is None:
+    if pool is None and n_threads > 1:
+        _layer_norm_shares(rows, gain, bias, eps, out_rows, n_threads)
+    elif pool is None:
         _layer_norm_rows(rows, gain, bias, eps, out_rows)
     else:
         blocks = pool.split(rows.shape[0])

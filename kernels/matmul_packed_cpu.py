@@ -1,10 +1,11 @@
-"""A few rows times a weight packed once into 16-column panels: batched decoding's float32 matmul.
+"""Rows times a weight packed once into 16-column panels: the float32 matmuls of batched
+decoding (`matmul_packed`, a 4 x 16 tile) and of prompts (`matmul_prompt`, a 6 x 16 tile).
 
     out (M, N) = x (M, K) @ W + bias      W (K, N) held as panels[p, k, c] = W[k, 16 p + c]
 
 Reference: `x @ W + bias` (NumPy's BLAS). tests/test_matmul_cpu.py compares the two within
 1e-5 of sum_k |x_k w_k| over edge and random shapes; tests/test_performance_paths.py the
-backend's batched decoding against float64, within 1e-6 of that sum.
+backend's batched decoding and prompts against float64, within 1e-6 of that sum.
 
 Decoding B sequences at once multiplies B rows (2 to 16) by every weight. That is too few rows
 for OpenBLAS's sgemm, which packs the whole weight again on every call, and enough that the
@@ -35,9 +36,31 @@ above whatever the auto-vectoriser would choose. The vector loads and stores ass
 about alignment (`align=4`: a float32's own), since a panel row starts every 64 bytes but
 an output row anywhere.
 
+Prompts (17 to a few hundred rows) are GEMMs, compute-bound, and OpenBLAS's sgemm, which packs
+the whole weight on every call, reached 70-110 GFLOP/s on them on two cores. `matmul_prompt`
+runs the same panels with a taller tile (BLIS's AVX2 sgemm tile):
+
+    x packed into groups of 6 rows: [slice of k][group][k][6 rows]    (pack_prompt_rows)
+    for each chunk of CHUNK_PANELS panels:      taken from a shared counter by numba's threads
+        for each panel p, each group g:
+            acc[6][16] = 0                      12 AVX2 registers
+            for k in the slice:                 2 weight loads + 6 broadcasts -> 12 FMAs
+                acc[r] += x[6 g + r, k] * panels[p, k, 0:16]
+            out[6 g : 6 g + 6, 16 p : 16 p + 16] = acc + bias (first slice of k), += acc (later ones)
+
+15 of the 16 vector registers: 12 accumulators, the panel row's two halves and a broadcast.
+Alone on one core, with its operands in L1, the tile runs at 88 GFLOP/s (this machine's
+multiply-add peak: 91). A panel (K x 64 bytes) comes from memory for the first group and from
+L2 for the others. All of packed x is read again for every panel, so when it is larger than
+X_BLOCK_BYTES (T = 256 at K = 3072) k is cut into slices and the rows into blocks, and each
+slice adds its sums into `out`. The threads take chunks of panels from a counter
+rather than fixed halves, so a thread slowed by other work does not keep the other waiting.
+
 Numerics: plain float32 fused multiply-adds, each output one sum in k order (nothing
-reassociated), then the bias added. Its rounding error grows with sum_k |x_k w_k| as any
-float32 dot product's does: for GPT-2's K = 3072 with unit-scale inputs, ~5e-8 of that sum.
+reassociated), then the bias added; a prompt cut into slices of k adds the bias to the first
+slice's sum and each later slice's sum after it, in order. Its rounding error grows with
+sum_k |x_k w_k| as any float32 dot product's does: for GPT-2's K = 3072 with unit-scale
+inputs, ~5e-8 of that sum.
 """
 from __future__ import annotations
 
@@ -50,6 +73,14 @@ from numba.extending import intrinsic, models, register_model
 # Both written out by hand in _tile and _write_row: changing them means rewriting those.
 PANEL = 16      # columns per panel: two AVX2 vectors of 8 float32
 ROWS = 4        # rows of x per tile: 4 x 2 accumulators + 2 weight vectors + 1 broadcast <= 16 registers
+# Prompts' tile (_prompt_tile, written out for exactly 6): 6 x 2 accumulators + 2 weight vectors
+# + 1 broadcast = 15 of AVX2's 16 registers, 12 multiply-adds per 8 loads
+PROMPT_ROWS = 6
+X_BLOCK_BYTES = 1024 * 1024   # packed x per block, read once per panel from L2 and L3
+SLICE_DEPTH = 384             # k per slice when x is larger: a panel's slice is 24 KiB (L1)
+# Panels per ticket: the threads take CHUNK_PANELS (64 columns) at a time from a shared
+# counter, so that one slowed by other work does not leave the other waiting at the end
+CHUNK_PANELS = 4
 
 
 # ---- an 8-float vector type for numba -------------------------------------------------------
@@ -128,6 +159,15 @@ def _zeros8(typingctx):
     def codegen(context, builder, signature, args):
         return ir.Constant(_VECTOR, [0.0] * 8)
     return float32x8(), codegen
+
+
+@intrinsic
+def _take_ticket(typingctx, counter):
+    """counter[0] += 1 atomically (int64[::1], shared by the threads); returns the old value."""
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", array.data, ir.Constant(ir.IntType(64), 1), "monotonic")
+    return types.int64(counter), codegen
 
 
 # ---- packing --------------------------------------------------------------------------------
@@ -213,6 +253,155 @@ def matmul_packed(x: np.ndarray, panels: np.ndarray, n_out: int, bias: np.ndarra
     out = np.empty((groups.shape[0] * ROWS, n_panels * PANEL), np.float32)
     _matmul_packed(groups.reshape(-1), groups.shape[0], panels.reshape(-1), n_panels, depth,
                    padded_bias, out.reshape(-1), n_shares)
+    return np.ascontiguousarray(out[: x.shape[0], :n_out])      # a copy only if n_out % 16
+
+
+# ---- prompts: many rows, the 6 x 16 tile --------------------------------------------------
+def prompt_blocking(n_rows: int, depth: int) -> tuple[int, int]:
+    """(slice_depth, block_groups): how deep a slice of k and how many row groups a block of x
+    holds, so that the block's slice of packed x (block_groups x slice_depth x 6 floats), which
+    every panel reads again, is at most X_BLOCK_BYTES. The whole depth when all of x fits (each
+    output then one sum in registers, out written once), else SLICE_DEPTH at a time."""
+    n_groups = -(-n_rows // PROMPT_ROWS)
+    group_bytes = depth * PROMPT_ROWS * 4
+    if n_groups * group_bytes <= X_BLOCK_BYTES:
+        return depth, max(n_groups, 1)
+    slice_depth = min(depth, SLICE_DEPTH)
+    return slice_depth, max(1, X_BLOCK_BYTES // (slice_depth * PROMPT_ROWS * 4))
+
+
+def pack_prompt_rows(x: np.ndarray, slice_depth: int) -> np.ndarray:
+    """(M, K) float32 -> flat packed x: for each slice of slice_depth values of k (k0 = 0,
+    slice_depth, ...), for each group g of 6 rows, for each k of the slice, the six
+    x[6 g + r, k] side by side (zero past the last row); slice k0 starts at n_groups * 6 * k0."""
+    n_rows, depth = x.shape
+    n_groups = -(-n_rows // PROMPT_ROWS)
+    packed = np.empty(n_groups * PROMPT_ROWS * depth, np.float32)
+    _pack_prompt_rows(x, slice_depth, n_groups, packed)
+    return packed
+
+
+@njit(nogil=True, cache=True)
+def _pack_prompt_rows(x, slice_depth, n_groups, packed):
+    n_rows, depth = x.shape
+    for k0 in range(0, depth, slice_depth):
+        n_k = min(slice_depth, depth - k0)
+        for g in range(n_groups):
+            start = n_groups * PROMPT_ROWS * k0 + g * n_k * PROMPT_ROWS
+            if (g + 1) * PROMPT_ROWS <= n_rows:            # a whole group: six rows in step
+                rows = x[g * PROMPT_ROWS:(g + 1) * PROMPT_ROWS, k0:k0 + n_k]
+                for k in range(n_k):
+                    for r in range(PROMPT_ROWS):
+                        packed[start + k * PROMPT_ROWS + r] = rows[r, k]
+            else:                                          # the last rows, zeros below them
+                for k in range(n_k):
+                    for r in range(PROMPT_ROWS):
+                        row = g * PROMPT_ROWS + r
+                        packed[start + k * PROMPT_ROWS + r] = x[row, k0 + k] if row < n_rows else 0.0
+
+
+@njit(inline="always")
+def _finish_row(out, start, acc_left, acc_right, bias, column, first_slice):
+    """out[start : start + 16] = acc + bias[column : column + 16] after the first slice of k,
+    out[start : start + 16] += acc after the others."""
+    if first_slice:
+        _write_row(out, start, acc_left, acc_right, bias, column)
+    else:
+        _write_row(out, start, acc_left, acc_right, out, start)
+
+
+@njit(inline="always")
+def _prompt_tile(packed, group_start, panels, panel_start, n_k, out, out_start, out_width,
+                 bias, column, first_slice):
+    """The 6 x 16 output tile of one row group and one panel over a slice of n_k values of k
+    (as _tile, with six rows: row r's columns 0-7 in left_r, 8-15 in right_r)."""
+    left0 = _zeros8(); right0 = _zeros8(); left1 = _zeros8(); right1 = _zeros8()   # noqa: E702
+    left2 = _zeros8(); right2 = _zeros8(); left3 = _zeros8(); right3 = _zeros8()   # noqa: E702
+    left4 = _zeros8(); right4 = _zeros8(); left5 = _zeros8(); right5 = _zeros8()   # noqa: E702
+    for k in range(n_k):
+        w_left = _load8(panels, panel_start + k * PANEL)
+        w_right = _load8(panels, panel_start + k * PANEL + 8)
+        at_k = group_start + k * PROMPT_ROWS        # where the group's six x[., k] start
+        x0 = _broadcast8(packed, at_k)
+        left0 = _fma8(x0, w_left, left0); right0 = _fma8(x0, w_right, right0)     # noqa: E702
+        x1 = _broadcast8(packed, at_k + 1)
+        left1 = _fma8(x1, w_left, left1); right1 = _fma8(x1, w_right, right1)     # noqa: E702
+        x2 = _broadcast8(packed, at_k + 2)
+        left2 = _fma8(x2, w_left, left2); right2 = _fma8(x2, w_right, right2)     # noqa: E702
+        x3 = _broadcast8(packed, at_k + 3)
+        left3 = _fma8(x3, w_left, left3); right3 = _fma8(x3, w_right, right3)     # noqa: E702
+        x4 = _broadcast8(packed, at_k + 4)
+        left4 = _fma8(x4, w_left, left4); right4 = _fma8(x4, w_right, right4)     # noqa: E702
+        x5 = _broadcast8(packed, at_k + 5)
+        left5 = _fma8(x5, w_left, left5); right5 = _fma8(x5, w_right, right5)     # noqa: E702
+    _finish_row(out, out_start, left0, right0, bias, column, first_slice)
+    _finish_row(out, out_start + out_width, left1, right1, bias, column, first_slice)
+    _finish_row(out, out_start + 2 * out_width, left2, right2, bias, column, first_slice)
+    _finish_row(out, out_start + 3 * out_width, left3, right3, bias, column, first_slice)
+    _finish_row(out, out_start + 4 * out_width, left4, right4, bias, column, first_slice)
+    _finish_row(out, out_start + 5 * out_width, left5, right5, bias, column, first_slice)
+
+
+@njit(void(float32[::1], int64, float32[::1], int64, int64, int64, int64, float32[::1],
+           float32[::1], int64, int64), nogil=True, cache=True)
+def _prompt_panels(packed, n_groups, panels, n_panels, depth, slice_depth, block_groups, bias,
+                   out, first_panel, end_panel):
+    """out[:, panels first_panel..end_panel) = x @ W + bias, on the calling thread.
+
+    For each block of row groups and each slice of k (the block's slice of packed x is what
+    stays in cache), for each panel, every group of the block against the panel's slice: the
+    slice is read from memory by the first group and from L1 or L2 by the rest."""
+    out_width = n_panels * PANEL
+    panel_floats = depth * PANEL
+    for first_group in range(0, n_groups, block_groups):
+        end_group = min(n_groups, first_group + block_groups)
+        for k0 in range(0, depth, slice_depth):
+            n_k = min(slice_depth, depth - k0)
+            slice_start = n_groups * PROMPT_ROWS * k0          # packed x's slice k0
+            for p in range(first_panel, end_panel):
+                for g in range(first_group, end_group):
+                    _prompt_tile(packed, slice_start + g * n_k * PROMPT_ROWS, panels,
+                                 p * panel_floats + k0 * PANEL, n_k, out,
+                                 g * PROMPT_ROWS * out_width + p * PANEL, out_width,
+                                 bias, p * PANEL, k0 == 0)
+
+
+@njit(void(float32[::1], int64, float32[::1], int64, int64, int64, int64, float32[::1],
+           float32[::1], int64, int64[::1]), parallel=True, nogil=True, cache=True)
+def _prompt_matmul(packed, n_groups, panels, n_panels, depth, slice_depth, block_groups, bias,
+                   out, n_threads, next_chunk):
+    """Every panel through _prompt_panels, on n_threads of numba's threads, each taking the
+    next CHUNK_PANELS panels from the shared counter next_chunk as it finishes the last."""
+    n_chunks = -(-n_panels // CHUNK_PANELS)
+    for _ in prange(n_threads):
+        chunk = _take_ticket(next_chunk)
+        while chunk < n_chunks:
+            first = chunk * CHUNK_PANELS
+            _prompt_panels(packed, n_groups, panels, n_panels, depth, slice_depth, block_groups,
+                           bias, out, first, min(n_panels, first + CHUNK_PANELS))
+            chunk = _take_ticket(next_chunk)
+
+
+def matmul_prompt(x: np.ndarray, panels: np.ndarray, n_out: int, bias: np.ndarray | None,
+                  n_threads: int) -> np.ndarray:
+    """x (M, K) @ W + bias -> (M, n_out) float32, W (K, n_out) given as `pack_weight(W)`, with
+    the 6 x 16 tile, for prompts (M from a few dozen to thousands of rows).
+
+    n_threads: how many of numba's threads share the panels."""
+    _check_arguments(x, panels, n_out, bias, n_threads)
+    n_panels, depth, _ = panels.shape
+    n_rows = x.shape[0]
+    if n_rows == 0 or depth == 0:                       # nothing to sum: bias (or zeros)
+        return np.zeros((n_rows, n_out), np.float32) + (0 if bias is None else bias)
+    slice_depth, block_groups = prompt_blocking(n_rows, depth)
+    packed = pack_prompt_rows(np.ascontiguousarray(x, np.float32), slice_depth)
+    n_groups = -(-n_rows // PROMPT_ROWS)
+    padded_bias = np.zeros(n_panels * PANEL, np.float32)
+    if bias is not None:
+        padded_bias[:n_out] = bias
+    out = np.empty((n_groups * PROMPT_ROWS, n_panels * PANEL), np.float32)
+    _prompt_matmul(packed, n_groups, panels.reshape(-1), n_panels, depth, slice_depth,
+                   block_groups, padded_bias, out.reshape(-1), n_threads, np.zeros(1, np.int64))
     return np.ascontiguousarray(out[: x.shape[0], :n_out])      # a copy only if n_out % 16
 
 

@@ -1,7 +1,8 @@
 """The numba CPU matmul kernels against `a @ b`.
 
 matmul: minillm.kernels.matmul_cpu.matmul (packs both operands on every call), and
-matmul_packed_cpu.matmul_packed on a weight packed once. A length-K dot product in float32
+matmul_packed_cpu.matmul_packed (batched decoding's 4 x 16 tile) and matmul_prompt (prompts'
+6 x 16 tile) on a weight packed once. A length-K dot product in float32
 carries rounding error proportional to sum_k |a_ik b_kj|, so the check is relative to that:
 |C - (a @ b + bias)| <= 1e-5 * (|a| @ |b| + |bias|) elementwise (for K = 3072 that allows ~1e-5
 relative error, where the typical one is ~1e-6).
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 
 from minillm.kernels import matmul_cpu
 from minillm.kernels.matmul_cpu import matmul
-from minillm.kernels.matmul_packed_cpu import matmul_packed, pack_weight
+from minillm.kernels import matmul_packed_cpu
+from minillm.kernels.matmul_packed_cpu import (matmul_packed, matmul_prompt, pack_prompt_rows,
+                                               pack_weight, prompt_blocking)
 
 TOLERANCE = 1e-5
 
@@ -146,6 +149,86 @@ def test_matmul_packed_rejects_what_it_cannot_read(rng):
         matmul_packed(x, panels, 40, np.ones(1, np.float32), 2)
     with pytest.raises(ValueError, match="n_shares must be at least 1"):
         matmul_packed(x, panels, 40, None, 0)
+
+
+# ---- matmul_prompt: the 6 x 16 tile ---------------------------------------------------------------
+def prompt(a, b, bias=None, n_threads=2):
+    """matmul_prompt through a freshly packed b."""
+    return matmul_prompt(a, pack_weight(b), b.shape[1], bias, n_threads)
+
+
+def test_pack_prompt_rows_layout(rng):
+    """Slice by slice of k, group by group of six rows: packed[n_groups*6*k0 + g*n_k*6 + k*6 + r]
+    = x[6 g + r, k0 + k], zeros past the last row."""
+    x = rng.standard_normal((8, 7), dtype=np.float32)             # 2 groups, the second half empty
+    packed = pack_prompt_rows(x, 3)                                # slices of k: 0-2, 3-5, 6
+    padded = np.zeros((12, 7), np.float32)
+    padded[:8] = x
+    expected = []
+    for k0 in (0, 3, 6):
+        n_k = min(3, 7 - k0)
+        for g in range(2):
+            expected.append(padded[6 * g:6 * g + 6, k0:k0 + n_k].T.reshape(-1))   # (n_k, 6)
+    np.testing.assert_array_equal(packed, np.concatenate(expected))
+
+
+def test_prompt_blocking_keeps_a_block_of_x_within_its_budget():
+    assert prompt_blocking(64, 768) == (768, 11)                   # all of x fits: whole depth
+    budget = matmul_packed_cpu.X_BLOCK_BYTES
+    for n_rows, depth in [(256, 3072), (1024, 768), (5000, 3072), (700, 400)]:
+        slice_depth, block_groups = prompt_blocking(n_rows, depth)
+        assert slice_depth == min(depth, matmul_packed_cpu.SLICE_DEPTH)
+        assert block_groups * slice_depth * matmul_packed_cpu.PROMPT_ROWS * 4 <= budget
+
+
+@pytest.mark.parametrize("M", [1, 5, 6, 7, 12, 13, 64, 100])
+@pytest.mark.parametrize("K, N", [(33, 40), (64, 48), (768, 2304), (3072, 96)])
+def test_matmul_prompt_matches_numpy(rng, M, K, N):
+    """Row groups of 6 and panels of 16 with edges in both (M % 6, N % 16, odd K)."""
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    assert_matmul_matches(a, b, kernel=prompt)
+    assert_matmul_matches(a, b, rng.standard_normal(N, dtype=np.float32), kernel=prompt)
+
+
+def test_matmul_prompt_in_slices_and_blocks(rng):
+    """x too large to be read whole for every panel: k in slices (out accumulated slice after
+    slice, the bias added once), rows in more than one block, a last slice of 16."""
+    M, K, N = 700, 400, 40
+    slice_depth, block_groups = prompt_blocking(M, K)
+    assert slice_depth < K and block_groups * 6 < M                # both paths taken
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    assert_matmul_matches(a, b, rng.standard_normal(N, dtype=np.float32), kernel=prompt)
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(0, 40), K=st.integers(0, 80), N=st.integers(1, 70),
+       n_threads=st.integers(1, 3), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_matmul_prompt_on_random_shapes(M, K, N, n_threads, with_bias, seed):
+    """Any shape, empty ones included (K = 0: the bias alone), on 1-3 threads."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32) if with_bias else None
+    assert_matmul_matches(a, b, bias, kernel=lambda a, b, bias: prompt(a, b, bias, n_threads))
+
+
+def test_matmul_prompt_is_the_same_on_any_number_of_threads(rng):
+    """Each output is one tile's sum over k in order, whichever thread takes its panel."""
+    a = rng.standard_normal((50, 300), dtype=np.float32)
+    b = rng.standard_normal((300, 200), dtype=np.float32)
+    one = prompt(a, b, n_threads=1)
+    np.testing.assert_array_equal(prompt(a, b, n_threads=2), one)
+    np.testing.assert_array_equal(prompt(a, b, n_threads=3), one)
+
+
+def test_matmul_prompt_rejects_what_it_cannot_read(rng):
+    panels = pack_weight(rng.standard_normal((64, 40), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"x must be \(M, 64\)"):
+        matmul_prompt(np.ones((20, 63), np.float32), panels, 40, None, 2)
+    with pytest.raises(ValueError, match=r"hold 33-48 output columns, got n_out = 64"):
+        matmul_prompt(np.ones((20, 64), np.float32), panels, 64, None, 2)
 
 
 def test_matmul_empty_and_bad_shapes(rng):

@@ -96,9 +96,10 @@ def numba_backend():
         pytest.skip(f"numba backend not available: {error}")
 
 
-@pytest.mark.parametrize("n_rows", [1, 700])      # one row: the calling thread; 700: the pool
+@pytest.mark.parametrize("n_rows", [1, 100, 700])  # the calling thread; numba's threads; the pool
 def test_numba_backend_brings_the_fused_kernels(numba_backend, n_rows):
     assert (n_rows >= numba_backend.pool_min_rows) == (n_rows == 700)
+    numba_backend.linear(randn(n_rows, 64), randn(64, 16))       # 100 rows: numba's threads next
     """The backend's LayerNorm and GELU are the fused kernels, not the reference: their results
     are bit-identical to fused_cpu's, while the reference's differ in the last bits."""
     x, gain, bias = randn(n_rows, 768, scale=3.0, shift=1.0), randn(768), randn(768)
@@ -135,19 +136,56 @@ def test_batched_decoding_linear_matches_blas(numba_backend, n_batch, shape):
     # sum_k |x_k w_k| (~2500 here), not with the (often much smaller) result.
     scale = np.abs(x) @ np.abs(weight) + np.abs(bias)
     assert np.all(np.abs(out - expected) <= 1e-6 * scale)
-    assert not numba_backend._blas_threads_spinning            # it ran on numba's threads
+    assert numba_backend._products_on == "numba"                 # it ran on numba's threads
 
 
-def test_batched_decoding_route_is_two_to_sixteen_sequences(numba_backend):
-    """One sequence, 17 sequences, or a prompt of several tokens go to OpenBLAS instead."""
-    from minillm.kernels.backend import BATCHED_DECODE_MAX
+def test_linear_routes_by_number_of_rows(numba_backend):
+    """One row and short prompts (up to 16 rows) on OpenBLAS; 2-16 sequences of one token on the
+    4 x 16 tile; 17 rows up to the pool's size on the 6 x 16 prompt tile (numba's threads);
+    longer prompts on the worker pool."""
+    from minillm.kernels.backend import BATCHED_DECODE_MAX, ON_NUMBA, ON_OPENBLAS, ON_POOL
 
     weight = randn(64, 48)
-    for shape, on_blas in [((1, 1, 64), True), ((2, 1, 64), False), ((BATCHED_DECODE_MAX, 1, 64), False),
-                           ((BATCHED_DECODE_MAX + 1, 1, 64), True), ((2, 3, 64), True)]:
+    pool_rows = numba_backend.pool_min_rows
+    for shape, where in [((1, 1, 64), ON_OPENBLAS), ((2, 1, 64), ON_NUMBA),
+                         ((BATCHED_DECODE_MAX, 1, 64), ON_NUMBA), ((2, 3, 64), ON_OPENBLAS),
+                         ((BATCHED_DECODE_MAX + 1, 1, 64), ON_NUMBA), ((1, 100, 64), ON_NUMBA),
+                         ((1, pool_rows - 1, 64), ON_NUMBA), ((1, pool_rows, 64), ON_POOL)]:
         x = randn(*shape)
         np.testing.assert_allclose(numba_backend.linear(x, weight), x @ weight, rtol=1e-5, atol=1e-4)
-        assert numba_backend._blas_threads_spinning == on_blas, shape
+        assert numba_backend._products_on == where, shape
+
+
+@pytest.mark.parametrize("shape", [(1, 17, 768, 2304), (2, 40, 3072, 768), (1, 383, 768, 96),
+                                   (1, 30, 64, 50)])
+def test_prompt_linear_on_the_prompt_tile_matches_float64(numba_backend, shape):
+    """A prompt's rows times a float32 weight: the 6 x 16 tile on a packed copy of the weight
+    (made once, like batched decoding's), within 1e-6 of sum_k |x_k w_k|."""
+    n_batch, n_rows, n_in, n_out = shape
+    x, weight, bias = randn(n_batch, n_rows, n_in), randn(n_in, n_out), randn(n_out)
+    out = numba_backend.linear(x, weight, bias)
+    assert out.shape == (n_batch, n_rows, n_out) and out.dtype == np.float32
+    assert numba_backend._products_on == "numba"
+    expected = x.astype(np.float64) @ weight.astype(np.float64) + bias
+    scale = np.abs(x) @ np.abs(weight) + np.abs(bias)
+    assert np.all(np.abs(out - expected) <= 1e-6 * scale)
+
+
+def test_after_a_prompt_the_lm_head_and_kernels_stay_on_numba_threads(numba_backend):
+    """Once a prompt's products ran on numba's threads, its last position's LM head reads wte's
+    rows with the matrix-vector kernel (no copy of wte), and LayerNorm, GELU and attention of
+    prompt size take every numba thread; after an OpenBLAS product, one thread."""
+    numba_backend.clear()
+    x, weight, wte = randn(1, 50, 64), randn(64, 48), randn(300, 64)
+    numba_backend.linear(x, weight)
+    assert numba_backend._numba_threads(50) == numba_backend.pool.n_threads
+    last = x[:, -1:]
+    np.testing.assert_allclose(numba_backend.linear(last, wte.T), last @ wte.T, rtol=1e-5, atol=1e-4)
+    assert numba_backend._products_on == "numba" and not numba_backend._transposed
+    numba_backend.linear(randn(1, 3, 64), weight)                       # a short prompt: OpenBLAS
+    assert numba_backend._numba_threads(50) == 1
+    numba_backend.linear(last, wte.T)
+    assert numba_backend._products_on == "OpenBLAS"
 
 
 def test_batched_decoding_lm_head_reads_the_embedding_rows(numba_backend):

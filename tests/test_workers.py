@@ -130,6 +130,27 @@ def test_attention_is_bit_identical_however_the_jobs_are_shared(n_queries, n_key
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("n_queries, n_keys", [(45, 45), (100, 130)])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_attention_is_bit_identical_on_numba_threads(n_queries, n_keys, threads):
+    """n_threads of numba's threads (no pool) share the jobs as the pool's workers do."""
+    q, k, v = randn(2, 3, n_queries, 64), randn(2, 3, n_keys, 64), randn(2, 3, n_keys, 64)
+    key_valid = np.ones((2, n_keys), np.bool_)
+    key_valid[1, :5] = False
+    expected = attention_cpu.flash_attention(q, k, v, key_valid)
+    np.testing.assert_array_equal(attention_cpu.flash_attention(q, k, v, key_valid, n_threads=threads),
+                                  expected)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_layer_norm_and_gelu_are_bit_identical_on_numba_threads(threads):
+    x, gain, bias = randn(37, 768, scale=2.0), randn(768), randn(768)
+    np.testing.assert_array_equal(fused_cpu.layer_norm(x, gain, bias, 1e-5, n_threads=threads),
+                                  fused_cpu.layer_norm(x, gain, bias, 1e-5))
+    h = randn(5, 13, 3072, scale=3.0)               # shares end mid-row
+    np.testing.assert_array_equal(fused_cpu.gelu(h, n_threads=threads), fused_cpu.gelu(h))
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_layer_norm_and_gelu_are_bit_identical_on_the_pool(threads):
     x, gain, bias = randn(37, 768, scale=2.0), randn(768), randn(768)
