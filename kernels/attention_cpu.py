@@ -362,11 +362,13 @@ def flash_attention(q, k, v, key_valid=None, pool=None, decode_threads: int = 1,
     acc = np.empty((n_workers, n_panels, head_dim_padded, NR), np.float32)
     stats = np.empty((n_workers, n_panels, N_STATS, NR), np.float32)
     next_job = np.zeros(1, np.int64)               # the workers' shared job counter
-    if pool is None:
+    if pool is not None:
+        pool.run(lambda w: _worker_jobs(q, k, v, key_valid, out, q_t[w], scores[w], acc[w],
+                                        stats[w], next_job))
+    elif n_workers > 1:
         _numba_workers(q, k, v, key_valid, out, q_t, scores, acc, stats, next_job)
-        return out
-    pool.run(lambda w: _worker_jobs(q, k, v, key_valid, out, q_t[w], scores[w], acc[w], stats[w],
-                                    next_job))
+    else:             # the calling thread: no parallel region, whose idle threads would spin on
+        _worker_jobs(q, k, v, key_valid, out, q_t[0], scores[0], acc[0], stats[0], next_job)
     return out
 
 
