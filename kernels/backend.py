@@ -33,8 +33,9 @@ INFERENCE_KERNELS = {_KERNELS_DIR / "attention_cpu.py": None, _KERNELS_DIR / "at
 POOL_MIN_ROWS = 384
 
 # Quantised weights: calls over at most this many token positions (decoding, also batched) run
-# the matrix-vector kernels, which widen each weight once for all the rows; longer ones
-# (prompts) widen a tile of the weights at a time and multiply it with BLAS.
+# the matrix-vector kernels, which widen each weight once for all the rows; prompts up to
+# POOL_MIN_ROWS the prompt kernel, which widens a panel at a time (matmul_packed_cpu); longer
+# ones widen a tile of the weights at a time and multiply it with BLAS on the pool.
 MATVEC_MAX_ROWS = 16
 # Float32 weights, batched decoding (one new token for each of 2..16 sequences): a 4 x 16
 # register-tile kernel on copies of the weights packed once (minillm.kernels.matmul_packed_cpu)
@@ -74,7 +75,10 @@ class NumbaBackend:
     attention and the last position's LM head (wte's rows as they are, the matrix-vector
     kernel) on all of numba's threads, so that OpenBLAS never wakes. Shorter calls (prompts of
     up to 16 rows, and decoding one sequence step by step) run their matmuls on OpenBLAS's
-    threads and every kernel on the calling thread alone. Batched decoding and quantised
+    threads and every kernel on the calling thread alone. float16 and int8 weights take the
+    same route for prompts of 17 rows up to `pool_min_rows`, their panels widened inside the
+    prompt kernel (`matmul_prompt_quantized`); from `pool_min_rows` rows on they are widened a
+    tile at a time for single-threaded BLAS on the pool. Batched decoding and quantised
     weights run their matmuls on numba's threads (minillm.kernels.matmul_packed_cpu and
     matvec_cpu), and then decode attention shares its heads among numba's threads too.
     `_products_on` records whose threads ran the last product (and are awake), which the
@@ -223,6 +227,10 @@ class NumbaBackend:
         if rows.shape[0] <= MATVEC_MAX_ROWS:
             self._products_on = ON_NUMBA
             out = self._matvec.matvec(weight, rows, bias, self.pool.n_threads)  # (M, out)
+        elif self._is_prompt(rows.shape[0]):
+            self._products_on = ON_NUMBA
+            out = self._matmul_packed.matmul_prompt_quantized(rows, weight, bias,
+                                                              self.pool.n_threads)  # (M, out)
         else:
             self._products_on = ON_POOL
             out = self._widened_tiles_matmul(rows, weight, bias)           # (M, out)

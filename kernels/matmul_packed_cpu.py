@@ -81,6 +81,7 @@ SLICE_DEPTH = 384             # k per slice when x is larger: a panel's slice is
 # Panels per ticket: the threads take CHUNK_PANELS (64 columns) at a time from a shared
 # counter, so that one slowed by other work does not leave the other waiting at the end
 CHUNK_PANELS = 4
+NO_SCALES = np.zeros((0, 1), np.float32)    # `scales` of a float16 weight (numba wants one type)
 
 
 # ---- an 8-float vector type for numba -------------------------------------------------------
@@ -403,6 +404,157 @@ def matmul_prompt(x: np.ndarray, panels: np.ndarray, n_out: int, bias: np.ndarra
     _prompt_matmul(packed, n_groups, panels.reshape(-1), n_panels, depth, slice_depth,
                    block_groups, padded_bias, out.reshape(-1), n_threads, np.zeros(1, np.int64))
     return np.ascontiguousarray(out[: x.shape[0], :n_out])      # a copy only if n_out % 16
+
+
+# ---- prompts on float16 and int8 weights: each panel widened as it is used ------------------
+# The weight stays as the model holds it, W^T (out, in) in float16 or int8 (one scale per row
+# or per block of inputs). Each thread widens one panel at a time (16 rows of W^T, one slice
+# of k) into its own float32 panel, transposed into the tile's layout, and runs every row group
+# of the block against it: one pass over the weight per block of rows (one block up to
+# X_BLOCK_BYTES of packed x), where widening whole tiles for BLAS wrote and read float32 tiles.
+# The next three are copies of matvec_cpu's: numba's cache watches only the file of the
+# function it caches (tests/test_kernels_cpu.py keeps the copies identical).
+@intrinsic
+def _float16_bits_to_float32(typingctx, bits):
+    """A float16 given as its 16 bits (uint16) widened to float32, exactly."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@njit(inline="always")
+def _float16_to_float32(bits):
+    return _float16_bits_to_float32(bits)
+
+
+@njit(inline="always")
+def _int8_to_float32(q):
+    """Through int32: the direct int8 -> float32 conversion keeps LLVM from vectorising the
+    loop (9x slower, measured), while int32 -> float32 is one `vcvtdq2ps` per 8 weights."""
+    return np.float32(np.int32(q))
+
+
+@njit(inline="always")
+def _widen_float16_panel(w_bits, scales, block, p, k0, n_k, panel):
+    """panel[k * 16 + c] = W[k0 + k, 16 p + c] from W^T's float16 bits, zero past the last
+    column (scales, block: unused)."""
+    for c in range(PANEL):
+        row = p * PANEL + c
+        if row < w_bits.shape[0]:
+            for k in range(n_k):
+                panel[k * PANEL + c] = _float16_to_float32(w_bits[row, k0 + k])
+        else:
+            for k in range(n_k):
+                panel[k * PANEL + c] = 0.0
+
+
+@njit(inline="always")
+def _widen_int8_panel(q, scales, block, p, k0, n_k, panel):
+    """panel[k * 16 + c] = W[k0 + k, 16 p + c] = q[16 p + c, k0 + k] * its block's scale, zero
+    past the last column; block: inputs per scale."""
+    for c in range(PANEL):
+        row = p * PANEL + c
+        if row >= q.shape[0]:
+            for k in range(n_k):
+                panel[k * PANEL + c] = 0.0
+            continue
+        k = 0
+        while k < n_k:                                 # one run of k per scale
+            scale_index = (k0 + k) // block
+            end = min(n_k, (scale_index + 1) * block - k0)
+            scale = scales[row, scale_index]
+            for i in range(k, end):
+                panel[i * PANEL + c] = _int8_to_float32(q[row, k0 + i]) * scale
+            k = end
+
+
+@njit(inline="always")
+def _widened_panels(widen, w, scales, block, packed, n_groups, depth, slice_depth, block_groups,
+                    bias, out, first_panel, end_panel, panel):
+    """_prompt_panels on panels widened from W^T one at a time into this thread's `panel`."""
+    n_panels = -(-w.shape[0] // PANEL)
+    out_width = n_panels * PANEL
+    for first_group in range(0, n_groups, block_groups):
+        end_group = min(n_groups, first_group + block_groups)
+        for k0 in range(0, depth, slice_depth):
+            n_k = min(slice_depth, depth - k0)
+            slice_start = n_groups * PROMPT_ROWS * k0
+            for p in range(first_panel, end_panel):
+                widen(w, scales, block, p, k0, n_k, panel)
+                for g in range(first_group, end_group):
+                    _prompt_tile(packed, slice_start + g * n_k * PROMPT_ROWS, panel, 0, n_k, out,
+                                 g * PROMPT_ROWS * out_width + p * PANEL, out_width, bias,
+                                 p * PANEL, k0 == 0)
+
+
+@njit(inline="always")
+def _widened_matmul(widen, w, scales, block, packed, n_groups, depth, slice_depth, block_groups,
+                    bias, out, panels, next_chunk):
+    """Every panel through _widened_panels, on as many of numba's threads as `panels` has
+    rows (one float32 panel each), in chunks taken from the shared counter next_chunk."""
+    n_panels = -(-w.shape[0] // PANEL)
+    n_chunks = -(-n_panels // CHUNK_PANELS)
+    for t in prange(panels.shape[0]):
+        chunk = _take_ticket(next_chunk)
+        while chunk < n_chunks:
+            first = chunk * CHUNK_PANELS
+            _widened_panels(widen, w, scales, block, packed, n_groups, depth, slice_depth,
+                            block_groups, bias, out, first, min(n_panels, first + CHUNK_PANELS),
+                            panels[t])
+            chunk = _take_ticket(next_chunk)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _prompt_matmul_float16(w_bits, packed, n_groups, depth, slice_depth, block_groups, bias,
+                           out, panels, next_chunk):
+    _widened_matmul(_widen_float16_panel, w_bits, NO_SCALES, 0, packed, n_groups, depth,
+                    slice_depth, block_groups, bias, out, panels, next_chunk)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _prompt_matmul_int8(q, scales, block, packed, n_groups, depth, slice_depth, block_groups,
+                        bias, out, panels, next_chunk):
+    _widened_matmul(_widen_int8_panel, q, scales, block, packed, n_groups, depth, slice_depth,
+                    block_groups, bias, out, panels, next_chunk)
+
+
+def matmul_prompt_quantized(x: np.ndarray, weight, bias: np.ndarray | None,
+                            n_threads: int) -> np.ndarray:
+    """x (M, K) @ W + bias -> (M, N) float32, W held as W^T (N, K): a
+    minillm.model.quantize.QuantizedMatrix in float16 or int8, widened a panel at a time inside
+    the kernel (nothing widened up front). n_threads: how many of numba's threads share it."""
+    n_out, depth = weight.shape
+    if x.ndim != 2 or x.shape[1] != depth:
+        raise ValueError(f"x must be (M, {depth}) for this weight, got {x.shape}")
+    if bias is not None and np.shape(bias) != (n_out,):
+        raise ValueError(f"bias must be ({n_out},), got {np.shape(bias)}")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    n_rows = x.shape[0]
+    if n_rows == 0 or depth == 0:
+        return np.zeros((n_rows, n_out), np.float32) + (0 if bias is None else bias)
+    n_panels = -(-n_out // PANEL)
+    slice_depth, block_groups = prompt_blocking(n_rows, depth)
+    packed = pack_prompt_rows(np.ascontiguousarray(x, np.float32), slice_depth)
+    n_groups = -(-n_rows // PROMPT_ROWS)
+    padded_bias = np.zeros(n_panels * PANEL, np.float32)
+    if bias is not None:
+        padded_bias[:n_out] = bias
+    out = np.empty((n_groups * PROMPT_ROWS, n_panels * PANEL), np.float32)
+    panels = np.empty((min(n_threads, n_panels), slice_depth * PANEL), np.float32)
+    next_chunk = np.zeros(1, np.int64)
+    if weight.dtype == "float16":
+        _prompt_matmul_float16(weight.data.view(np.uint16), packed, n_groups, depth, slice_depth,
+                               block_groups, padded_bias, out.reshape(-1), panels, next_chunk)
+    else:
+        _prompt_matmul_int8(weight.data, weight.scales, weight.block, packed, n_groups, depth,
+                            slice_depth, block_groups, padded_bias, out.reshape(-1), panels,
+                            next_chunk)
+    return np.ascontiguousarray(out[:n_rows, :n_out])      # a copy only if n_out % 16
 
 
 def _check_arguments(x, panels, n_out: int, bias, n_shares: int) -> None:

@@ -318,6 +318,11 @@ def test_the_decode_step_kernels_helpers_are_identical_copies(source, name):
     assert copy == original
 
 
+@pytest.mark.parametrize("name", ["_float16_bits_to_float32", "_float16_to_float32", "_int8_to_float32"])
+def test_the_prompt_kernels_widening_helpers_are_identical_copies(name):
+    assert _source_of("matmul_packed_cpu.py", name) == _source_of("matvec_cpu.py", name)
+
+
 def test_the_decode_step_kernel_uses_the_same_constants():
     from minillm.kernels import decode_step_cpu, fused_cpu, matvec_cpu
 

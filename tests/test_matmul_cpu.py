@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from minillm.kernels import matmul_cpu
 from minillm.kernels.matmul_cpu import matmul
 from minillm.kernels import matmul_packed_cpu
-from minillm.kernels.matmul_packed_cpu import (matmul_packed, matmul_prompt, pack_prompt_rows,
+from minillm.kernels.matmul_packed_cpu import (matmul_packed, matmul_prompt,
+                                               matmul_prompt_quantized, pack_prompt_rows,
                                                pack_weight, prompt_blocking)
+from minillm.model.quantize import quantize
 
 TOLERANCE = 1e-5
 
@@ -229,6 +231,46 @@ def test_matmul_prompt_rejects_what_it_cannot_read(rng):
         matmul_prompt(np.ones((20, 63), np.float32), panels, 40, None, 2)
     with pytest.raises(ValueError, match=r"hold 33-48 output columns, got n_out = 64"):
         matmul_prompt(np.ones((20, 64), np.float32), panels, 64, None, 2)
+
+
+# ---- matmul_prompt_quantized: float16 / int8 W^T, panels widened in the kernel -------------------
+QUANTIZED = [("float16", None), ("int8", None), ("int8", 32)]      # int8: a scale per row / per 32
+
+
+def assert_quantized_prompt_matches(x, weight_t, dtype, block, bias=None, n_threads=2):
+    """Against x @ dequantize(W^T)^T + bias in float64, within 1e-6 of sum_k |x_k w_k|: the
+    weights' rounding is the quantisation's, the kernel's only float32's."""
+    quantized = quantize(weight_t, dtype, block)
+    got = matmul_prompt_quantized(x, quantized, bias, n_threads)
+    w = quantized.dequantize().T.astype(np.float64)                    # (K, N)
+    want = x.astype(np.float64) @ w + (0 if bias is None else bias)
+    scale = np.abs(x) @ np.abs(w) + (0 if bias is None else np.abs(bias))
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.all(np.abs(got - want) <= 1e-6 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("dtype, block", QUANTIZED)
+@pytest.mark.parametrize("M, K, N", [(1, 32, 16), (7, 64, 40), (64, 768, 2304), (100, 3072, 96),
+                                     (700, 512, 40)])      # the last: k in slices, rows in blocks
+def test_matmul_prompt_quantized_matches_float64(rng, dtype, block, M, K, N):
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    weight_t = rng.standard_normal((N, K), dtype=np.float32)
+    assert_quantized_prompt_matches(x, weight_t, dtype, block, rng.standard_normal(N, dtype=np.float32))
+
+
+@settings(max_examples=20, deadline=None)
+@given(M=st.integers(0, 30), K=st.sampled_from([0, 32, 64, 96]), N=st.integers(1, 50),
+       kind=st.sampled_from(QUANTIZED), n_threads=st.integers(1, 3), with_bias=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_matmul_prompt_quantized_on_random_shapes(M, K, N, kind, n_threads, with_bias, seed):
+    rng = np.random.default_rng(seed)
+    dtype, block = kind
+    if K == 0 and dtype == "int8":          # quantize() makes no int8 matrix without columns
+        K = 32
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    weight_t = rng.standard_normal((N, K), dtype=np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32) if with_bias else None
+    assert_quantized_prompt_matches(x, weight_t, dtype, block, bias, n_threads)
 
 
 def test_matmul_empty_and_bad_shapes(rng):

@@ -287,3 +287,18 @@ def test_numba_greedy_generation_matches_hf(fast_backend, reference_model, refer
     prompt = reference["english.ids"]
     got = fast.generate(prompt, len(expected) - len(prompt))
     assert got.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_prompt_linear_on_quantized_weights_widens_panels_on_numba_threads(numba_backend, dtype):
+    """A prompt's rows times float16 / int8 weights: panels widened inside the prompt kernel
+    (matmul_prompt_quantized), against the dequantised float32 weight in float64."""
+    from minillm.model.quantize import quantize
+
+    x, weight_t, bias = randn(1, 50, 768), randn(96, 768), randn(96)
+    quantized = quantize(weight_t, dtype)
+    out = numba_backend.linear(x, quantized, bias)
+    assert numba_backend._products_on == "numba"
+    w = quantized.dequantize().T.astype(np.float64)
+    expected = x.astype(np.float64) @ w + bias
+    assert np.all(np.abs(out - expected) <= 1e-6 * (np.abs(x) @ np.abs(w) + np.abs(bias)))
