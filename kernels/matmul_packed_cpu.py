@@ -248,9 +248,7 @@ def matmul_packed(x: np.ndarray, panels: np.ndarray, n_out: int, bias: np.ndarra
     _check_arguments(x, panels, n_out, bias, n_shares)
     n_panels, depth, _ = panels.shape
     groups = _pack_rows(np.asarray(x, np.float32))
-    padded_bias = np.zeros(n_panels * PANEL, np.float32)
-    if bias is not None:
-        padded_bias[:n_out] = bias
+    padded_bias = _padded_bias(bias, n_out, n_panels)
     out = np.empty((groups.shape[0] * ROWS, n_panels * PANEL), np.float32)
     _matmul_packed(groups.reshape(-1), groups.shape[0], panels.reshape(-1), n_panels, depth,
                    padded_bias, out.reshape(-1), n_shares)
@@ -343,44 +341,78 @@ def _prompt_tile(packed, group_start, panels, panel_start, n_k, out, out_start, 
     _finish_row(out, out_start + 5 * out_width, left5, right5, bias, column, first_slice)
 
 
-@njit(void(float32[::1], int64, float32[::1], int64, int64, int64, int64, float32[::1],
-           float32[::1], int64, int64), nogil=True, cache=True)
-def _prompt_panels(packed, n_groups, panels, n_panels, depth, slice_depth, block_groups, bias,
-                   out, first_panel, end_panel):
+@njit(inline="always")
+def _packed_panel(panels, scales, block, p, k0, n_k, depth, scratch):
+    """(array, start) of panel p's slice k0 in float32 panels packed once: where it lies."""
+    return panels, p * depth * PANEL + k0 * PANEL
+
+
+@njit(inline="always")
+def _prompt_panels(panel_of, weight, scales, block, packed, n_groups, n_panels, depth,
+                   slice_depth, block_groups, bias, out, first_panel, end_panel, scratch):
     """out[:, panels first_panel..end_panel) = x @ W + bias, on the calling thread.
 
     For each block of row groups and each slice of k (the block's slice of packed x is what
     stays in cache), for each panel, every group of the block against the panel's slice: the
-    slice is read from memory by the first group and from L1 or L2 by the rest."""
+    slice is read from memory by the first group and from L1 or L2 by the rest.
+    panel_of(weight, scales, block, p, k0, n_k, depth, scratch) -> (array, start) gives the
+    slice in the tile's layout: where it lies in packed panels, or widened into scratch."""
     out_width = n_panels * PANEL
-    panel_floats = depth * PANEL
     for first_group in range(0, n_groups, block_groups):
         end_group = min(n_groups, first_group + block_groups)
         for k0 in range(0, depth, slice_depth):
             n_k = min(slice_depth, depth - k0)
             slice_start = n_groups * PROMPT_ROWS * k0          # packed x's slice k0
             for p in range(first_panel, end_panel):
+                panel, panel_start = panel_of(weight, scales, block, p, k0, n_k, depth, scratch)
                 for g in range(first_group, end_group):
-                    _prompt_tile(packed, slice_start + g * n_k * PROMPT_ROWS, panels,
-                                 p * panel_floats + k0 * PANEL, n_k, out,
-                                 g * PROMPT_ROWS * out_width + p * PANEL, out_width,
+                    _prompt_tile(packed, slice_start + g * n_k * PROMPT_ROWS, panel, panel_start,
+                                 n_k, out, g * PROMPT_ROWS * out_width + p * PANEL, out_width,
                                  bias, p * PANEL, k0 == 0)
 
 
-@njit(void(float32[::1], int64, float32[::1], int64, int64, int64, int64, float32[::1],
-           float32[::1], int64, int64[::1]), parallel=True, nogil=True, cache=True)
-def _prompt_matmul(packed, n_groups, panels, n_panels, depth, slice_depth, block_groups, bias,
-                   out, n_threads, next_chunk):
-    """Every panel through _prompt_panels, on n_threads of numba's threads, each taking the
-    next CHUNK_PANELS panels from the shared counter next_chunk as it finishes the last."""
+@njit(inline="always")
+def _prompt_chunks(panel_of, weight, scales, block, packed, n_groups, n_panels, depth,
+                   slice_depth, block_groups, bias, out, scratch, next_chunk):
+    """Every panel through _prompt_panels, on as many of numba's threads as `scratch` has rows
+    (one each), each taking the next CHUNK_PANELS panels from the shared counter next_chunk as
+    it finishes the last."""
     n_chunks = -(-n_panels // CHUNK_PANELS)
-    for _ in prange(n_threads):
+    for t in prange(scratch.shape[0]):
         chunk = _take_ticket(next_chunk)
         while chunk < n_chunks:
             first = chunk * CHUNK_PANELS
-            _prompt_panels(packed, n_groups, panels, n_panels, depth, slice_depth, block_groups,
-                           bias, out, first, min(n_panels, first + CHUNK_PANELS))
+            _prompt_panels(panel_of, weight, scales, block, packed, n_groups, n_panels, depth,
+                           slice_depth, block_groups, bias, out, first,
+                           min(n_panels, first + CHUNK_PANELS), scratch[t])
             chunk = _take_ticket(next_chunk)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _prompt_matmul(panels, packed, n_groups, n_panels, depth, slice_depth, block_groups, bias,
+                   out, scratch, next_chunk):
+    _prompt_chunks(_packed_panel, panels, NO_SCALES, 0, packed, n_groups, n_panels, depth,
+                   slice_depth, block_groups, bias, out, scratch, next_chunk)
+
+
+def _prompt_operands(x: np.ndarray, n_out: int, depth: int, bias: np.ndarray | None):
+    """What both prompt kernels take: (slice_depth, block_groups) from prompt_blocking, packed x,
+    the number of row groups, the bias padded to whole panels, and `out` with whole groups and
+    panels (the caller returns its first M rows and n_out columns)."""
+    n_rows = x.shape[0]
+    slice_depth, block_groups = prompt_blocking(n_rows, depth)
+    packed = pack_prompt_rows(np.ascontiguousarray(x, np.float32), slice_depth)
+    n_groups, n_panels = -(-n_rows // PROMPT_ROWS), -(-n_out // PANEL)
+    out = np.empty((n_groups * PROMPT_ROWS, n_panels * PANEL), np.float32)
+    return slice_depth, block_groups, packed, n_groups, _padded_bias(bias, n_out, n_panels), out
+
+
+def _padded_bias(bias: np.ndarray | None, n_out: int, n_panels: int) -> np.ndarray:
+    """bias (or zeros) with zeros to the end of the last panel."""
+    padded = np.zeros(n_panels * PANEL, np.float32)
+    if bias is not None:
+        padded[:n_out] = bias
+    return padded
 
 
 def matmul_prompt(x: np.ndarray, panels: np.ndarray, n_out: int, bias: np.ndarray | None,
@@ -394,16 +426,12 @@ def matmul_prompt(x: np.ndarray, panels: np.ndarray, n_out: int, bias: np.ndarra
     n_rows = x.shape[0]
     if n_rows == 0 or depth == 0:                       # nothing to sum: bias (or zeros)
         return np.zeros((n_rows, n_out), np.float32) + (0 if bias is None else bias)
-    slice_depth, block_groups = prompt_blocking(n_rows, depth)
-    packed = pack_prompt_rows(np.ascontiguousarray(x, np.float32), slice_depth)
-    n_groups = -(-n_rows // PROMPT_ROWS)
-    padded_bias = np.zeros(n_panels * PANEL, np.float32)
-    if bias is not None:
-        padded_bias[:n_out] = bias
-    out = np.empty((n_groups * PROMPT_ROWS, n_panels * PANEL), np.float32)
-    _prompt_matmul(packed, n_groups, panels.reshape(-1), n_panels, depth, slice_depth,
-                   block_groups, padded_bias, out.reshape(-1), n_threads, np.zeros(1, np.int64))
-    return np.ascontiguousarray(out[: x.shape[0], :n_out])      # a copy only if n_out % 16
+    slice_depth, block_groups, packed, n_groups, padded_bias, out = _prompt_operands(
+        x, n_out, depth, bias)
+    _prompt_matmul(panels.reshape(-1), packed, n_groups, n_panels, depth, slice_depth,
+                   block_groups, padded_bias, out.reshape(-1), np.empty((n_threads, 0), np.float32),
+                   np.zeros(1, np.int64))
+    return np.ascontiguousarray(out[:n_rows, :n_out])      # a copy only if n_out % 16
 
 
 # ---- prompts on float16 and int8 weights: each panel widened as it is used ------------------
@@ -439,9 +467,9 @@ def _int8_to_float32(q):
 
 
 @njit(inline="always")
-def _widen_float16_panel(w_bits, scales, block, p, k0, n_k, panel):
+def _widen_float16_panel(w_bits, scales, block, p, k0, n_k, depth, panel):
     """panel[k * 16 + c] = W[k0 + k, 16 p + c] from W^T's float16 bits, zero past the last
-    column (scales, block: unused)."""
+    column (scales, block: unused); -> (panel, 0)."""
     for c in range(PANEL):
         row = p * PANEL + c
         if row < w_bits.shape[0]:
@@ -450,12 +478,13 @@ def _widen_float16_panel(w_bits, scales, block, p, k0, n_k, panel):
         else:
             for k in range(n_k):
                 panel[k * PANEL + c] = 0.0
+    return panel, 0
 
 
 @njit(inline="always")
-def _widen_int8_panel(q, scales, block, p, k0, n_k, panel):
+def _widen_int8_panel(q, scales, block, p, k0, n_k, depth, panel):
     """panel[k * 16 + c] = W[k0 + k, 16 p + c] = q[16 p + c, k0 + k] * its block's scale, zero
-    past the last column; block: inputs per scale."""
+    past the last column; block: inputs per scale; -> (panel, 0)."""
     for c in range(PANEL):
         row = p * PANEL + c
         if row >= q.shape[0]:
@@ -470,56 +499,21 @@ def _widen_int8_panel(q, scales, block, p, k0, n_k, panel):
             for i in range(k, end):
                 panel[i * PANEL + c] = _int8_to_float32(q[row, k0 + i]) * scale
             k = end
-
-
-@njit(inline="always")
-def _widened_panels(widen, w, scales, block, packed, n_groups, depth, slice_depth, block_groups,
-                    bias, out, first_panel, end_panel, panel):
-    """_prompt_panels on panels widened from W^T one at a time into this thread's `panel`."""
-    n_panels = -(-w.shape[0] // PANEL)
-    out_width = n_panels * PANEL
-    for first_group in range(0, n_groups, block_groups):
-        end_group = min(n_groups, first_group + block_groups)
-        for k0 in range(0, depth, slice_depth):
-            n_k = min(slice_depth, depth - k0)
-            slice_start = n_groups * PROMPT_ROWS * k0
-            for p in range(first_panel, end_panel):
-                widen(w, scales, block, p, k0, n_k, panel)
-                for g in range(first_group, end_group):
-                    _prompt_tile(packed, slice_start + g * n_k * PROMPT_ROWS, panel, 0, n_k, out,
-                                 g * PROMPT_ROWS * out_width + p * PANEL, out_width, bias,
-                                 p * PANEL, k0 == 0)
-
-
-@njit(inline="always")
-def _widened_matmul(widen, w, scales, block, packed, n_groups, depth, slice_depth, block_groups,
-                    bias, out, panels, next_chunk):
-    """Every panel through _widened_panels, on as many of numba's threads as `panels` has
-    rows (one float32 panel each), in chunks taken from the shared counter next_chunk."""
-    n_panels = -(-w.shape[0] // PANEL)
-    n_chunks = -(-n_panels // CHUNK_PANELS)
-    for t in prange(panels.shape[0]):
-        chunk = _take_ticket(next_chunk)
-        while chunk < n_chunks:
-            first = chunk * CHUNK_PANELS
-            _widened_panels(widen, w, scales, block, packed, n_groups, depth, slice_depth,
-                            block_groups, bias, out, first, min(n_panels, first + CHUNK_PANELS),
-                            panels[t])
-            chunk = _take_ticket(next_chunk)
+    return panel, 0
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _prompt_matmul_float16(w_bits, packed, n_groups, depth, slice_depth, block_groups, bias,
-                           out, panels, next_chunk):
-    _widened_matmul(_widen_float16_panel, w_bits, NO_SCALES, 0, packed, n_groups, depth,
-                    slice_depth, block_groups, bias, out, panels, next_chunk)
+def _prompt_matmul_float16(w_bits, packed, n_groups, n_panels, depth, slice_depth, block_groups,
+                           bias, out, scratch, next_chunk):
+    _prompt_chunks(_widen_float16_panel, w_bits, NO_SCALES, 0, packed, n_groups, n_panels, depth,
+                   slice_depth, block_groups, bias, out, scratch, next_chunk)
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _prompt_matmul_int8(q, scales, block, packed, n_groups, depth, slice_depth, block_groups,
-                        bias, out, panels, next_chunk):
-    _widened_matmul(_widen_int8_panel, q, scales, block, packed, n_groups, depth, slice_depth,
-                    block_groups, bias, out, panels, next_chunk)
+def _prompt_matmul_int8(q, scales, block, packed, n_groups, n_panels, depth, slice_depth,
+                        block_groups, bias, out, scratch, next_chunk):
+    _prompt_chunks(_widen_int8_panel, q, scales, block, packed, n_groups, n_panels, depth,
+                   slice_depth, block_groups, bias, out, scratch, next_chunk)
 
 
 def matmul_prompt_quantized(x: np.ndarray, weight, bias: np.ndarray | None,
@@ -537,23 +531,16 @@ def matmul_prompt_quantized(x: np.ndarray, weight, bias: np.ndarray | None,
     n_rows = x.shape[0]
     if n_rows == 0 or depth == 0:
         return np.zeros((n_rows, n_out), np.float32) + (0 if bias is None else bias)
+    slice_depth, block_groups, packed, n_groups, padded_bias, out = _prompt_operands(
+        x, n_out, depth, bias)
     n_panels = -(-n_out // PANEL)
-    slice_depth, block_groups = prompt_blocking(n_rows, depth)
-    packed = pack_prompt_rows(np.ascontiguousarray(x, np.float32), slice_depth)
-    n_groups = -(-n_rows // PROMPT_ROWS)
-    padded_bias = np.zeros(n_panels * PANEL, np.float32)
-    if bias is not None:
-        padded_bias[:n_out] = bias
-    out = np.empty((n_groups * PROMPT_ROWS, n_panels * PANEL), np.float32)
-    panels = np.empty((min(n_threads, n_panels), slice_depth * PANEL), np.float32)
-    next_chunk = np.zeros(1, np.int64)
+    scratch = np.empty((min(n_threads, n_panels), slice_depth * PANEL), np.float32)  # a panel each
+    args = (packed, n_groups, n_panels, depth, slice_depth, block_groups, padded_bias,
+            out.reshape(-1), scratch, np.zeros(1, np.int64))
     if weight.dtype == "float16":
-        _prompt_matmul_float16(weight.data.view(np.uint16), packed, n_groups, depth, slice_depth,
-                               block_groups, padded_bias, out.reshape(-1), panels, next_chunk)
+        _prompt_matmul_float16(weight.data.view(np.uint16), *args)
     else:
-        _prompt_matmul_int8(weight.data, weight.scales, weight.block, packed, n_groups, depth,
-                            slice_depth, block_groups, padded_bias, out.reshape(-1), panels,
-                            next_chunk)
+        _prompt_matmul_int8(weight.data, weight.scales, weight.block, *args)
     return np.ascontiguousarray(out[:n_rows, :n_out])      # a copy only if n_out % 16
 
 
