@@ -273,6 +273,17 @@ def test_matmul_prompt_quantized_on_random_shapes(M, K, N, kind, n_threads, with
     assert_quantized_prompt_matches(x, weight_t, dtype, block, bias, n_threads)
 
 
+def test_matmul_prompt_quantized_rejects_what_it_cannot_read(rng):
+    weight = quantize(rng.standard_normal((40, 64), dtype=np.float32), "int8")     # W^T (40, 64)
+    x = np.ones((20, 64), np.float32)
+    with pytest.raises(ValueError, match=r"x must be \(M, 64\) for this weight"):
+        matmul_prompt_quantized(np.ones((20, 63), np.float32), weight, None, 2)
+    with pytest.raises(ValueError, match=r"bias must be \(40,\)"):
+        matmul_prompt_quantized(x, weight, np.ones(3, np.float32), 2)
+    with pytest.raises(ValueError, match="n_threads must be at least 1"):
+        matmul_prompt_quantized(x, weight, None, 0)
+
+
 def test_matmul_empty_and_bad_shapes(rng):
     assert matmul(np.ones((0, 4), np.float32), np.ones((4, 3), np.float32)).shape == (0, 3)
     np.testing.assert_array_equal(matmul(np.ones((2, 0), np.float32), np.ones((0, 3), np.float32),
