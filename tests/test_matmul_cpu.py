@@ -183,6 +183,38 @@ def test_prompt_blocking_keeps_a_block_of_x_within_its_budget():
         assert block_groups * slice_depth * matmul_packed_cpu.PROMPT_ROWS * 4 <= budget
 
 
+@pytest.mark.parametrize("n_groups, block_groups, depth, slice_depth",
+                         [(11, 11, 768, 768), (43, 25, 3072, 384), (5, 2, 100, 40), (1, 1, 16, 16)])
+@pytest.mark.parametrize("first_panel, end_panel, after", [(0, 4, 8), (4, 6, -1), (3, 4, 9)])
+def test_next_slice_is_the_one_the_prompt_loop_runs_next(n_groups, block_groups, depth,
+                                                         slice_depth, first_panel, end_panel,
+                                                         after):
+    """What a tile asks for ahead is what _prompt_panels runs next (the panel after in the
+    chunk, the next slice of k, the next block of rows), and the next chunk's first panel
+    after the last. (A prefetch is a hint: asking for the wrong rows would only be slow.)"""
+    visits = [(p, k0, first_group) for first_group in range(0, n_groups, block_groups)
+              for k0 in range(0, depth, slice_depth) for p in range(first_panel, end_panel)]
+    following = [(p, k0) for p, k0, _ in visits[1:]] + [(after, 0)]
+    for (p, k0, first_group), expected in zip(visits, following):
+        assert matmul_packed_cpu._next_slice(p, k0, first_group, first_panel, end_panel,
+                                             slice_depth, depth, block_groups, n_groups,
+                                             after) == expected
+
+
+@pytest.mark.parametrize("n_block", [1, 2, 3, 11, 43])
+@pytest.mark.parametrize("n_lines", [0, 1, 7, 384, 768])
+def test_the_groups_ask_for_every_row_of_the_next_panel_once(n_block, n_lines):
+    """The groups after the first share the next panel's rows: each row asked for by exactly
+    one of them (by the group itself when it is alone), none by the first."""
+    asked = []
+    for group in range(n_block):
+        first, count = matmul_packed_cpu._lines_to_ask(group, n_block, n_lines)
+        assert count >= 0 and 0 <= first <= n_lines
+        assert count == 0 or group > 0 or n_block == 1
+        asked.extend(range(first, first + count))
+    assert asked == list(range(n_lines))
+
+
 @pytest.mark.parametrize("M", [1, 5, 6, 7, 12, 13, 64, 100])
 @pytest.mark.parametrize("K, N", [(33, 40), (64, 48), (768, 2304), (3072, 96)])
 def test_matmul_prompt_matches_numpy(rng, M, K, N):
