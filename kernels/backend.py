@@ -42,6 +42,13 @@ MATVEC_MAX_ROWS = 16
 # reads each weight once for all the sequences, where OpenBLAS's sgemm packs the whole weight
 # again on every such call (benchmarks/README.md has the tokens/s).
 BATCHED_DECODE_MAX = MATVEC_MAX_ROWS
+# Float32 prompts (more than one position per sequence) from this many rows up to
+# POOL_MIN_ROWS: the 6 x 16 prompt tile on the same packed copies. OpenBLAS's sgemm, packing
+# the whole weight on every call, took 74-76 ms for a whole prefill of 6-16 tokens, the tile
+# 37-46 (the model's logits agree to 8e-5).
+PROMPT_MIN_ROWS = 2
+# Elements of a weight compared at every use of a copy derived from it (_fingerprint)
+FINGERPRINT_SIZE = 64
 # Whose threads ran the last linear layer, and so are awake (spinning) on the cores now
 ON_OPENBLAS, ON_NUMBA, ON_POOL = "OpenBLAS", "numba", "pool"
 # Output rows per widened tile: 256 x 3072 float32 = 3 MiB at most, per thread, reused.
@@ -68,15 +75,16 @@ class NumbaBackend:
     single-threaded BLAS call per worker, and each kernel as per-worker shares. OpenBLAS's own
     threads and numba's would otherwise take turns with the cores, and an idle OpenBLAS worker
     spins for a while after every call, slowing a parallel kernel that runs next to it.
-    Prompts of 17 rows (token positions, all sequences together) up to `pool_min_rows`, with
-    float32 weights, run on numba's threads alone (`prompt_kernel=True`, the default): their
+    Prompts of PROMPT_MIN_ROWS (2) rows (token positions, all sequences together) up to
+    `pool_min_rows`, with float32 weights, run on numba's threads alone (`prompt_kernel=True`, the default): their
     products on the 6 x 16 register tile of minillm.kernels.matmul_packed_cpu (`matmul_prompt`)
     over copies of the block weights packed once into 16-column panels, and LayerNorm, GELU,
     attention and the last position's LM head (wte's rows as they are, the matrix-vector
-    kernel) on all of numba's threads, so that OpenBLAS never wakes. Shorter calls (prompts of
-    up to 16 rows, and decoding one sequence step by step) run their matmuls on OpenBLAS's
-    threads and every kernel on the calling thread alone. float16 and int8 weights take the
-    same route for prompts of 17 rows up to `pool_min_rows`, their panels widened inside the
+    kernel) on all of numba's threads, so that OpenBLAS never wakes. One row (decoding one
+    sequence step by step) runs its matmuls on OpenBLAS's threads and every kernel on the
+    calling thread alone. float16 and int8 weights take the
+    same route for prompts of 17 rows up to `pool_min_rows` (up to 16 rows, the matrix-vector
+    kernels), their panels widened inside the
     prompt kernel (`matmul_prompt_quantized`); from `pool_min_rows` rows on they are widened a
     tile at a time for single-threaded BLAS on the pool. Batched decoding and quantised
     weights run their matmuls on numba's threads (minillm.kernels.matmul_packed_cpu and
@@ -102,11 +110,12 @@ class NumbaBackend:
     copies of every block weight packed into 16-column panels (340 MB for GPT-2 124M, +68%)
     with the register-tile kernel of minillm.kernels.matmul_packed_cpu, which reads each
     weight once for all the sequences; its LM head reads wte's rows as they are, with the
-    matrix-vector kernel. Prompts of 17 to `pool_min_rows` rows use the same packed copies
+    matrix-vector kernel. Prompts of 2 to `pool_min_rows` rows use the same packed copies
     (`prompt_kernel=False` keeps them on OpenBLAS without copies). A backend that has decoded
     both one sequence operation by operation and several sequences (or a prompt) holds both
-    kinds of copy (453 MB for 124M, +91%). The copies assume the weights never change in
-    place; call `clear()` if they do.
+    kinds of copy (453 MB for 124M, +91%). A copy is made again when its weight was changed in
+    place (a fingerprint of 64 of its elements is checked at every use, which an optimiser's
+    step or a scaled matrix changes); after editing only a few elements, call `clear()`.
     """
 
     name = "numba"
@@ -154,7 +163,7 @@ class NumbaBackend:
     def _is_prompt(self, n_rows: int) -> bool:
         """Does a call over n_rows token positions run as a prompt on numba's threads (the 6 x 16
         tile for float32 products, every kernel on all of numba's threads)?"""
-        return self.prompt_kernel and BATCHED_DECODE_MAX < n_rows < self.pool_min_rows
+        return self.prompt_kernel and PROMPT_MIN_ROWS <= n_rows < self.pool_min_rows
 
     def _numba_threads(self, n_rows: int) -> int:
         """How many of numba's threads a kernel off the pool takes: all of them within a prompt
@@ -381,13 +390,23 @@ class NumbaBackend:
 def _derived_copy(cache: dict, weight: np.ndarray, derive) -> np.ndarray:
     """derive(weight), made the first time this weight (address, shape, strides, dtype) is
     seen and kept in `cache` with the weight itself, which pins the address so it cannot be
-    reused."""
+    reused; made again when the weight's fingerprint shows it was changed in place."""
     key = (weight.__array_interface__["data"][0], weight.shape, weight.strides, weight.dtype.str)
     cached = cache.get(key)
-    if cached is None:
-        cached = (weight, derive(weight))
+    if cached is None or not np.array_equal(_fingerprint(weight), cached[2], equal_nan=True):
+        cached = (weight, derive(weight), _fingerprint(weight))
         cache[key] = cached
     return cached[1]
+
+
+def _fingerprint(weight: np.ndarray) -> np.ndarray:
+    """FINGERPRINT_SIZE of the weight's elements, evenly spaced: an update in place that
+    touches most of them (an optimiser's step, scaling a matrix) changes it, so a copy is
+    never used stale after one; ~2 us a call. An edit of a few elements can miss it: clear()
+    after such an edit."""
+    n = min(FINGERPRINT_SIZE, weight.size)
+    flat_index = np.linspace(0, weight.size - 1, n).astype(np.int64)
+    return weight.reshape(-1)[flat_index] if weight.flags.c_contiguous else weight.flat[flat_index]
 
 
 def _is_batched_decoding(x: np.ndarray, n_in: int) -> bool:

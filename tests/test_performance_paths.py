@@ -140,15 +140,15 @@ def test_batched_decoding_linear_matches_blas(numba_backend, n_batch, shape):
 
 
 def test_linear_routes_by_number_of_rows(numba_backend):
-    """One row and short prompts (up to 16 rows) on OpenBLAS; 2-16 sequences of one token on the
-    4 x 16 tile; 17 rows up to the pool's size on the 6 x 16 prompt tile (numba's threads);
-    longer prompts on the worker pool."""
+    """One row on OpenBLAS; 2-16 sequences of one token on the 4 x 16 tile; prompts of 2 rows
+    up to the pool's size on the 6 x 16 prompt tile (numba's threads); longer prompts on the
+    worker pool."""
     from minillm.kernels.backend import BATCHED_DECODE_MAX, ON_NUMBA, ON_OPENBLAS, ON_POOL
 
     weight = randn(64, 48)
     pool_rows = numba_backend.pool_min_rows
     for shape, where in [((1, 1, 64), ON_OPENBLAS), ((2, 1, 64), ON_NUMBA),
-                         ((BATCHED_DECODE_MAX, 1, 64), ON_NUMBA), ((2, 3, 64), ON_OPENBLAS),
+                         ((BATCHED_DECODE_MAX, 1, 64), ON_NUMBA), ((2, 3, 64), ON_NUMBA), ((1, 2, 64), ON_NUMBA),
                          ((BATCHED_DECODE_MAX + 1, 1, 64), ON_NUMBA), ((1, 100, 64), ON_NUMBA),
                          ((1, pool_rows - 1, 64), ON_NUMBA), ((1, pool_rows, 64), ON_POOL)]:
         x = randn(*shape)
@@ -156,8 +156,8 @@ def test_linear_routes_by_number_of_rows(numba_backend):
         assert numba_backend._products_on == where, shape
 
 
-@pytest.mark.parametrize("shape", [(1, 17, 768, 2304), (2, 40, 3072, 768), (1, 383, 768, 96),
-                                   (1, 30, 64, 50)])
+@pytest.mark.parametrize("shape", [(1, 2, 768, 96), (1, 16, 768, 2304), (1, 17, 768, 2304),
+                                   (2, 40, 3072, 768), (1, 383, 768, 96), (1, 30, 64, 50)])
 def test_prompt_linear_on_the_prompt_tile_matches_float64(numba_backend, shape):
     """A prompt's rows times a float32 weight: the 6 x 16 tile on a packed copy of the weight
     (made once, like batched decoding's), within 1e-6 of sum_k |x_k w_k|."""
@@ -182,10 +182,27 @@ def test_after_a_prompt_the_lm_head_and_kernels_stay_on_numba_threads(numba_back
     last = x[:, -1:]
     np.testing.assert_allclose(numba_backend.linear(last, wte.T), last @ wte.T, rtol=1e-5, atol=1e-4)
     assert numba_backend._products_on == "numba" and not numba_backend._transposed
-    numba_backend.linear(randn(1, 3, 64), weight)                       # a short prompt: OpenBLAS
-    assert numba_backend._numba_threads(50) == 1
+    numba_backend.linear(randn(1, 1, 64), randn(64, 80))               # one row: OpenBLAS
+    assert numba_backend._products_on == "OpenBLAS" and numba_backend._numba_threads(50) == 1
     numba_backend.linear(last, wte.T)
     assert numba_backend._products_on == "OpenBLAS"
+
+
+def test_a_weight_changed_in_place_gets_a_new_packed_copy(numba_backend):
+    """An optimiser's step or a scaled matrix changes the weight's fingerprint: the prompt tile
+    and batched decoding never multiply by a stale packed copy (clear() is for few-element
+    edits, which the fingerprint can miss)."""
+    numba_backend.clear()
+    x, weight = randn(1, 20, 64), randn(64, 48)
+    numba_backend.linear(x, weight)
+    copy = numba_backend._packed_copy(weight)
+    assert numba_backend._packed_copy(weight) is copy                  # unchanged: kept
+    weight *= np.float32(-1.5)
+    np.testing.assert_allclose(numba_backend.linear(x, weight), x @ weight, rtol=1e-5, atol=1e-4)
+    rows = randn(3, 1, 64)                                             # batched decoding
+    np.testing.assert_allclose(numba_backend.linear(rows, weight), rows @ weight, rtol=1e-5,
+                               atol=1e-4)
+    assert numba_backend._packed_copy(weight) is not copy and len(numba_backend._packed) == 1
 
 
 def test_batched_decoding_lm_head_reads_the_embedding_rows(numba_backend):
@@ -203,20 +220,22 @@ def test_batched_decoding_packs_each_block_weight_once_until_clear(numba_backend
     before = numba_backend.linear(x, weight)
     numba_backend.linear(randn(7, 1, 96), weight)
     assert len(numba_backend._packed) == 1                    # one packed copy, reused
-    weight *= 2                                   # changed in place: the copy is stale ...
-    np.testing.assert_array_equal(numba_backend.linear(x, weight), before)
-    numba_backend.clear()                         # ... until it is dropped
-    assert not numba_backend._packed
+    weight *= 2                                   # changed in place: packed again
     np.testing.assert_allclose(numba_backend.linear(x, weight), 2 * before, rtol=1e-6)
+    assert len(numba_backend._packed) == 1
+    numba_backend.clear()
+    assert not numba_backend._packed
 
 
-def test_transposed_copies_follow_clear(numba_backend):
+def test_transposed_copies_follow_the_weight_and_clear(numba_backend):
     x, weight = randn(1, 3072), randn(3072, 768)
     before = numba_backend.linear(x, weight)
-    weight *= 2                                   # changed in place: the copy is stale ...
-    np.testing.assert_array_equal(numba_backend.linear(x, weight), before)
-    numba_backend.clear()                         # ... until it is dropped
+    weight *= 2                                   # changed in place: the fingerprint notices
     np.testing.assert_allclose(numba_backend.linear(x, weight), 2 * before, rtol=1e-6)
+    weight[1, 1] += 100                           # one element off the fingerprint: stale ...
+    assert not np.allclose(numba_backend.linear(x, weight), x @ weight, rtol=1e-5, atol=1e-3)
+    numba_backend.clear()                         # ... until the copies are dropped
+    np.testing.assert_allclose(numba_backend.linear(x, weight), x @ weight, rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("n_queries, n_keys", [(1, 50), (40, 40), (200, 200)])
