@@ -42,7 +42,8 @@ Prompts (17 to a few hundred rows) are GEMMs, compute-bound, and OpenBLAS's sgem
 the whole weight on every call, reached 70-110 GFLOP/s on them on two cores. `matmul_prompt`
 runs the same panels with a taller tile (BLIS's AVX2 sgemm tile):
 
-    x packed into groups of 6 rows: [slice of k][group][k][6 rows]    (pack_prompt_rows)
+    x packed into groups of 6 rows: [slice of k][group][k][6 rows]    (pack_prompt_rows, the
+                                                groups shared among the threads)
     for each chunk of CHUNK_PANELS panels:      taken from a shared counter by numba's threads
         for each panel p, each group g:
             acc[6][16] = 0                      12 AVX2 registers
@@ -355,21 +356,36 @@ def pack_prompt_rows(x: np.ndarray, slice_depth: int) -> np.ndarray:
 
 @njit(nogil=True, cache=True)
 def _pack_prompt_rows(x, slice_depth, n_groups, packed):
+    for g in range(n_groups):
+        _pack_group(x, slice_depth, n_groups, g, packed)
+
+
+@njit(inline="always")
+def _pack_group(x, slice_depth, n_groups, g, packed):
+    """Group g's six rows of x into `packed`, in every slice of k (pack_prompt_rows' layout)."""
     n_rows, depth = x.shape
     for k0 in range(0, depth, slice_depth):
         n_k = min(slice_depth, depth - k0)
-        for g in range(n_groups):
-            start = n_groups * PROMPT_ROWS * k0 + g * n_k * PROMPT_ROWS
-            if (g + 1) * PROMPT_ROWS <= n_rows:            # a whole group: six rows in step
-                rows = x[g * PROMPT_ROWS:(g + 1) * PROMPT_ROWS, k0:k0 + n_k]
-                for k in range(n_k):
-                    for r in range(PROMPT_ROWS):
-                        packed[start + k * PROMPT_ROWS + r] = rows[r, k]
-            else:                                          # the last rows, zeros below them
-                for k in range(n_k):
-                    for r in range(PROMPT_ROWS):
-                        row = g * PROMPT_ROWS + r
-                        packed[start + k * PROMPT_ROWS + r] = x[row, k0 + k] if row < n_rows else 0.0
+        start = n_groups * PROMPT_ROWS * k0 + g * n_k * PROMPT_ROWS
+        if (g + 1) * PROMPT_ROWS <= n_rows:                # a whole group: six rows in step
+            rows = x[g * PROMPT_ROWS:(g + 1) * PROMPT_ROWS, k0:k0 + n_k]
+            for k in range(n_k):
+                for r in range(PROMPT_ROWS):
+                    packed[start + k * PROMPT_ROWS + r] = rows[r, k]
+        else:                                              # the last rows, zeros below them
+            for k in range(n_k):
+                for r in range(PROMPT_ROWS):
+                    row = g * PROMPT_ROWS + r
+                    packed[start + k * PROMPT_ROWS + r] = x[row, k0 + k] if row < n_rows else 0.0
+
+
+@njit(inline="always")
+def _pack_on_threads(x, slice_depth, n_groups, packed):
+    """pack_prompt_rows into `packed`, the groups shared among numba's threads (inside the
+    prompt kernels, whose threads then take the panels: packing on the calling thread alone
+    left the other idle, 0.3-0.5 ms of a (256, 3072) product)."""
+    for g in prange(n_groups):
+        _pack_group(x, slice_depth, n_groups, g, packed)
 
 
 @njit(inline="always")
@@ -523,22 +539,25 @@ def _prompt_chunks(panel_of, ahead_of, weight, scales, block, packed, n_groups, 
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _prompt_matmul(panels, packed, n_groups, n_panels, depth, slice_depth, block_groups, bias,
+def _prompt_matmul(panels, x, packed, n_groups, n_panels, depth, slice_depth, block_groups, bias,
                    out, scratch, next_chunk):
+    _pack_on_threads(x, slice_depth, n_groups, packed)
     _prompt_chunks(_packed_panel, _packed_ahead, panels, NO_SCALES, 0, packed, n_groups, n_panels,
                    depth, slice_depth, block_groups, bias, out, scratch, next_chunk)
 
 
 def _prompt_operands(x: np.ndarray, n_out: int, depth: int, bias: np.ndarray | None):
-    """What both prompt kernels take: (slice_depth, block_groups) from prompt_blocking, packed x,
-    the number of row groups, the bias padded to whole panels, and `out` with whole groups and
-    panels (the caller returns its first M rows and n_out columns)."""
+    """What both prompt kernels take: (slice_depth, block_groups) from prompt_blocking, x as
+    C-contiguous float32 and room for it packed (the kernels pack it, pack_prompt_rows'
+    layout), the number of row groups, the bias padded to whole panels, and `out` with whole
+    groups and panels (the caller returns its first M rows and n_out columns)."""
     n_rows = x.shape[0]
     slice_depth, block_groups = prompt_blocking(n_rows, depth)
-    packed = pack_prompt_rows(np.ascontiguousarray(x, np.float32), slice_depth)
     n_groups, n_panels = -(-n_rows // PROMPT_ROWS), -(-n_out // PANEL)
+    packed = np.empty(n_groups * PROMPT_ROWS * depth, np.float32)
     out = np.empty((n_groups * PROMPT_ROWS, n_panels * PANEL), np.float32)
-    return slice_depth, block_groups, packed, n_groups, _padded_bias(bias, n_out, n_panels), out
+    return (slice_depth, block_groups, np.ascontiguousarray(x, np.float32), packed, n_groups,
+            _padded_bias(bias, n_out, n_panels), out)
 
 
 def _padded_bias(bias: np.ndarray | None, n_out: int, n_panels: int) -> np.ndarray:
@@ -560,9 +579,9 @@ def matmul_prompt(x: np.ndarray, panels: np.ndarray, n_out: int, bias: np.ndarra
     n_rows = x.shape[0]
     if n_rows == 0 or depth == 0:                       # nothing to sum: bias (or zeros)
         return np.zeros((n_rows, n_out), np.float32) + (0 if bias is None else bias)
-    slice_depth, block_groups, packed, n_groups, padded_bias, out = _prompt_operands(
+    slice_depth, block_groups, x, packed, n_groups, padded_bias, out = _prompt_operands(
         x, n_out, depth, bias)
-    _prompt_matmul(panels.reshape(-1), packed, n_groups, n_panels, depth, slice_depth,
+    _prompt_matmul(panels.reshape(-1), x, packed, n_groups, n_panels, depth, slice_depth,
                    block_groups, padded_bias, out.reshape(-1), np.empty((n_threads, 0), np.float32),
                    np.zeros(1, np.int64))
     return np.ascontiguousarray(out[:n_rows, :n_out])      # a copy only if n_out % 16
@@ -637,15 +656,17 @@ def _widen_int8_panel(q, scales, block, p, k0, n_k, depth, panel):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _prompt_matmul_float16(w_bits, packed, n_groups, n_panels, depth, slice_depth, block_groups,
-                           bias, out, scratch, next_chunk):
+def _prompt_matmul_float16(w_bits, x, packed, n_groups, n_panels, depth, slice_depth,
+                           block_groups, bias, out, scratch, next_chunk):
+    _pack_on_threads(x, slice_depth, n_groups, packed)
     _prompt_chunks(_widen_float16_panel, _nothing_ahead, w_bits, NO_SCALES, 0, packed, n_groups,
                    n_panels, depth, slice_depth, block_groups, bias, out, scratch, next_chunk)
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _prompt_matmul_int8(q, scales, block, packed, n_groups, n_panels, depth, slice_depth,
+def _prompt_matmul_int8(q, scales, block, x, packed, n_groups, n_panels, depth, slice_depth,
                         block_groups, bias, out, scratch, next_chunk):
+    _pack_on_threads(x, slice_depth, n_groups, packed)
     _prompt_chunks(_widen_int8_panel, _nothing_ahead, q, scales, block, packed, n_groups,
                    n_panels, depth, slice_depth, block_groups, bias, out, scratch, next_chunk)
 
@@ -665,11 +686,11 @@ def matmul_prompt_quantized(x: np.ndarray, weight, bias: np.ndarray | None,
     n_rows = x.shape[0]
     if n_rows == 0 or depth == 0:
         return np.zeros((n_rows, n_out), np.float32) + (0 if bias is None else bias)
-    slice_depth, block_groups, packed, n_groups, padded_bias, out = _prompt_operands(
+    slice_depth, block_groups, x, packed, n_groups, padded_bias, out = _prompt_operands(
         x, n_out, depth, bias)
     n_panels = -(-n_out // PANEL)
     scratch = np.empty((min(n_threads, n_panels), slice_depth * PANEL), np.float32)  # a panel each
-    args = (packed, n_groups, n_panels, depth, slice_depth, block_groups, padded_bias,
+    args = (x, packed, n_groups, n_panels, depth, slice_depth, block_groups, padded_bias,
             out.reshape(-1), scratch, np.zeros(1, np.int64))
     if weight.dtype == "float16":
         _prompt_matmul_float16(weight.data.view(np.uint16), *args)
