@@ -14,7 +14,7 @@ Prints, at T = 128 / 512 / 1024 (batch 1):
    the qkv (768, 2304), MLP (768, 3072) and (3072, 768) weights and the tied LM head wte.T
    (768, 50257), a transposed view. Target: >= 50% of BLAS. Beside them, for the block
    weights, prompts' 6 x 16 tile on the weight packed once (matmul_packed_cpu.matmul_prompt,
-   numba's threads), which the numba backend runs for prompts of 17 to 383 rows.
+   numba's threads), which the numba backend runs for prompts of 2 to 383 rows.
 3. the fused one-pass kernels (minillm.kernels.fused_cpu) vs their NumPy references on one
    thread, at T = 64 and 256 rows: GELU and its backward on the MLP's (T, 3072), LayerNorm
    and its backward on (T, 768), cross-entropy and its gradient on (T, 50257) logits.

@@ -38,7 +38,7 @@ above whatever the auto-vectoriser would choose. The vector loads and stores ass
 about alignment (`align=4`: a float32's own), since a panel row starts every 64 bytes but
 an output row anywhere.
 
-Prompts (17 to a few hundred rows) are GEMMs, compute-bound, and OpenBLAS's sgemm, which packs
+Prompts (2 to a few hundred rows) are GEMMs, compute-bound, and OpenBLAS's sgemm, which packs
 the whole weight on every call, reached 70-110 GFLOP/s on them on two cores. `matmul_prompt`
 runs the same panels with a taller tile (BLIS's AVX2 sgemm tile):
 
