@@ -47,8 +47,8 @@ BATCHED_DECODE_MAX = MATVEC_MAX_ROWS
 # the whole weight on every call, took 74-76 ms for a whole prefill of 6-16 tokens, the tile
 # 37-46 (the model's logits agree to 8e-5).
 PROMPT_MIN_ROWS = 2
-# A weight's fingerprint, compared at every use of a copy derived from it: 8 x 8 elements
-FINGERPRINT_GRID = 8
+# Elements of a weight compared at every use of a copy derived from it (_fingerprint)
+FINGERPRINT_SIZE = 16
 # Whose threads ran the last linear layer, and so are awake (spinning) on the cores now
 ON_OPENBLAS, ON_NUMBA, ON_POOL = "OpenBLAS", "numba", "pool"
 # Output rows per widened tile: 256 x 3072 float32 = 3 MiB at most, per thread, reused.
@@ -114,7 +114,7 @@ class NumbaBackend:
     (`prompt_kernel=False` keeps them on OpenBLAS without copies). A backend that has decoded
     both one sequence operation by operation and several sequences (or a prompt) holds both
     kinds of copy (453 MB for 124M, +91%). A copy is made again when its weight was changed in
-    place (a fingerprint of 8 x 8 of its elements is checked at every use, which an optimiser's
+    place (a fingerprint of 16 of its elements is checked at every use, which an optimiser's
     step or a scaled matrix changes); after editing only a few elements, call `clear()`.
     """
 
@@ -393,20 +393,24 @@ def _derived_copy(cache: dict, weight: np.ndarray, derive) -> np.ndarray:
     reused; made again when the weight's fingerprint shows it was changed in place."""
     key = (weight.__array_interface__["data"][0], weight.shape, weight.strides, weight.dtype.str)
     cached = cache.get(key)
-    if cached is None or not (_fingerprint(weight) == cached[2]).all():
-        cached = (weight, derive(weight), _fingerprint(weight).copy())
+    if cached is None or _fingerprint(weight, cached[2]) != cached[3]:
+        where = _fingerprint_indices(weight.size)
+        cached = (weight, derive(weight), where, _fingerprint(weight, where))
         cache[key] = cached
     return cached[1]
 
 
-def _fingerprint(weight: np.ndarray) -> np.ndarray:
-    """A FINGERPRINT_GRID x FINGERPRINT_GRID grid of the (2-D) weight's elements, evenly
-    spaced, as a strided view (nothing copied, whatever the layout; ~2 us to compare): an
-    update in place that touches most elements (an optimiser's step, scaling a matrix) changes
-    it, so a copy is never used stale after one. An edit of a few elements can miss it:
-    clear() after such an edit."""
-    rows, cols = weight.shape
-    return weight[::max(1, rows // FINGERPRINT_GRID), ::max(1, cols // FINGERPRINT_GRID)]
+def _fingerprint_indices(size: int) -> tuple[int, ...]:
+    """FINGERPRINT_SIZE flat (C-order) indices, evenly spaced over an array of `size` elements."""
+    return tuple(range(0, size, max(1, size // FINGERPRINT_SIZE)))[:FINGERPRINT_SIZE]
+
+
+def _fingerprint(weight: np.ndarray, where: tuple[int, ...]) -> tuple[float, ...]:
+    """The weight's elements at the flat indices `where`, as Python numbers (read in place in
+    any layout; ~3 us): an update in place that touches most elements (an optimiser's step,
+    scaling a matrix) changes them, so a copy is never used stale after one. An edit of a few
+    elements can miss them: clear() after such an edit."""
+    return tuple(map(weight.item, where))
 
 
 def _is_batched_decoding(x: np.ndarray, n_in: int) -> bool:
