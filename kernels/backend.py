@@ -75,18 +75,17 @@ class NumbaBackend:
     single-threaded BLAS call per worker, and each kernel as per-worker shares. OpenBLAS's own
     threads and numba's would otherwise take turns with the cores, and an idle OpenBLAS worker
     spins for a while after every call, slowing a parallel kernel that runs next to it.
-    Prompts of PROMPT_MIN_ROWS (2) rows (token positions, all sequences together) up to
-    `pool_min_rows`, with float32 weights, run on numba's threads alone (`prompt_kernel=True`, the default): their
-    products on the 6 x 16 register tile of minillm.kernels.matmul_packed_cpu (`matmul_prompt`)
-    over copies of the block weights packed once into 16-column panels, and LayerNorm, GELU,
-    attention and the last position's LM head (wte's rows as they are, the matrix-vector
-    kernel) on all of numba's threads, so that OpenBLAS never wakes. One row (decoding one
-    sequence step by step) runs its matmuls on OpenBLAS's threads and every kernel on the
-    calling thread alone. float16 and int8 weights take the
-    same route for prompts of 17 rows up to `pool_min_rows` (up to 16 rows, the matrix-vector
-    kernels), their panels widened inside the
-    prompt kernel (`matmul_prompt_quantized`); from `pool_min_rows` rows on they are widened a
-    tile at a time for single-threaded BLAS on the pool. Batched decoding and quantised
+    Prompts of 2 (PROMPT_MIN_ROWS) to `pool_min_rows` rows (token positions, all sequences
+    together), with float32 weights, run on numba's threads alone (`prompt_kernel=True`, the
+    default): their products on the 6 x 16 register tile of minillm.kernels.matmul_packed_cpu
+    (`matmul_prompt`) over copies of the block weights packed once into 16-column panels, and
+    LayerNorm, GELU, attention and the last position's LM head (wte's rows as they are, the
+    matrix-vector kernel) on all of numba's threads, so that OpenBLAS never wakes. One row
+    (decoding one sequence step by step) runs its matmuls on OpenBLAS's threads and every
+    kernel on the calling thread alone. float16 and int8 weights take the same route for
+    prompts of 17 rows up to `pool_min_rows` (up to 16 rows, the matrix-vector kernels), their
+    panels widened inside the prompt kernel (`matmul_prompt_quantized`); from `pool_min_rows`
+    rows on they are widened a tile at a time for single-threaded BLAS on the pool. Batched decoding and quantised
     weights run their matmuls on numba's threads (minillm.kernels.matmul_packed_cpu and
     matvec_cpu), and then decode attention shares its heads among numba's threads too.
     `_products_on` records whose threads ran the last product (and are awake), which the
