@@ -252,28 +252,40 @@ def _step(groups, at_k, panels, at_panel, acc):
 
 
 @njit(inline="always")
+def _sums_over_k(step, rows, x, x_start, panels, panel_start, n_k, acc, ahead, ahead_start,
+                 ahead_lines):
+    """acc after step(x, at_x, panels, at_w, acc) for each of n_k values of k (`rows` x values
+    and one 16-float panel row per k), in blocks of PREFETCH_EVERY k, unrolled with constant
+    offsets; between blocks it asks for ahead_lines cache lines (panel rows of 16 floats) of
+    `ahead` from ahead_start on, spread evenly over the blocks."""
+    n_blocks = n_k // PREFETCH_EVERY
+    lines_per_block = -(-ahead_lines // max(n_blocks, 1))
+    asked = 0
+    at_x, at_w = x_start, panel_start                 # where k's x values and panel row start
+    for block in range(n_blocks):
+        stop = min(ahead_lines, asked + lines_per_block)
+        while asked < stop:
+            _prefetch(ahead, ahead_start + asked * PANEL)
+            asked += 1
+        for j in range(PREFETCH_EVERY):              # a constant count: LLVM unrolls it
+            acc = step(x, at_x + j * rows, panels, at_w + j * PANEL, acc)
+        at_x += PREFETCH_EVERY * rows
+        at_w += PREFETCH_EVERY * PANEL
+    for j in range(n_k - n_blocks * PREFETCH_EVERY):
+        acc = step(x, at_x + j * rows, panels, at_w + j * PANEL, acc)
+    return acc
+
+
+@njit(inline="always")
 def _tile(groups, group_start, panels, panel_start, depth, out, out_start, out_width, bias, column,
           ahead_start, ahead_lines):
     """The 4 x 16 output tile of one row group and one panel, over the whole depth (row r's
     columns 0-7 accumulate in acc[2 r], columns 8-15 in acc[2 r + 1]), asking on the way for
-    ahead_lines rows of the panels from element ahead_start on, as _prompt_tile does."""
+    ahead_lines rows of the panels from element ahead_start on."""
     zero = _zeros8()
-    acc = (zero, zero, zero, zero, zero, zero, zero, zero)
-    n_blocks = depth // PREFETCH_EVERY
-    lines_per_block = -(-ahead_lines // max(n_blocks, 1))
-    asked = 0
-    at_x, at_w = group_start, panel_start
-    for block in range(n_blocks):
-        stop = min(ahead_lines, asked + lines_per_block)
-        while asked < stop:
-            _prefetch(panels, ahead_start + asked * PANEL)
-            asked += 1
-        for j in range(PREFETCH_EVERY):
-            acc = _step(groups, at_x + j * ROWS, panels, at_w + j * PANEL, acc)
-        at_x += PREFETCH_EVERY * ROWS
-        at_w += PREFETCH_EVERY * PANEL
-    for j in range(depth - n_blocks * PREFETCH_EVERY):
-        acc = _step(groups, at_x + j * ROWS, panels, at_w + j * PANEL, acc)
+    acc = _sums_over_k(_step, ROWS, groups, group_start, panels, panel_start, depth,
+                       (zero, zero, zero, zero, zero, zero, zero, zero),
+                       panels, ahead_start, ahead_lines)
     _write_row(out, out_start, acc[0], acc[1], bias, column)
     _write_row(out, out_start + out_width, acc[2], acc[3], bias, column)
     _write_row(out, out_start + 2 * out_width, acc[4], acc[5], bias, column)
@@ -424,25 +436,12 @@ def _prompt_step(packed, at_k, panels, at_panel, acc):
 def _prompt_tile(packed, group_start, panels, panel_start, n_k, out, out_start, out_width,
                  bias, column, first_slice, ahead, ahead_start, ahead_lines):
     """The 6 x 16 output tile of one row group and one panel over a slice of n_k values of k
-    (as _tile, with six rows), asking on the way for ahead_lines cache lines (panel rows of
-    16 floats) of `ahead` from ahead_start on, spread evenly over its blocks of k."""
+    (as _tile, with six rows), asking on the way for ahead_lines panel rows of `ahead` from
+    ahead_start on (_sums_over_k)."""
     zero = _zeros8()
-    acc = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
-    n_blocks = n_k // PREFETCH_EVERY
-    lines_per_block = -(-ahead_lines // max(n_blocks, 1))
-    asked = 0
-    at_x, at_w = group_start, panel_start         # where k's six x and panel row start
-    for block in range(n_blocks):
-        stop = min(ahead_lines, asked + lines_per_block)
-        while asked < stop:
-            _prefetch(ahead, ahead_start + asked * PANEL)
-            asked += 1
-        for j in range(PREFETCH_EVERY):          # a constant count: unrolled, constant offsets
-            acc = _prompt_step(packed, at_x + j * PROMPT_ROWS, panels, at_w + j * PANEL, acc)
-        at_x += PREFETCH_EVERY * PROMPT_ROWS
-        at_w += PREFETCH_EVERY * PANEL
-    for j in range(n_k - n_blocks * PREFETCH_EVERY):
-        acc = _prompt_step(packed, at_x + j * PROMPT_ROWS, panels, at_w + j * PANEL, acc)
+    acc = _sums_over_k(_prompt_step, PROMPT_ROWS, packed, group_start, panels, panel_start, n_k,
+                       (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero),
+                       ahead, ahead_start, ahead_lines)
     _finish_row(out, out_start, acc[0], acc[1], bias, column, first_slice)
     _finish_row(out, out_start + out_width, acc[2], acc[3], bias, column, first_slice)
     _finish_row(out, out_start + 2 * out_width, acc[4], acc[5], bias, column, first_slice)
