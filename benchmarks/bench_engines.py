@@ -30,7 +30,8 @@ What is timed:
            tokens/s = batch x 128 / wall time of the whole call, prefill included. Batch 1
            for every engine; batches 4 and 16 for minillm and ONNX Runtime (same-length
            prompts, no padding)
-Rounds interleave the engines: every engine runs every case once, then the next round. Each
+Rounds interleave the engines: every engine runs every case once, then the next round, which
+starts one engine later (the order turns, so that no engine always follows the same one). Each
 figure is the median over --rounds (the min in brackets), and x is its speed relative to
 minillm float32 (above 1: faster than minillm).
 """
@@ -308,7 +309,9 @@ def run_rounds(variants: list[Variant], rounds: int) -> None:
         v.warm_up()
     for r in range(rounds):
         start = time.perf_counter()
-        for v in variants:
+        # the order turns by one every round: no engine always follows the same one (on a
+        # shared machine the one after a heavy run was the slowest by turns)
+        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
             time.sleep(PAUSE_S)
             v.one_round()
         print(f"  round {r + 1}/{rounds}: {time.perf_counter() - start:.1f} s", flush=True)

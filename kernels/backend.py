@@ -109,7 +109,8 @@ class NumbaBackend:
     copies of every block weight packed into 16-column panels (340 MB for GPT-2 124M, +68%)
     with the register-tile kernel of minillm.kernels.matmul_packed_cpu, which reads each
     weight once for all the sequences; its LM head reads wte's rows as they are, with the
-    matrix-vector kernel. Prompts of 2 to `pool_min_rows` rows use the same packed copies
+    matrix-vector kernel for a few sequences and from ROWS_TILE_MIN_ROWS on with the prompt
+    tile run over wte's rows (`matmul_by_rows`). Prompts of 2 to `pool_min_rows` rows use the same packed copies
     (`prompt_kernel=False` keeps them on OpenBLAS without copies). A backend that has decoded
     both one sequence operation by operation and several sequences (or a prompt) holds both
     kinds of copy (453 MB for 124M, +91%). A copy is made again when its weight was changed in
@@ -189,7 +190,9 @@ class NumbaBackend:
         if self.decode_copies and _is_batched_decoding(x, n_in):
             self._products_on = ON_NUMBA
             rows = np.ascontiguousarray(rows, np.float32)                     # (B, in)
-            if by_output_row:
+            if by_output_row and n_rows >= self._matmul_packed.ROWS_TILE_MIN_ROWS:
+                out = self._matmul_packed.matmul_by_rows(rows, weight.T, bias, threads)  # (B, out)
+            elif by_output_row:
                 out = self._matvec.matvec(weight.T, rows, bias, threads)       # (B, out)
             else:
                 out = self._matmul_packed.matmul_packed(rows, self._packed_copy(weight), n_out,

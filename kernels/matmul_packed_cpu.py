@@ -1,5 +1,6 @@
 """Rows times a weight packed once into 16-column panels: the float32 matmuls of batched
-decoding (`matmul_packed`, a 4 x 16 tile) and of prompts (`matmul_prompt`, a 6 x 16 tile).
+decoding (`matmul_packed`, a 4 x 16 tile) and of prompts (`matmul_prompt`, a 6 x 16 tile);
+and the 6 x 16 tile turned around for batched decoding's LM head (`matmul_by_rows`).
 
     out (M, N) = x (M, K) @ W + bias      W (K, N) held as panels[p, k, c] = W[k, 16 p + c]
 
@@ -584,6 +585,134 @@ def matmul_prompt(x: np.ndarray, panels: np.ndarray, n_out: int, bias: np.ndarra
                    block_groups, padded_bias, out.reshape(-1), np.empty((n_threads, 0), np.float32),
                    np.zeros(1, np.int64))
     return np.ascontiguousarray(out[:n_rows, :n_out])      # a copy only if n_out % 16
+
+
+# ---- a few rows times a wide weight held as its rows: batched decoding's LM head -----------
+# The LM head multiplies B rows (2 to 16 sequences, one new token each) by wte^T, wte (V, C)
+# as the model holds it: V = 50257 outputs, each a dot product with one contiguous row of wte.
+# Turned around, it is a tall product with the rows of wte as the tall operand:
+#
+#     out^T (V, B) = wte (V, C) @ x^T (C, B)        x^T packed into one 16-column panel
+#
+# and runs on the prompt tile: six rows of wte at a time (broadcast straight from wte, six
+# streams read in order, nothing packed), against the panel of x^T (C x 64 bytes, in L1 / L2
+# for every group), 12 multiply-adds per k for 8 loads, asking for the next group's six rows
+# (18 KB of wte) a few cache lines per 8 k on the way. Each wte element is read once and used
+# for all B rows. The matrix-vector kernel it replaces (one dot product per output and row
+# of x) fed 4 multiply-adds per 5 loads and summed each output across lanes at the end: at
+# B = 16 the LM head took as long as all 48 block products (benchmarks/README.md).
+# Fewer rows of x than this: most of the panel's 16 columns would be zeros, and the
+# matrix-vector kernel is faster (at 4 rows 5.3-5.9 ms against 10.3-11.5 on GPT-2's LM head)
+ROWS_TILE_MIN_ROWS = 6
+# Groups of six rows of w per ticket: 64 x 6 rows of wte = 1.2 MB, a few hundred tickets
+GROUPS_PER_TICKET = 64
+CACHE_LINE_FLOATS = 16         # a 64-byte cache line
+
+
+@njit(inline="always")
+def _strided_step(w, at, stride, panel, at_panel, acc):
+    """One k of the 6 x 16 tile of out^T: acc[2 r], acc[2 r + 1] += w[at + r stride] *
+    the panel's row k (columns 0-7, 8-15): six rows of w, `stride` floats apart."""
+    left0, right0, left1, right1, left2, right2, left3, right3, left4, right4, left5, right5 = acc
+    x_left = _load8(panel, at_panel)
+    x_right = _load8(panel, at_panel + 8)
+    w0 = _broadcast8(w, at)
+    left0 = _fma8(w0, x_left, left0); right0 = _fma8(w0, x_right, right0)         # noqa: E702
+    w1 = _broadcast8(w, at + stride)
+    left1 = _fma8(w1, x_left, left1); right1 = _fma8(w1, x_right, right1)         # noqa: E702
+    w2 = _broadcast8(w, at + 2 * stride)
+    left2 = _fma8(w2, x_left, left2); right2 = _fma8(w2, x_right, right2)         # noqa: E702
+    w3 = _broadcast8(w, at + 3 * stride)
+    left3 = _fma8(w3, x_left, left3); right3 = _fma8(w3, x_right, right3)         # noqa: E702
+    w4 = _broadcast8(w, at + 4 * stride)
+    left4 = _fma8(w4, x_left, left4); right4 = _fma8(w4, x_right, right4)         # noqa: E702
+    w5 = _broadcast8(w, at + 5 * stride)
+    left5 = _fma8(w5, x_left, left5); right5 = _fma8(w5, x_right, right5)         # noqa: E702
+    return left0, right0, left1, right1, left2, right2, left3, right3, left4, right4, left5, right5
+
+
+@njit(inline="always")
+def _scatter_tile(acc, tile, out, first_row, n_x):
+    """out[c, first_row + r] = acc's row r, column c, for c < n_x (the real rows of x): the
+    tile goes through `tile` (96 floats) to be read back column by column."""
+    for r in range(PROMPT_ROWS):
+        _store8(tile, r * PANEL, acc[2 * r])
+        _store8(tile, r * PANEL + 8, acc[2 * r + 1])
+    for c in range(n_x):
+        for r in range(PROMPT_ROWS):
+            out[c, first_row + r] = tile[r * PANEL + c]
+
+
+@njit(inline="always")
+def _rows_tile(w, first_row, depth, panel, tile, out, n_x):
+    """out[:, first_row : first_row + 6] = x @ w[first_row : first_row + 6]^T, k in order."""
+    zero = _zeros8()
+    acc = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
+    at = first_row * depth
+    whole = depth - depth % PREFETCH_EVERY
+    n_lines = PROMPT_ROWS * depth // CACHE_LINE_FLOATS          # the next group's rows
+    lines_per_block = -(-n_lines // max(1, whole // PREFETCH_EVERY))
+    asked = 0
+    for k0 in range(0, whole, PREFETCH_EVERY):         # blocks of constant length: unrolled
+        stop = min(n_lines, asked + lines_per_block)
+        while asked < stop:
+            _prefetch(w, at + PROMPT_ROWS * depth + asked * CACHE_LINE_FLOATS)
+            asked += 1
+        for j in range(PREFETCH_EVERY):
+            acc = _strided_step(w, at + k0 + j, depth, panel, (k0 + j) * PANEL, acc)
+    for k in range(whole, depth):
+        acc = _strided_step(w, at + k, depth, panel, k * PANEL, acc)
+    _scatter_tile(acc, tile, out, first_row, n_x)
+
+
+@njit(void(float32[::1], int64, int64, float32[::1], float32[:, ::1], float32[:, ::1],
+           int64[::1]), parallel=True, nogil=True, cache=True)
+def _matmul_by_rows(w, n_rows, depth, panel, out, tiles, next_ticket):
+    """out (n_x, n_rows) = x @ w^T, w (n_rows, depth) flat, x^T as one panel; on as many of
+    numba's threads as `tiles` has rows (one each), each taking GROUPS_PER_TICKET groups of six
+    rows of w at a time from the shared counter. n_rows >= 6: the last group is the last six
+    rows, overlapping the one before it (its outputs computed twice, the same sums)."""
+    n_groups = -(-n_rows // PROMPT_ROWS)
+    n_tickets = -(-n_groups // GROUPS_PER_TICKET)
+    for t in prange(tiles.shape[0]):
+        ticket = _take_ticket(next_ticket)
+        while ticket < n_tickets:
+            for g in range(ticket * GROUPS_PER_TICKET, min(n_groups, (ticket + 1) * GROUPS_PER_TICKET)):
+                first_row = min(g * PROMPT_ROWS, n_rows - PROMPT_ROWS)
+                _rows_tile(w, first_row, depth, panel, tiles[t], out, out.shape[0])
+            ticket = _take_ticket(next_ticket)
+
+
+def matmul_by_rows(x: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None,
+                   n_threads: int) -> np.ndarray:
+    """x (M, K) @ w_rows^T + bias -> (M, N) float32 for M of 1 to 16 rows, the weight given as
+    its rows, w_rows (N, K) C-contiguous float32 (the LM head's wte), read in place.
+
+    n_threads: how many of numba's threads share the rows of w_rows."""
+    if not (isinstance(w_rows, np.ndarray) and w_rows.dtype == np.float32 and w_rows.ndim == 2
+            and w_rows.flags.c_contiguous):
+        raise ValueError(f"w_rows must be a C-contiguous float32 (N, K) array, got "
+                         f"{getattr(w_rows, 'dtype', type(w_rows))} {getattr(w_rows, 'shape', '')}")
+    n_out, depth = w_rows.shape
+    if x.ndim != 2 or x.shape[1] != depth or not 1 <= x.shape[0] <= PANEL:
+        raise ValueError(f"x must be (M, {depth}) with 1 <= M <= {PANEL} for this weight, "
+                         f"got {x.shape}")
+    if bias is not None and np.shape(bias) != (n_out,):
+        raise ValueError(f"bias must be ({n_out},), got {np.shape(bias)}")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    x = np.asarray(x, np.float32)
+    if n_out < PROMPT_ROWS or depth == 0:                # too few rows for one group
+        out = x @ w_rows.T
+    else:
+        out = np.empty((x.shape[0], n_out), np.float32)  # (M, N)
+        panel = pack_weight(np.ascontiguousarray(x.T))   # (1, K, 16): x^T's columns, zeros after M
+        _matmul_by_rows(w_rows.reshape(-1), n_out, depth, panel.reshape(-1), out,
+                        np.empty((n_threads, PROMPT_ROWS * PANEL), np.float32),
+                        np.zeros(1, np.int64))
+    if bias is not None:
+        out += bias
+    return out
 
 
 # ---- prompts on float16 and int8 weights: each panel widened as it is used ------------------

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from minillm.kernels import matmul_cpu
 from minillm.kernels.matmul_cpu import matmul
 from minillm.kernels import matmul_packed_cpu
-from minillm.kernels.matmul_packed_cpu import (matmul_packed, matmul_prompt,
+from minillm.kernels.matmul_packed_cpu import (matmul_by_rows, matmul_packed, matmul_prompt,
                                                matmul_prompt_quantized, pack_prompt_rows,
                                                pack_weight, prompt_blocking)
 from minillm.model.quantize import quantize
@@ -263,6 +263,58 @@ def test_matmul_prompt_rejects_what_it_cannot_read(rng):
         matmul_prompt(np.ones((20, 63), np.float32), panels, 40, None, 2)
     with pytest.raises(ValueError, match=r"hold 33-48 output columns, got n_out = 64"):
         matmul_prompt(np.ones((20, 64), np.float32), panels, 64, None, 2)
+
+
+# ---- matmul_by_rows: x @ W^T with W as its rows (batched decoding's LM head) --------------------
+def by_rows(a, b, bias=None, n_threads=2):
+    """matmul_by_rows on b's transpose as its rows, the layout of wte."""
+    return matmul_by_rows(a, np.ascontiguousarray(b.T), bias, n_threads)
+
+
+@pytest.mark.parametrize("M", [1, 2, 6, 9, 16])
+@pytest.mark.parametrize("K, N", [(1, 6), (33, 7), (64, 12), (100, 131), (768, 1000)])
+def test_matmul_by_rows_matches_numpy(rng, M, K, N):
+    """Groups of six rows of W with edges (N % 6: the last group overlaps the one before),
+    1-16 rows of x in a 16-column panel."""
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    assert_matmul_matches(a, b, kernel=by_rows)
+    assert_matmul_matches(a, b, rng.standard_normal(N, dtype=np.float32), kernel=by_rows)
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(1, 16), K=st.integers(0, 80), N=st.integers(1, 70),
+       n_threads=st.integers(1, 3), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_matmul_by_rows_on_random_shapes(M, K, N, n_threads, with_bias, seed):
+    """Any shape it takes, N below one group of six and K = 0 included, on 1-3 threads."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32) if with_bias else None
+    assert_matmul_matches(a, b, bias, kernel=lambda a, b, bias: by_rows(a, b, bias, n_threads))
+
+
+def test_matmul_by_rows_is_the_same_on_any_number_of_threads(rng):
+    """Each output is one sum over k in order, whichever thread takes its rows of W."""
+    a = rng.standard_normal((16, 200), dtype=np.float32)
+    b = rng.standard_normal((200, 5000), dtype=np.float32)
+    one = by_rows(a, b, n_threads=1)
+    np.testing.assert_array_equal(by_rows(a, b, n_threads=2), one)
+    np.testing.assert_array_equal(by_rows(a, b, n_threads=3), one)
+
+
+def test_matmul_by_rows_rejects_what_it_cannot_read(rng):
+    rows = rng.standard_normal((40, 64), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"x must be \(M, 64\) with 1 <= M <= 16"):
+        matmul_by_rows(np.ones((17, 64), np.float32), rows, None, 2)
+    with pytest.raises(ValueError, match=r"x must be \(M, 64\)"):
+        matmul_by_rows(np.ones((2, 63), np.float32), rows, None, 2)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        matmul_by_rows(np.ones((2, 40), np.float32), rows.T, None, 2)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        matmul_by_rows(np.ones((2, 64), np.float32), rows.astype(np.float64), None, 2)
+    with pytest.raises(ValueError, match=r"bias must be \(40,\)"):
+        matmul_by_rows(np.ones((2, 64), np.float32), rows, np.ones(3, np.float32), 2)
 
 
 # ---- matmul_prompt_quantized: float16 / int8 W^T, panels widened in the kernel -------------------

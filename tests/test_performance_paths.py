@@ -205,12 +205,26 @@ def test_a_weight_changed_in_place_gets_a_new_packed_copy(numba_backend):
     assert numba_backend._packed_copy(weight) is not copy and len(numba_backend._packed) == 1
 
 
-def test_batched_decoding_lm_head_reads_the_embedding_rows(numba_backend):
-    """The LM head passes wte.T (a transposed view): its rows are used as they are, no copy."""
+@pytest.mark.parametrize("n_batch", [3, 6, 16])
+def test_batched_decoding_lm_head_reads_the_embedding_rows(numba_backend, monkeypatch, n_batch):
+    """The LM head passes wte.T (a transposed view): its rows are used as they are, no copy;
+    from ROWS_TILE_MIN_ROWS sequences on by the tile on wte's rows (matmul_by_rows), below it
+    by the matrix-vector kernel."""
+    from minillm.kernels import matmul_packed_cpu, matvec_cpu
+
     numba_backend.clear()
     wte = randn(300, 64)
-    x = randn(3, 1, 64)
-    np.testing.assert_allclose(numba_backend.linear(x, wte.T), x @ wte.T, rtol=1e-5, atol=1e-4)
+    x = randn(n_batch, 1, 64)
+    calls = []
+    for module, name in ((matmul_packed_cpu, "matmul_by_rows"), (matvec_cpu, "matvec")):
+        kernel = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda *args, kernel=kernel, name=name: calls.append(name) or kernel(*args))
+    out = numba_backend.linear(x, wte.T)
+    expected = x.astype(np.float64) @ wte.T.astype(np.float64)
+    assert np.all(np.abs(out - expected) <= 1e-6 * (np.abs(x) @ np.abs(wte.T)))
+    tile = n_batch >= matmul_packed_cpu.ROWS_TILE_MIN_ROWS
+    assert calls == ["matmul_by_rows" if tile else "matvec"]
     assert not numba_backend._packed and not numba_backend._transposed
 
 
