@@ -335,3 +335,26 @@ def test_prompt_linear_on_quantized_weights_widens_panels_on_numba_threads(numba
     w = quantized.dequantize().T.astype(np.float64)
     expected = x.astype(np.float64) @ w + bias
     assert np.all(np.abs(out - expected) <= 1e-6 * (np.abs(x) @ np.abs(w) + np.abs(bias)))
+
+
+@pytest.mark.parametrize("n_batch", [3, 6, 16])
+@pytest.mark.parametrize("dtype, block", [("float16", None), ("int8", None), ("int8", 32)])
+def test_batched_decoding_on_quantized_weights(numba_backend, monkeypatch, n_batch, dtype, block):
+    """A few sequences' rows times float16 / int8 W^T: the matrix-vector kernel at every batch
+    size (the tile over the weight's rows, which the float32 LM head takes from 6 rows on, was
+    slower here: widening each broadcast value costs more than it saves)."""
+    from minillm.kernels import matmul_packed_cpu, matvec_cpu
+    from minillm.model.quantize import quantize
+
+    calls = []
+    for module, name in ((matmul_packed_cpu, "matmul_by_rows"), (matvec_cpu, "matvec")):
+        kernel = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda *args, kernel=kernel, name=name: calls.append(name) or kernel(*args))
+    x, bias = randn(n_batch, 1, 768), randn(200)
+    quantized = quantize(randn(200, 768), dtype, block)
+    out = numba_backend.linear(x, quantized, bias)
+    w = quantized.dequantize().T.astype(np.float64)
+    expected = x.astype(np.float64) @ w + bias
+    assert np.all(np.abs(out - expected) <= 1e-6 * (np.abs(x) @ np.abs(w) + np.abs(bias)))
+    assert calls == ["matvec"]
