@@ -27,7 +27,10 @@ def test_the_recorded_arrays_are_what_the_oracles_compute(file, cases):
     with np.load(RECORDED / file) as recorded:
         assert sorted(recorded.files) == sorted(fresh), RERECORD
         for name in fresh:
-            np.testing.assert_array_equal(recorded[name], fresh[name], err_msg=f"{name}: {RERECORD}")
+            # float64 to 1e-12: NumPy's tanh / exp differ by an ulp between CPUs (its AVX-512
+            # loops), where a changed oracle moves far more than that
+            np.testing.assert_allclose(fresh[name], recorded[name], rtol=1e-12, atol=1e-15,
+                                       err_msg=f"{name}: {RERECORD}")
 
 
 def test_the_recorded_bpe_training_is_what_the_naive_trainer_computes(tokenizer_corpus):
