@@ -412,25 +412,33 @@ def _finish_row(out, start, acc_left, acc_right, bias, column, first_slice):
 
 
 @njit(inline="always")
+def _strided_step(w, at, stride, panel, at_panel, acc):
+    """One k of the 6 x 16 tile: acc[2 r], acc[2 r + 1] += w[at + r stride] * the panel's
+    row k (columns 0-7, 8-15): six values `stride` floats apart, each broadcast."""
+    left0, right0, left1, right1, left2, right2, left3, right3, left4, right4, left5, right5 = acc
+    x_left = _load8(panel, at_panel)
+    x_right = _load8(panel, at_panel + 8)
+    w0 = _broadcast8(w, at)
+    left0 = _fma8(w0, x_left, left0); right0 = _fma8(w0, x_right, right0)         # noqa: E702
+    w1 = _broadcast8(w, at + stride)
+    left1 = _fma8(w1, x_left, left1); right1 = _fma8(w1, x_right, right1)         # noqa: E702
+    w2 = _broadcast8(w, at + 2 * stride)
+    left2 = _fma8(w2, x_left, left2); right2 = _fma8(w2, x_right, right2)         # noqa: E702
+    w3 = _broadcast8(w, at + 3 * stride)
+    left3 = _fma8(w3, x_left, left3); right3 = _fma8(w3, x_right, right3)         # noqa: E702
+    w4 = _broadcast8(w, at + 4 * stride)
+    left4 = _fma8(w4, x_left, left4); right4 = _fma8(w4, x_right, right4)         # noqa: E702
+    w5 = _broadcast8(w, at + 5 * stride)
+    left5 = _fma8(w5, x_left, left5); right5 = _fma8(w5, x_right, right5)         # noqa: E702
+    return left0, right0, left1, right1, left2, right2, left3, right3, left4, right4, left5, right5
+
+
+@njit(inline="always")
 def _prompt_step(packed, at_k, panels, at_panel, acc):
     """One k of the 6 x 16 tile: acc[2 r], acc[2 r + 1] (row r's columns 0-7, 8-15)
-    += x[r, k] * the panel's row k, its two halves loaded once for all six rows."""
-    left0, right0, left1, right1, left2, right2, left3, right3, left4, right4, left5, right5 = acc
-    w_left = _load8(panels, at_panel)
-    w_right = _load8(panels, at_panel + 8)
-    x0 = _broadcast8(packed, at_k)
-    left0 = _fma8(x0, w_left, left0); right0 = _fma8(x0, w_right, right0)         # noqa: E702
-    x1 = _broadcast8(packed, at_k + 1)
-    left1 = _fma8(x1, w_left, left1); right1 = _fma8(x1, w_right, right1)         # noqa: E702
-    x2 = _broadcast8(packed, at_k + 2)
-    left2 = _fma8(x2, w_left, left2); right2 = _fma8(x2, w_right, right2)         # noqa: E702
-    x3 = _broadcast8(packed, at_k + 3)
-    left3 = _fma8(x3, w_left, left3); right3 = _fma8(x3, w_right, right3)         # noqa: E702
-    x4 = _broadcast8(packed, at_k + 4)
-    left4 = _fma8(x4, w_left, left4); right4 = _fma8(x4, w_right, right4)         # noqa: E702
-    x5 = _broadcast8(packed, at_k + 5)
-    left5 = _fma8(x5, w_left, left5); right5 = _fma8(x5, w_right, right5)         # noqa: E702
-    return left0, right0, left1, right1, left2, right2, left3, right3, left4, right4, left5, right5
+    += x[r, k] * the panel's row k, its two halves loaded once for all six rows (packed x:
+    the six values side by side)."""
+    return _strided_step(packed, at_k, 1, panels, at_panel, acc)
 
 
 @njit(inline="always")
@@ -606,29 +614,6 @@ def matmul_prompt(x: np.ndarray, panels: np.ndarray, n_out: int, bias: np.ndarra
 ROWS_TILE_MIN_ROWS = 6
 # Groups of six rows of w per ticket: 64 x 6 rows of wte = 1.2 MB, a few hundred tickets
 GROUPS_PER_TICKET = 64
-CACHE_LINE_FLOATS = 16         # a 64-byte cache line
-
-
-@njit(inline="always")
-def _strided_step(w, at, stride, panel, at_panel, acc):
-    """One k of the 6 x 16 tile of out^T: acc[2 r], acc[2 r + 1] += w[at + r stride] *
-    the panel's row k (columns 0-7, 8-15): six rows of w, `stride` floats apart."""
-    left0, right0, left1, right1, left2, right2, left3, right3, left4, right4, left5, right5 = acc
-    x_left = _load8(panel, at_panel)
-    x_right = _load8(panel, at_panel + 8)
-    w0 = _broadcast8(w, at)
-    left0 = _fma8(w0, x_left, left0); right0 = _fma8(w0, x_right, right0)         # noqa: E702
-    w1 = _broadcast8(w, at + stride)
-    left1 = _fma8(w1, x_left, left1); right1 = _fma8(w1, x_right, right1)         # noqa: E702
-    w2 = _broadcast8(w, at + 2 * stride)
-    left2 = _fma8(w2, x_left, left2); right2 = _fma8(w2, x_right, right2)         # noqa: E702
-    w3 = _broadcast8(w, at + 3 * stride)
-    left3 = _fma8(w3, x_left, left3); right3 = _fma8(w3, x_right, right3)         # noqa: E702
-    w4 = _broadcast8(w, at + 4 * stride)
-    left4 = _fma8(w4, x_left, left4); right4 = _fma8(w4, x_right, right4)         # noqa: E702
-    w5 = _broadcast8(w, at + 5 * stride)
-    left5 = _fma8(w5, x_left, left5); right5 = _fma8(w5, x_right, right5)         # noqa: E702
-    return left0, right0, left1, right1, left2, right2, left3, right3, left4, right4, left5, right5
 
 
 @njit(inline="always")
@@ -644,24 +629,21 @@ def _scatter_tile(acc, tile, out, first_row, n_x):
 
 
 @njit(inline="always")
+def _rows_step(w_rows, at, panel, at_panel, acc):
+    """_strided_step on six rows of W: w_rows = (W flat, its row length)."""
+    w, depth = w_rows
+    return _strided_step(w, at, depth, panel, at_panel, acc)
+
+
+@njit(inline="always")
 def _rows_tile(w, first_row, depth, panel, tile, out, n_x):
-    """out[:, first_row : first_row + 6] = x @ w[first_row : first_row + 6]^T, k in order."""
+    """out[:, first_row : first_row + 6] = x @ w[first_row : first_row + 6]^T, k in order,
+    asking on the way for the next group's six rows (one 16-float cache line at a time)."""
     zero = _zeros8()
-    acc = (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
     at = first_row * depth
-    whole = depth - depth % PREFETCH_EVERY
-    n_lines = PROMPT_ROWS * depth // CACHE_LINE_FLOATS          # the next group's rows
-    lines_per_block = -(-n_lines // max(1, whole // PREFETCH_EVERY))
-    asked = 0
-    for k0 in range(0, whole, PREFETCH_EVERY):         # blocks of constant length: unrolled
-        stop = min(n_lines, asked + lines_per_block)
-        while asked < stop:
-            _prefetch(w, at + PROMPT_ROWS * depth + asked * CACHE_LINE_FLOATS)
-            asked += 1
-        for j in range(PREFETCH_EVERY):
-            acc = _strided_step(w, at + k0 + j, depth, panel, (k0 + j) * PANEL, acc)
-    for k in range(whole, depth):
-        acc = _strided_step(w, at + k, depth, panel, k * PANEL, acc)
+    acc = _sums_over_k(_rows_step, 1, (w, depth), at, panel, 0, depth,
+                       (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero),
+                       w, at + PROMPT_ROWS * depth, PROMPT_ROWS * depth // PANEL)
     _scatter_tile(acc, tile, out, first_row, n_x)
 
 
@@ -697,10 +679,7 @@ def matmul_by_rows(x: np.ndarray, w_rows: np.ndarray, bias: np.ndarray | None,
     if x.ndim != 2 or x.shape[1] != depth or not 1 <= x.shape[0] <= PANEL:
         raise ValueError(f"x must be (M, {depth}) with 1 <= M <= {PANEL} for this weight, "
                          f"got {x.shape}")
-    if bias is not None and np.shape(bias) != (n_out,):
-        raise ValueError(f"bias must be ({n_out},), got {np.shape(bias)}")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    _check_bias_and_threads(bias, n_out, n_threads, "n_threads")
     x = np.asarray(x, np.float32)
     if n_out < PROMPT_ROWS or depth == 0:                # too few rows for one group
         out = x @ w_rows.T
@@ -807,10 +786,7 @@ def matmul_prompt_quantized(x: np.ndarray, weight, bias: np.ndarray | None,
     n_out, depth = weight.shape
     if x.ndim != 2 or x.shape[1] != depth:
         raise ValueError(f"x must be (M, {depth}) for this weight, got {x.shape}")
-    if bias is not None and np.shape(bias) != (n_out,):
-        raise ValueError(f"bias must be ({n_out},), got {np.shape(bias)}")
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    _check_bias_and_threads(bias, n_out, n_threads, "n_threads")
     n_rows = x.shape[0]
     if n_rows == 0 or depth == 0:
         return np.zeros((n_rows, n_out), np.float32) + (0 if bias is None else bias)
@@ -839,7 +815,11 @@ def _check_arguments(x, panels, n_out: int, bias, n_shares: int) -> None:
     if not (n_panels - 1) * PANEL < n_out <= n_panels * PANEL:
         raise ValueError(f"{n_panels} panels hold {(n_panels - 1) * PANEL + 1}-{n_panels * PANEL} "
                          f"output columns, got n_out = {n_out}")
+    _check_bias_and_threads(bias, n_out, n_shares, "n_shares")
+
+
+def _check_bias_and_threads(bias, n_out: int, n_threads: int, name: str) -> None:
     if bias is not None and np.shape(bias) != (n_out,):
         raise ValueError(f"bias must be ({n_out},), got {np.shape(bias)}")
-    if n_shares < 1:
-        raise ValueError(f"n_shares must be at least 1, got {n_shares}")
+    if n_threads < 1:
+        raise ValueError(f"{name} must be at least 1, got {n_threads}")
