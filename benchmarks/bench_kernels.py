@@ -14,13 +14,15 @@ Prints, at T = 128 / 512 / 1024 (batch 1):
    the qkv (768, 2304), MLP (768, 3072) and (3072, 768) weights and the tied LM head wte.T
    (768, 50257), a transposed view. Target: >= 50% of BLAS. Beside them, for the block
    weights, prompts' 6 x 16 tile on the weight packed once (matmul_packed_cpu.matmul_prompt,
-   numba's threads), which the numba backend runs for prompts of 2 to 383 rows.
+   numba's threads), which the numba backend runs for prompts of 2 to 383 rows, and on a CPU
+   with AVX-512 the 6 x 64 tile of 16-float vectors (matmul_prompt_avx512), which it runs there.
 3. the fused one-pass kernels (minillm.kernels.fused_cpu) vs their NumPy references on one
    thread, at T = 64 and 256 rows: GELU and its backward on the MLP's (T, 3072), LayerNorm
    and its backward on (T, 768), cross-entropy and its gradient on (T, 50257) logits.
 4. whole-model prefill of GPT-2 124M (random weights) per backend: numpy, numba, numba with
-   prompts' products on OpenBLAS instead (prompt_kernel=False), numba with the numba matmul
-   too, and cuda if there is a GPU.
+   prompts' products on OpenBLAS instead (prompt_kernel=False), on a CPU with AVX-512 numba
+   with the AVX2 prompt tile instead of the AVX-512 one (prompt_tile="avx2"), numba with the
+   numba matmul too, and cuda if there is a GPU.
 
 Every ratio compares runs made in this process, kernel and baseline interleaved, best of
 --repeats. Threads: the numba kernels use numba.get_num_threads() (the attention kernel on a
@@ -65,6 +67,7 @@ from minillm.kernels import decode_step_cpu, fused_cpu  # noqa: E402
 from minillm.kernels.backend import NumbaBackend, cuda_unavailable_reason  # noqa: E402
 from minillm.kernels.matmul_cpu import matmul  # noqa: E402
 from minillm.kernels.matmul_packed_cpu import matmul_prompt, pack_weight  # noqa: E402
+from minillm.kernels.matmul_prompt_avx512 import HOST_HAS_AVX512, matmul_prompt_avx512  # noqa: E402
 from minillm.kernels.workers import WorkerPool  # noqa: E402
 from minillm.model.attention import causal_attention, split_heads  # noqa: E402
 from minillm.model.config import GPT2_SIZES  # noqa: E402
@@ -167,9 +170,10 @@ def step_attention(q, keys, T):
 # ---- 2. matmul ----------------------------------------------------------------------------------
 def bench_matmul(lengths, repeats, rng) -> float:
     threads = numba.get_num_threads()
-    print("\n2. Matmul: numba tiled kernel vs NumPy BLAS (GFLOPS); prompts' tile on packed panels")
+    print("\n2. Matmul: numba tiled kernel vs NumPy BLAS (GFLOPS); prompts' tile on packed panels"
+          + ("; the AVX-512 prompt tile" if HOST_HAS_AVX512 else " (no AVX-512 here)"))
     print(f"{'T':>6} {'weight':>22} {'BLAS':>8} {'numba':>8} {'numba/BLAS':>11} {'prompt':>8} "
-          f"{'prompt/BLAS':>12}")
+          f"{'prompt/BLAS':>12}" + (f" {'avx512':>8} {'avx512/BLAS':>12}" if HOST_HAS_AVX512 else ""))
     weights = {
         "qkv (768, 2304)": rng.standard_normal((WIDTH, 3 * WIDTH), dtype=np.float32),
         "mlp fc (768, 3072)": rng.standard_normal((WIDTH, 4 * WIDTH), dtype=np.float32),
@@ -184,13 +188,16 @@ def bench_matmul(lengths, repeats, rng) -> float:
             if w.flags.c_contiguous:                      # a block weight: packed as the backend does
                 panels = pack_weight(w)
                 kernels.append(lambda: matmul_prompt(x, panels, w.shape[1], None, threads))
+                if HOST_HAS_AVX512:
+                    kernels.append(lambda: matmul_prompt_avx512(x, panels, w.shape[1], None, threads))
             times = best_times(kernels, repeats)
             gflop = 2 * T * w.shape[0] * w.shape[1] / 1e9
             ratios.append(times[0] / times[1])
-            prompt = (f"{gflop / times[2]:>8.1f} {times[0] / times[2]:>11.0%}" if len(times) > 2
-                      else f"{'-':>8} {'-':>12}")
+            tiles = "".join(f"{gflop / t:>8.1f} {times[0] / t:>11.0%} " for t in times[2:])
+            if len(times) == 2:
+                tiles = f"{'-':>8} {'-':>12}"
             print(f"{T:>6} {name:>22} {gflop / times[0]:>8.1f} {gflop / times[1]:>8.1f} "
-                  f"{ratios[-1]:>10.0%} {prompt}")
+                  f"{ratios[-1]:>10.0%} {tiles}")
     mean = np.exp(np.mean(np.log(ratios)))
     print(f"   geometric mean: {mean:.0%} of BLAS, worst {min(ratios):.0%}")
     return min(ratios)
@@ -229,6 +236,8 @@ def bench_model(lengths, repeats) -> None:
     params = random_params(config)
     backends = {"numpy": "numpy", "numba": NumbaBackend(),
                 "numba, BLAS prompts": NumbaBackend(prompt_kernel=False),
+                **({"numba, AVX2 prompt tile": NumbaBackend(prompt_tile="avx2")}
+                   if HOST_HAS_AVX512 else {}),
                 "numba, numba matmul": NumbaBackend(matmul="numba")}
     if cuda_unavailable_reason() is None and not numba.config.ENABLE_CUDASIM:
         from minillm.kernels.backend import CudaBackend

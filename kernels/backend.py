@@ -25,7 +25,8 @@ _KERNELS_DIR = Path(__file__).resolve().parent
 INFERENCE_KERNELS = {_KERNELS_DIR / "attention_cpu.py": None, _KERNELS_DIR / "attention_decode_cpu.py": None,
                      _KERNELS_DIR / "decode_step_cpu.py": None,
                      _KERNELS_DIR / "fused_cpu.py": ("_gelu_flat", "_layer_norm_rows"),
-                     _KERNELS_DIR / "matvec_cpu.py": None, _KERNELS_DIR / "matmul_packed_cpu.py": None}
+                     _KERNELS_DIR / "matvec_cpu.py": None, _KERNELS_DIR / "matmul_packed_cpu.py": None,
+                     _KERNELS_DIR / "matmul_prompt_avx512.py": None}
 
 # Calls over at least this many token positions (batch x queries) run on the worker pool: below
 # it OpenBLAS's own threads split a matmul better; the crossover measured on 2 cores lies
@@ -47,6 +48,9 @@ BATCHED_DECODE_MAX = MATVEC_MAX_ROWS
 # the whole weight on every call, took 74-76 ms for a whole prefill of 6-16 tokens, the tile
 # 37-46 (the model's logits agree to 8e-5).
 PROMPT_MIN_ROWS = 2
+# Prompts' float32 register tile: 6 x 16 in AVX2 vectors (matmul_packed_cpu.matmul_prompt) or
+# 6 x 64 in AVX-512 vectors (matmul_prompt_avx512); "auto": AVX-512 where the CPU has it
+PROMPT_TILES = ("auto", "avx2", "avx512")
 # Elements of a weight compared at every use of a copy derived from it (_fingerprint)
 FINGERPRINT_SIZE = 16
 # Whose threads ran the last linear layer, and so are awake (spinning) on the cores now
@@ -78,7 +82,9 @@ class NumbaBackend:
     Prompts of 2 (PROMPT_MIN_ROWS) to `pool_min_rows` rows (token positions, all sequences
     together), with float32 weights, run on numba's threads alone (`prompt_kernel=True`, the
     default): their products on the 6 x 16 register tile of minillm.kernels.matmul_packed_cpu
-    (`matmul_prompt`) over copies of the block weights packed once into 16-column panels, and
+    (`matmul_prompt`) over copies of the block weights packed once into 16-column panels (on a
+    CPU with AVX-512, the same panels under the 6 x 64 tile of 16-float vectors of
+    minillm.kernels.matmul_prompt_avx512, the same sums bit for bit; `prompt_tile` chooses), and
     LayerNorm, GELU, attention and the last position's LM head (wte's rows as they are, the
     matrix-vector kernel) on all of numba's threads, so that OpenBLAS never wakes. One row
     (decoding one sequence step by step) runs its matmuls on OpenBLAS's threads and every
@@ -108,7 +114,8 @@ class NumbaBackend:
     and kept while the backend lives. Batched decoding (one token for each of 2..BATCHED_DECODE_MAX sequences) uses
     copies of every block weight packed into 16-column panels (340 MB for GPT-2 124M, +68%)
     with the register-tile kernel of minillm.kernels.matmul_packed_cpu, which reads each
-    weight once for all the sequences; its LM head reads wte's rows as they are, with the
+    weight once for all the sequences (on a CPU with AVX-512, from
+    matmul_prompt_avx512.BATCH_MIN_ROWS sequences on, the AVX-512 prompt tile instead); its LM head reads wte's rows as they are, with the
     matrix-vector kernel for a few sequences and from ROWS_TILE_MIN_ROWS on with the prompt
     tile run over wte's rows (`matmul_by_rows`). Prompts of 2 to `pool_min_rows` rows use the same packed copies
     (`prompt_kernel=False` keeps them on OpenBLAS without copies). A backend that has decoded
@@ -122,14 +129,18 @@ class NumbaBackend:
 
     def __init__(self, matmul: str = "blas", decode_copies: bool = True,
                  threads: int | None = None, pool_min_rows: int = POOL_MIN_ROWS,
-                 whole_step: bool = True, prompt_kernel: bool = True):
+                 whole_step: bool = True, prompt_kernel: bool = True,
+                 prompt_tile: str = "auto"):
         if matmul not in ("blas", "numba"):
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
+        if prompt_tile not in PROMPT_TILES:
+            raise ValueError(f"prompt_tile must be one of {', '.join(map(repr, PROMPT_TILES))}, "
+                             f"got {prompt_tile!r}")
         # Imported here: compiling (or loading from numba's cache) happens on first use.
         announce_compilation("model kernels", INFERENCE_KERNELS)
         from minillm.kernels import (attention_backward_cpu, attention_cpu, decode_step_cpu,
-                                     fused_cpu, matmul_cpu, matmul_packed_cpu, matvec_cpu,
-                                     step_weights)
+                                     fused_cpu, matmul_cpu, matmul_packed_cpu,
+                                     matmul_prompt_avx512, matvec_cpu, step_weights)
         from minillm.kernels.workers import WorkerPool
 
         self.matmul = matmul
@@ -147,6 +158,12 @@ class NumbaBackend:
         self._fused = fused_cpu
         self._matvec = matvec_cpu
         self._matmul_packed = matmul_packed_cpu
+        if prompt_tile == "auto":
+            prompt_tile = "avx512" if matmul_prompt_avx512.HOST_HAS_AVX512 else "avx2"
+        self.prompt_tile = prompt_tile
+        self._avx512_batch_min_rows = matmul_prompt_avx512.BATCH_MIN_ROWS
+        self._matmul_prompt = (matmul_prompt_avx512.matmul_prompt_avx512 if prompt_tile == "avx512"
+                               else matmul_packed_cpu.matmul_prompt)
         self._decode_step, self._step_weights_module = decode_step_cpu, step_weights
         # (key of the arrays, StepWeights or None if the kernel cannot take them), last used
         self._step_weights: tuple | None = None
@@ -194,14 +211,17 @@ class NumbaBackend:
                 out = self._matmul_packed.matmul_by_rows(rows, weight.T, bias, threads)  # (B, out)
             elif by_output_row:
                 out = self._matvec.matvec(weight.T, rows, bias, threads)       # (B, out)
+            elif self.prompt_tile == "avx512" and n_rows >= self._avx512_batch_min_rows:
+                out = self._matmul_prompt(rows, self._packed_copy(weight), n_out, bias,
+                                          threads)                             # (B, out)
             else:
                 out = self._matmul_packed.matmul_packed(rows, self._packed_copy(weight), n_out,
                                                         bias, threads)         # (B, out)
             return out.reshape(*x.shape[:-1], n_out)                          # (B, 1, out)
         if self._is_prompt(n_rows) and weight.flags.c_contiguous:
             self._products_on = ON_NUMBA
-            out = self._matmul_packed.matmul_prompt(rows, self._packed_copy(weight), n_out, bias,
-                                                    threads)                  # (M, out)
+            out = self._matmul_prompt(rows, self._packed_copy(weight), n_out, bias,
+                                      threads)                                # (M, out)
             return out.reshape(*x.shape[:-1], n_out)
         if n_rows == 1 and by_output_row and self._products_on == ON_NUMBA:
             # the LM head of a prompt whose products ran on numba's threads: stay on them

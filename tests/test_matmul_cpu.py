@@ -2,7 +2,8 @@
 
 matmul: minillm.kernels.matmul_cpu.matmul (packs both operands on every call), and
 matmul_packed_cpu.matmul_packed (batched decoding's 4 x 16 tile) and matmul_prompt (prompts'
-6 x 16 tile) on a weight packed once. A length-K dot product in float32
+6 x 16 tile) on a weight packed once, and matmul_prompt_avx512 (prompts' 6 x 64 tile of
+16-float vectors), which must give matmul_prompt's bits. A length-K dot product in float32
 carries rounding error proportional to sum_k |a_ik b_kj|, so the check is relative to that:
 |C - (a @ b + bias)| <= 1e-5 * (|a| @ |b| + |bias|) elementwise (for K = 3072 that allows ~1e-5
 relative error, where the typical one is ~1e-6).
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from minillm.kernels import matmul_cpu
 from minillm.kernels.matmul_cpu import matmul
-from minillm.kernels import matmul_packed_cpu
+from minillm.kernels import matmul_packed_cpu, matmul_prompt_avx512 as avx512
 from minillm.kernels.matmul_packed_cpu import (matmul_by_rows, matmul_packed, matmul_prompt,
                                                matmul_prompt_quantized, pack_prompt_rows,
                                                pack_weight, prompt_blocking)
@@ -263,6 +264,101 @@ def test_matmul_prompt_rejects_what_it_cannot_read(rng):
         matmul_prompt(np.ones((20, 63), np.float32), panels, 40, None, 2)
     with pytest.raises(ValueError, match=r"hold 33-48 output columns, got n_out = 64"):
         matmul_prompt(np.ones((20, 64), np.float32), panels, 64, None, 2)
+
+
+# ---- matmul_prompt_avx512: the 6 x 64 tile of 16-float vectors ----------------------------------
+# (On a CPU without AVX-512 LLVM runs each 16-float vector as two of 8: the same results.)
+def prompt_avx512(a, b, bias=None, n_threads=2):
+    """matmul_prompt_avx512 through a freshly packed b."""
+    return avx512.matmul_prompt_avx512(a, pack_weight(b), b.shape[1], bias, n_threads)
+
+
+def assert_same_bits_as_the_avx2_tile(a, b, bias=None, n_threads=2):
+    """Both tiles run the same fused multiply-adds in the same order: identical bits, and
+    (through that) within the tolerance of x @ W."""
+    got = prompt_avx512(a, b, bias, n_threads)
+    np.testing.assert_array_equal(got, prompt(a, b, bias, n_threads))
+    assert_matmul_matches(a, b, bias, kernel=lambda a, b, bias: got)
+
+
+@pytest.mark.parametrize("M", [1, 5, 6, 7, 13, 64, 100])
+@pytest.mark.parametrize("K, N", [(33, 40), (64, 80), (100, 1000), (768, 2304), (3072, 96)])
+def test_matmul_prompt_avx512_gives_the_avx2_tiles_bits(rng, M, K, N):
+    """Row groups of 6 and tiles of 64 columns with edges in both: N = 40, 80, 1000, 96 leave a
+    last tile of 3, 1, 3 and 2 real panels (its missing ones read and dropped)."""
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    assert_same_bits_as_the_avx2_tile(a, b)
+    assert_same_bits_as_the_avx2_tile(a, b, rng.standard_normal(N, dtype=np.float32))
+
+
+def test_matmul_prompt_avx512_in_slices_and_blocks(rng):
+    """x too large to be read whole for every tile: k in slices, rows in more than one block,
+    a last slice shorter than the others, a last tile of 3 panels."""
+    M, K, N = 700, 400, 200
+    slice_depth, block_groups = prompt_blocking(M, K)
+    assert slice_depth < K and K % slice_depth and block_groups * 6 < M     # every path taken
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    assert_same_bits_as_the_avx2_tile(a, b, rng.standard_normal(N, dtype=np.float32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(M=st.integers(0, 40), K=st.integers(0, 80), N=st.integers(1, 200),
+       n_threads=st.integers(1, 3), with_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_matmul_prompt_avx512_on_random_shapes(M, K, N, n_threads, with_bias, seed):
+    """Any shape, empty ones included (K = 0: the bias alone), on 1-3 threads."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32) if with_bias else None
+    assert_same_bits_as_the_avx2_tile(a, b, bias, n_threads)
+
+
+def test_matmul_prompt_avx512_is_the_same_on_any_number_of_threads(rng):
+    a = rng.standard_normal((50, 300), dtype=np.float32)
+    b = rng.standard_normal((300, 520), dtype=np.float32)
+    one = prompt_avx512(a, b, n_threads=1)
+    np.testing.assert_array_equal(prompt_avx512(a, b, n_threads=2), one)
+    np.testing.assert_array_equal(prompt_avx512(a, b, n_threads=3), one)
+
+
+def test_matmul_prompt_avx512_rejects_what_it_cannot_read(rng):
+    panels = pack_weight(rng.standard_normal((64, 40), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"x must be \(M, 64\)"):
+        avx512.matmul_prompt_avx512(np.ones((20, 63), np.float32), panels, 40, None, 2)
+    with pytest.raises(ValueError, match=r"hold 33-48 output columns, got n_out = 64"):
+        avx512.matmul_prompt_avx512(np.ones((20, 64), np.float32), panels, 64, None, 2)
+    with pytest.raises(ValueError, match="panels must be pack_weight's"):
+        avx512.matmul_prompt_avx512(np.ones((20, 64), np.float32), panels[:, :, :8], 40, None, 2)
+    with pytest.raises(ValueError, match="n_shares must be at least 1"):
+        avx512.matmul_prompt_avx512(np.ones((20, 64), np.float32), panels, 40, None, 0)
+
+
+@pytest.mark.parametrize("n_panels", [4, 7, 5, 1])
+def test_a_tile_past_the_last_panel_rereads_its_first(n_panels):
+    """A tile's four panel starts at slice k0: consecutive panels while they exist, then the
+    tile's first again (never past the weight's end)."""
+    depth, k0 = 100, 30
+    for first_panel in range(0, n_panels, avx512.TILE_PANELS):
+        n_real = min(avx512.TILE_PANELS, n_panels - first_panel)
+        starts = avx512._tile_starts(first_panel, n_real, k0, depth)
+        panel_of = [(start - k0 * 16) // (depth * 16) for start in starts]
+        assert panel_of == [first_panel + min(q, n_real - 1) for q in range(4)]
+        assert max(starts) + (depth - k0) * 16 <= n_panels * depth * 16
+
+
+@pytest.mark.parametrize("n_groups, block_groups, depth, slice_depth",
+                         [(11, 11, 768, 768), (43, 25, 3072, 384), (5, 2, 100, 40), (1, 1, 16, 16)])
+def test_what_a_wide_tile_asks_for_is_what_runs_next(n_groups, block_groups, depth, slice_depth):
+    """The next slice of k, the next block of rows' first slice, then the next ticket's tile."""
+    tile, after = 3, 7
+    visits = [(k0, first_group) for first_group in range(0, n_groups, block_groups)
+              for k0 in range(0, depth, slice_depth)]
+    following = [(tile, k0) for k0, _ in visits[1:]] + [(after, 0)]
+    for (k0, first_group), expected in zip(visits, following):
+        assert avx512._next_work(k0, first_group, slice_depth, depth, block_groups, n_groups,
+                                 tile, after) == expected
 
 
 # ---- matmul_by_rows: x @ W^T with W as its rows (batched decoding's LM head) --------------------

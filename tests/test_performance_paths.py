@@ -171,6 +171,42 @@ def test_prompt_linear_on_the_prompt_tile_matches_float64(numba_backend, shape):
     assert np.all(np.abs(out - expected) <= 1e-6 * scale)
 
 
+def test_the_prompt_tile_is_chosen_by_the_cpu_and_both_give_the_same_bits():
+    """prompt_tile="auto" takes the AVX-512 tile exactly where the CPU has AVX-512; forced
+    either way, a prompt's products are bit for bit the same; a name it does not know is
+    refused."""
+    from minillm.kernels import matmul_prompt_avx512
+    from minillm.kernels.backend import NumbaBackend
+
+    expected = "avx512" if matmul_prompt_avx512.HOST_HAS_AVX512 else "avx2"
+    assert NumbaBackend(threads=2).prompt_tile == expected
+    x, weight, bias = randn(1, 40, 768), randn(768, 2304), randn(2304)
+    outs = [NumbaBackend(threads=2, prompt_tile=tile).linear(x, weight, bias)
+            for tile in ("avx2", "avx512")]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    with pytest.raises(ValueError, match="prompt_tile must be one of 'auto', 'avx2', 'avx512', got 'avx1024'"):
+        NumbaBackend(prompt_tile="avx1024")
+
+
+@pytest.mark.parametrize("n_batch", [2, 7, 8, 16])
+def test_batched_decoding_takes_the_avx512_tile_from_its_minimum_batch(monkeypatch, n_batch):
+    """With the AVX-512 tile, batches of BATCH_MIN_ROWS sequences and more run their block
+    products on it, smaller ones on the 4 x 16 tile; both within 1e-6 of sum_k |x_k w_k|."""
+    from minillm.kernels import matmul_prompt_avx512
+    from minillm.kernels.backend import NumbaBackend
+
+    backend = NumbaBackend(threads=2, prompt_tile="avx512")
+    calls = []
+    wide = backend._matmul_prompt
+    monkeypatch.setattr(backend, "_matmul_prompt", lambda *a: calls.append(1) or wide(*a))
+    x, weight, bias = randn(n_batch, 1, 768), randn(768, 2304), randn(2304)
+    out = backend.linear(x, weight, bias)
+    assert bool(calls) == (n_batch >= matmul_prompt_avx512.BATCH_MIN_ROWS)
+    expected = x.astype(np.float64) @ weight.astype(np.float64) + bias
+    scale = np.abs(x) @ np.abs(weight) + np.abs(bias)
+    assert np.all(np.abs(out - expected) <= 1e-6 * scale)
+
+
 def test_after_a_prompt_the_lm_head_and_kernels_stay_on_numba_threads(numba_backend):
     """Once a prompt's products ran on numba's threads, its last position's LM head reads wte's
     rows with the matrix-vector kernel (no copy of wte), and LayerNorm, GELU and attention of
