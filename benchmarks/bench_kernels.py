@@ -193,9 +193,8 @@ def bench_matmul(lengths, repeats, rng) -> float:
             times = best_times(kernels, repeats)
             gflop = 2 * T * w.shape[0] * w.shape[1] / 1e9
             ratios.append(times[0] / times[1])
-            tiles = "".join(f"{gflop / t:>8.1f} {times[0] / t:>11.0%} " for t in times[2:])
-            if len(times) == 2:
-                tiles = f"{'-':>8} {'-':>12}"
+            tiles = ("".join(f"{gflop / t:>8.1f} {times[0] / t:>11.0%} " for t in times[2:])
+                     or f"{'-':>8} {'-':>12}")                # the LM head: no prompt tile
             print(f"{T:>6} {name:>22} {gflop / times[0]:>8.1f} {gflop / times[1]:>8.1f} "
                   f"{ratios[-1]:>10.0%} {tiles}")
     mean = np.exp(np.mean(np.log(ratios)))

@@ -158,11 +158,11 @@ class NumbaBackend:
         self._fused = fused_cpu
         self._matvec = matvec_cpu
         self._matmul_packed = matmul_packed_cpu
+        self._prompt_avx512 = matmul_prompt_avx512
         if prompt_tile == "auto":
             prompt_tile = "avx512" if matmul_prompt_avx512.HOST_HAS_AVX512 else "avx2"
         self.prompt_tile = prompt_tile
-        self._avx512_batch_min_rows = matmul_prompt_avx512.BATCH_MIN_ROWS
-        self._matmul_prompt = (matmul_prompt_avx512.matmul_prompt_avx512 if prompt_tile == "avx512"
+        self._matmul_prompt = (self._prompt_avx512.matmul_prompt_avx512 if prompt_tile == "avx512"
                                else matmul_packed_cpu.matmul_prompt)
         self._decode_step, self._step_weights_module = decode_step_cpu, step_weights
         # (key of the arrays, StepWeights or None if the kernel cannot take them), last used
@@ -211,7 +211,7 @@ class NumbaBackend:
                 out = self._matmul_packed.matmul_by_rows(rows, weight.T, bias, threads)  # (B, out)
             elif by_output_row:
                 out = self._matvec.matvec(weight.T, rows, bias, threads)       # (B, out)
-            elif self.prompt_tile == "avx512" and n_rows >= self._avx512_batch_min_rows:
+            elif self.prompt_tile == "avx512" and n_rows >= self._prompt_avx512.BATCH_MIN_ROWS:
                 out = self._matmul_prompt(rows, self._packed_copy(weight), n_out, bias,
                                           threads)                             # (B, out)
             else:
