@@ -155,7 +155,7 @@ def bench_decode(repeats, rng) -> None:
 @numba.njit(nogil=True)
 def _attend_every_head(qkv, keys, values, position, att, scores, q_row):
     for head in range(keys.shape[1]):
-        decode_step_cpu._attend_head(qkv, keys, values, head, position, att, scores, q_row)
+        decode_step_cpu._attend_head(qkv, keys, values, 0, head, position, att, scores, q_row)
 
 
 def step_attention(q, keys, T):

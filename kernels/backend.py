@@ -48,6 +48,12 @@ BATCHED_DECODE_MAX = MATVEC_MAX_ROWS
 # the whole weight on every call, took 74-76 ms for a whole prefill of 6-16 tokens, the tile
 # 37-46 (the model's logits agree to 8e-5).
 PROMPT_MIN_ROWS = 2
+# Batched decoding (one length, no mask) runs as one whole-step kernel call (decode_step_cpu)
+# for up to this many sequences, by how the weights are held; more go operation by operation.
+# GPT-2 124M, two threads, tokens/s against operation by operation: float32 1.38x / 1.22x /
+# 1.20x at 2 / 4 / 6 sequences, 0.89x at 8 (where the AVX-512 prompt tile takes over there);
+# float16 1.49x / 1.43x / 1.08x / 1.21x at 2 / 4 / 8 / 16; int8 1.75x / 1.42x / 1.37x / 1.44x.
+WHOLE_STEP_MAX_SEQUENCES = {"float32": 7, "float16": 16, "int8": 16}
 # Prompts' float32 register tile: 6 x 16 in AVX2 vectors (matmul_packed_cpu.matmul_prompt) or
 # 6 x 64 in AVX-512 vectors (matmul_prompt_avx512); "auto": AVX-512 where the CPU has it
 PROMPT_TILES = ("auto", "avx2", "avx512")
@@ -97,13 +103,15 @@ class NumbaBackend:
     `_products_on` records whose threads ran the last product (and are awake), which the
     kernels after it follow.
 
-    Decoding one sequence. With `whole_step=True` (the default) the model hands each step of
-    one sequence (one new token, no attention_mask) to `decode_step`: the whole forward pass
-    as one call of minillm.kernels.decode_step_cpu, whose threads start once per step and meet
-    at barriers, on the weights as the model holds them (float32, float16, or int8 with one
-    scale per row), no copy made; a weight replaced by another array is noticed at the next
-    step. Everything else (prompts, batches, a mask, hidden states, blocked int8 scales,
-    whole_step=False or matmul="numba") runs the layers one operation at a time, as below.
+    Decoding. With `whole_step=True` (the default) the model hands each step of one sequence,
+    or of a batch of sequences of one length (one new token each, no attention_mask), to
+    `decode_step`: the whole forward pass as one call of minillm.kernels.decode_step_cpu,
+    whose threads start once per step and meet at barriers, on the weights as the model holds
+    them (float32, float16, or int8 with one scale per row), no copy made; a weight replaced
+    by another array is noticed at the next step. Batches of more than
+    WHOLE_STEP_MAX_SEQUENCES[dtype] sequences (or `whole_step_max_sequences`), prompts, a mask,
+    hidden states, blocked int8 scales, whole_step=False or matmul="numba" run the layers one
+    operation at a time, as below.
 
     Layout for decoding, operation by operation. One row times a weight (in, out) with
     out < in -- the MLP's down-projection, (3072, 768) -- reads the weight in strips of only
@@ -130,7 +138,8 @@ class NumbaBackend:
     def __init__(self, matmul: str = "blas", decode_copies: bool = True,
                  threads: int | None = None, pool_min_rows: int = POOL_MIN_ROWS,
                  whole_step: bool = True, prompt_kernel: bool = True,
-                 prompt_tile: str = "auto"):
+                 prompt_tile: str = "auto",
+                 whole_step_max_sequences: int | None = None):
         if matmul not in ("blas", "numba"):
             raise ValueError(f"matmul must be 'blas' or 'numba', got {matmul!r}")
         if prompt_tile not in PROMPT_TILES:
@@ -147,6 +156,7 @@ class NumbaBackend:
         self.decode_copies = decode_copies and matmul == "blas"
         # matmul="numba" exists to run the model on the teaching matmul: keep every step on it
         self.whole_step = whole_step and matmul == "blas"
+        self.whole_step_max_sequences = whole_step_max_sequences
         self.pool = WorkerPool(threads)          # threads=None: numba's thread count
         self.pool_min_rows = pool_min_rows
         self.prompt_kernel = prompt_kernel and matmul == "blas"
@@ -375,10 +385,12 @@ class NumbaBackend:
         return self._fused.cross_entropy(logits, targets, pool=self._pool_for(n_rows))
 
     def decode_step(self, params, config, x: np.ndarray, cache) -> np.ndarray | None:
-        """Logits (V,) of one new token of one sequence, the whole step in one kernel call
-        (minillm.kernels.decode_step_cpu), its keys and values written to `cache`; None where
-        that kernel does not apply (whole_step=False, matmul="numba", weights it does not
-        take), and the model then runs its layers one operation at a time. x: (1, 1, C)."""
+        """Logits (B, V) of one new token of each of B sequences, the whole step in one
+        kernel call (minillm.kernels.decode_step_cpu), their keys and values written to
+        `cache`; None where that kernel does not apply (whole_step=False, matmul="numba",
+        weights it does not take, more sequences than whole_step_max_sequences, default
+        WHOLE_STEP_MAX_SEQUENCES for the weights' dtype), and the model then runs its layers
+        one operation at a time. x: (B, 1, C)."""
         if not self.whole_step:
             return None
         arrange = self._step_weights_module
@@ -386,12 +398,14 @@ class NumbaBackend:
         if self._step_weights is None or self._step_weights[0] != key:
             usable = arrange.unsupported_reason(params) is None
             self._step_weights = (key, arrange.StepWeights(params) if usable else None)
-        weights = self._step_weights[1]
-        if weights is None:
+        weights, n_sequences = self._step_weights[1], x.shape[0]
+        if weights is None or n_sequences > (self.whole_step_max_sequences
+                                             or WHOLE_STEP_MAX_SEQUENCES[weights.dtype]):
             return None
         with self._step_lock:                 # one step at a time: the workers meet at barriers
-            return self._decode_step.decode_step(weights, x, cache, config.layer_norm_epsilon,
-                                                 config.n_head, self.pool)
+            return self._decode_step.decode_step(weights, x.reshape(n_sequences, -1), cache,
+                                                 config.layer_norm_epsilon, config.n_head,
+                                                 self.pool)
 
     def clear(self) -> None:
         """Forget the transposed and packed copies of the weights, and the step kernel's

@@ -1,7 +1,8 @@
-"""One decoding step of the whole model in one call: a new token of one sequence through every
-layer and the LM head, with the threads started once and meeting at barriers in between.
+"""One decoding step of the whole model in one call: a new token of each of B sequences (of one
+length) through every layer and the LM head, with the threads started once and meeting at
+barriers in between.
 
-    logits (V,) = GPT2.forward(token, cache=cache) for one sequence and one new token
+    logits (B, V) = GPT2.forward(tokens (B, 1), cache=cache), no attention_mask
 
 Reference: `GPT2.forward` with a KVCache (minillm/model/gpt2.py) on the "numpy" backend;
 tests/test_decode_step.py compares the logits and the keys and values written to the cache.
@@ -16,10 +17,11 @@ has the measurements). Here each of the pool's threads
 and the threads wait for each other only where an operation needs all of the one before it:
 
     for each layer:                                   worker w of n, its blocks of the outputs
-        h = LayerNorm_1(x)                            every worker, into its own h (C floats)
+        h = LayerNorm_1(x)                            every worker, into its own h (B x C)
         qkv[block] = h @ W_qkv + b
         ---- barrier ----
-        for heads w, w + n, ...: write k, v to the cache; att[head] = softmax(q K^T / sqrt(d)) V
+        for (sequence, head) pairs w, w + n, ...:     write k, v to the cache;
+            att[sequence, head] = softmax(q K^T / sqrt(d)) V
         ---- barrier ----
         x[block] += att @ W_proj + b
         ---- barrier ----
@@ -41,16 +43,19 @@ barrier would never open if two took turns on one thread); at most one worker pe
 and one step at a time per pool. A worker that fails sets an abort flag beside the counter,
 which opens every barrier, so that the others finish and the error reaches the caller.
 
-The weights are read as the model holds them, nothing copied:
+The weights are read as the model holds them, nothing copied, and once per step for the
+whole batch (each piece of a weight, once loaded, serves every sequence before the next):
 * float32, W (in, out): each worker takes a share of the rows (inputs), which lie one after
-  another in memory, and adds x[i] W[i, :] over them into partial sums of every output, four
-  rows per pass; after one more barrier each adds up the workers' partial sums for its share
-  of the outputs (fixed halves: the rows of W are the unit of work here);
+  another in memory, and adds x[m, i] W[i, :] over them into partial sums of every output,
+  eight rows per pass, 16 columns of them in registers at a time; after one more barrier each
+  adds up the workers' partial sums for its share of the outputs (fixed halves: the rows of W
+  are the unit of work here);
 * float16 and int8, W^T (out, in) (minillm.model.quantize), and the LM head's wte (V, C): each
-  output is one dot product along a contiguous row, widened in registers as in matvec_cpu.py,
-  in blocks of rows taken as above
-  (int8 with one scale per row; NumbaBackend takes the step-by-step path for blocked scales;
-  int8 rows are also prefetched PREFETCH_AHEAD bytes ahead, within the block).
+  output is one dot product along a contiguous row, widened in registers, in blocks of rows
+  taken as above; four rows at a time, two sequences per pass (one sequence of float16 or
+  int8: one row at a time, as matvec_cpu.py). int8 has one scale per row (NumbaBackend takes
+  the step-by-step path for blocked scales). The rows are prefetched PREFETCH_AHEAD bytes
+  ahead, within the block.
 
 Numerics: float32 everywhere, as the reference. The products are summed in vector-wide partial
 sums (`REASSOC`: the same freedom matvec_cpu takes); LayerNorm sums in float64 as fused_cpu
@@ -68,6 +73,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from minillm.kernels.matmul_packed_cpu import _element_pointer
+from minillm.kernels.matmul_prompt_avx512 import _VECTOR, WIDE, float32x16
 
 REASSOC = {"reassoc", "contract"}     # vectorise the dot products' sums; nothing else relaxed
 CONTRACT = {"contract"}               # fused multiply-add only
@@ -102,13 +110,14 @@ ROWS_PER_TICKET = 64
 # What a product does with its outputs: store them, add them to `out` (the residual stream), or
 # store gelu of them (the MLP's first product)
 STORE, ADD, GELU = 0, 1, 2
-# Rows of W per pass of the float32 column kernel: each accumulator load and store is shared
-# by four multiply-adds.
-ROWS_PER_PASS = 4
-# int8 rows: ask for the weights this far ahead of the row being read. An int8 row is few bytes
-# per instruction, so the out-of-order core alone keeps too few cache lines in flight: streaming
-# int8 rows on two threads ran at 12.7-13.9 GB/s without, 14.1-16.4 with 4-16 KB ahead. (float16
-# rows, twice the bytes per instruction, ran at ~16 either way; they are not prefetched.)
+# Rows of W per pass of the float32 column kernel: each load and store of the partial sums is
+# shared by eight multiply-adds (four rows: 0.94-0.97x the speed at 1-4 sequences, 0.78x at 8).
+ROWS_PER_PASS = 8
+# Rows of W^T: ask for the weights this far ahead of the row being read. A row of int8 or
+# float16 is few bytes per instruction, so the out-of-order core alone keeps too few cache lines
+# in flight: streaming int8 rows on two threads ran at 12.7-13.9 GB/s without, 14.1-16.4 with
+# 4-16 KB ahead (an AMD Zen 3); on an Intel Xeon (Emerald Rapids) the float16 step took 10.4-11.0
+# ms with, 14.7-15.4 without, and the float32 LM head's rows gained ~5% of the step.
 PREFETCH_AHEAD = 8192
 CACHE_LINE = 64
 PREFETCH_INTO_L1 = 3      # llvm.prefetch's locality argument: keep it in every cache level
@@ -214,6 +223,99 @@ def _dot(widen, w_row, x_row):
     return total
 
 
+# 16-float vectors (matmul_prompt_avx512's type; the intrinsics are copies of its, which
+# tests/test_kernels_cpu.py keeps identical): one AVX-512 register, two AVX2 ones.
+@intrinsic
+def _load16(typingctx, array, index):
+    """array[index : index + 16] of a 1-D contiguous float32 array, as one vector (unchecked)."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], *args)
+        return builder.load(builder.bitcast(pointer, _VECTOR.as_pointer()), align=4)
+    return float32x16(array, index), codegen
+
+
+@intrinsic
+def _store16(typingctx, array, index, vector):
+    """array[index : index + 16] = vector (unchecked)."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(pointer, _VECTOR.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.void(array, index, vector), codegen
+
+
+@intrinsic
+def _broadcast16(typingctx, array, index):
+    """array[index] in all sixteen lanes (one vbroadcastss from memory; unchecked)."""
+    def codegen(context, builder, signature, args):
+        value = builder.load(_element_pointer(context, builder, signature.args[0], *args), align=4)
+        lane0 = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), value,
+                                       ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(lane0, ir.Constant(_VECTOR, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), WIDE), [0] * WIDE))
+    return float32x16(array, index), codegen
+
+
+@intrinsic
+def _fma16(typingctx, a, b, c):
+    """a * b + c lane by lane, rounded once (vfmadd)."""
+    def codegen(context, builder, signature, args):
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR] * 3),
+                                             "llvm.fma.v16f32")
+        return builder.call(fma, args)
+    return float32x16(float32x16, float32x16, float32x16), codegen
+
+
+@intrinsic
+def _zeros16(typingctx):
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_VECTOR, [0.0] * WIDE)
+    return float32x16(), codegen
+
+
+@intrinsic
+def _sum16(typingctx, vector):
+    """The sum of a vector's sixteen lanes, halving it three times (8 + 8, 4 + 4, ...)."""
+    def codegen(context, builder, signature, args):
+        value, width, int32 = args[0], WIDE, ir.IntType(32)
+        while width > 1:
+            half = width // 2
+            low = builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(int32, half),
+                                                                   list(range(half))))
+            high = builder.shuffle_vector(value, value, ir.Constant(ir.VectorType(int32, half),
+                                                                    list(range(half, width))))
+            value, width = builder.fadd(low, high), half
+        return builder.extract_element(value, ir.Constant(int32, 0))
+    return types.float32(float32x16), codegen
+
+
+@intrinsic
+def _load16_float16(typingctx, bits, index):
+    """bits[index : index + 16] (float16 as uint16) widened to sixteen float32 (vcvtph2ps)."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], *args)
+        half = ir.VectorType(ir.HalfType(), WIDE)
+        return builder.fpext(builder.load(builder.bitcast(pointer, half.as_pointer()), align=2),
+                             _VECTOR)
+    return float32x16(bits, index), codegen
+
+
+@intrinsic
+def _load16_int8(typingctx, codes, index):
+    """codes[index : index + 16] (int8) as sixteen float32 (sign-extend, then vcvtdq2ps)."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], *args)
+        bytes16 = ir.VectorType(ir.IntType(8), WIDE)
+        loaded = builder.load(builder.bitcast(pointer, bytes16.as_pointer()), align=1)
+        return builder.sitofp(builder.sext(loaded, ir.VectorType(ir.IntType(32), WIDE)), _VECTOR)
+    return float32x16(codes, index), codegen
+
+
+@njit(inline="always")
+def _load16_float32(w, index):
+    return _load16(w, index)
+
+
 # ---- the barrier -----------------------------------------------------------------------------
 @intrinsic
 def _take(typingctx, counter, index):
@@ -312,51 +414,92 @@ def _share(n, worker, n_workers):
 
 
 # ---- the products: out = x @ W + bias, each worker its share -------------------------------
+@njit(inline="always")
+def _four_rows_into(sums_flat, at, x_flat, x_at, w0, w1, w2, w3):
+    """sums[at : at + 16] += x[x_at + r] * w_r for r = 0..3 (w_r: 16 columns of row r)."""
+    sums = _load16(sums_flat, at)
+    sums = _fma16(_broadcast16(x_flat, x_at), w0, sums)
+    sums = _fma16(_broadcast16(x_flat, x_at + 1), w1, sums)
+    sums = _fma16(_broadcast16(x_flat, x_at + 2), w2, sums)
+    sums = _fma16(_broadcast16(x_flat, x_at + 3), w3, sums)
+    _store16(sums_flat, at, sums)
+
+
 @njit(nogil=True, cache=True, fastmath=REASSOC)
 def _partial_columns_float32(w, x, k_start, k_stop, partial):
-    """partial[o] = sum_{k_start <= i < k_stop} x[i] W[i, o] for every column o of W (in, out):
-    this worker's rows of W, which lie one after another in memory, read in order, four rows
-    per pass over the accumulator."""
-    n = w.shape[1]
-    for o in range(n):
-        partial[o] = 0.0
+    """partial[m, o] = sum_{k_start <= i < k_stop} x[m, i] W[i, o] for every column o of W
+    (in, out) and every sequence m of x (B, in): this worker's rows of W, which lie one after
+    another in memory, read in order, ROWS_PER_PASS rows per pass.
+
+    Each 16 columns of the pass's rows are loaded into registers once and used by every
+    sequence (multiply-adds into its partial sums), so W is read from memory once for the
+    whole batch. (Written with 16-float vectors: LLVM's own vectorisation of the same loop
+    reloaded the rows for each sequence, 1.6-2x slower at 4-8 sequences.)"""
+    n, (n_sequences, n_in), stride = w.shape[1], x.shape, partial.shape[1]   # stride >= n
+    w_flat, x_flat, p_flat = w.reshape(-1), x.reshape(-1), partial.reshape(-1)
+    partial[:, :n] = 0.0
+    vector_end = n - n % WIDE
     whole = k_start + (k_stop - k_start) - (k_stop - k_start) % ROWS_PER_PASS
     for i in range(k_start, whole, ROWS_PER_PASS):
-        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-        w0, w1, w2, w3 = w[i], w[i + 1], w[i + 2], w[i + 3]
-        for o in range(n):
-            partial[o] += x0 * w0[o] + x1 * w1[o] + x2 * w2[o] + x3 * w3[o]
-    for i in range(whole, k_stop):
-        xi, wi = x[i], w[i]
-        for o in range(n):
-            partial[o] += xi * wi[o]
+        for o in range(0, vector_end, WIDE):
+            at = i * n + o
+            w0, w1 = _load16(w_flat, at), _load16(w_flat, at + n)
+            w2, w3 = _load16(w_flat, at + 2 * n), _load16(w_flat, at + 3 * n)
+            w4, w5 = _load16(w_flat, at + 4 * n), _load16(w_flat, at + 5 * n)
+            w6, w7 = _load16(w_flat, at + 6 * n), _load16(w_flat, at + 7 * n)
+            for m in range(n_sequences):
+                _four_rows_into(p_flat, m * stride + o, x_flat, m * n_in + i, w0, w1, w2, w3)
+                _four_rows_into(p_flat, m * stride + o, x_flat, m * n_in + i + 4, w4, w5, w6, w7)
+        for m in range(n_sequences):                   # the last n % 16 columns
+            for r in range(ROWS_PER_PASS):
+                x_i = x[m, i + r]
+                for o in range(vector_end, n):
+                    partial[m, o] += x_i * w[i + r, o]
+    for i in range(whole, k_stop):                     # the last rows of the share
+        for m in range(n_sequences):
+            x_i = x[m, i]
+            for o in range(n):
+                partial[m, o] += x_i * w[i, o]
 
 
 @njit(nogil=True, cache=True)
 def _sum_partials(partials, n_workers, bias, out, start, stop, mode):
-    """out[o] (=, += or = gelu of) sum over workers of partials[worker, o] + bias[o], for o in
-    [start, stop)."""
-    for o in range(start, stop):
-        total = partials[0, o]
-        for worker in range(1, n_workers):
-            total += partials[worker, o]
-        _put(out, o, total + bias[o] if bias.size else total, mode)
-    if mode == GELU:
-        _gelu_range(out, start, stop)
+    """out[m, o] (=, += or = gelu of) sum over workers of partials[worker, m, o] + bias[o],
+    for o in [start, stop) and every sequence m."""
+    for m in range(out.shape[0]):
+        for o in range(start, stop):
+            total = partials[0, m, o]
+            for worker in range(1, n_workers):
+                total += partials[worker, m, o]
+            out[m, o] = _combined(out[m, o], total + _at(bias, o), mode)
+        if mode == GELU:
+            _gelu_range(out, m, start, stop)
 
 
 @njit(inline="always")
-def _put(out, o, value, mode):
-    """out[o] = value, or += value for ADD (GELU is applied afterwards, to the stored values)."""
-    if mode == ADD:
-        out[o] += value
-    else:
-        out[o] = value
+def _combined(stored, value, mode):
+    """What out[m, o] becomes: value, or stored + value for ADD (GELU is applied afterwards,
+    to the stored values). Scalars in, scalar out, written back by the caller: a helper
+    handed `out` itself would count a reference to it at each call, an atomic add on a cache
+    line that every worker writes (measured: 4x slower products at 4 sequences)."""
+    return stored + value if mode == ADD else value
+
+
+@njit(inline="always")
+def _at(vector, o):
+    """vector[o], or 0 for an empty vector (NO_BIAS)."""
+    return vector[o] if vector.size else np.float32(0.0)
+
+
+@njit(inline="always")
+def _scale(scales, o):
+    """Row o's int8 scale; 1 for float32 and float16 rows (scales is NO_SCALES)."""
+    return scales[o, 0] if scales.size else np.float32(1.0)
 
 
 # Every product below takes the same arguments and returns the barriers passed, so that _step
-# can run any of them: (w, scales, x, out, bias, mode, worker, n_workers, counter, passed,
-# partials).
+# can run any of them: (w, scales, x (B, in), out (B, out), bias, mode, worker, n_workers,
+# counter, passed, partials).
 @njit(inline="always")
 def _columns_float32(w, scales, x, out, bias, mode, worker, n_workers, counter, passed, partials):
     """W (in, out) float32: each worker sums over its share of the inputs (its rows of W) for
@@ -372,32 +515,122 @@ def _columns_float32(w, scales, x, out, bias, mode, worker, n_workers, counter, 
                        # partials while another still reads them
 
 
+@njit(inline="always")
+def _four_row_dots(load16, widen, w_flat, first, n_in, x_flat, x_start):
+    """widen(W^T[o + j]) . x for the four rows o..o+3 that start at w_flat[first] (n_in
+    weights each) and the x row at x_flat[x_start], j = 0..3.
+
+    Sixteen weights of each row at a time, widened in registers, into one vector of partial
+    sums per row: each x vector, once loaded, serves four rows, and four rows stream from
+    memory at once. (LLVM's own vectorisation of one row at a time: 0.6x the speed on the LM
+    head, whose 768-wide rows end too soon for its loop to get going.)"""
+    a0 = a1 = a2 = a3 = _zeros16()
+    vector_end = n_in - n_in % WIDE
+    for i in range(0, vector_end, WIDE):
+        x_vector = _load16(x_flat, x_start + i)
+        a0 = _fma16(load16(w_flat, first + i), x_vector, a0)
+        a1 = _fma16(load16(w_flat, first + n_in + i), x_vector, a1)
+        a2 = _fma16(load16(w_flat, first + 2 * n_in + i), x_vector, a2)
+        a3 = _fma16(load16(w_flat, first + 3 * n_in + i), x_vector, a3)
+    t0, t1, t2, t3 = _sum16(a0), _sum16(a1), _sum16(a2), _sum16(a3)
+    for i in range(vector_end, n_in):                  # the last n_in % 16
+        x_i = x_flat[x_start + i]
+        t0 += widen(w_flat[first + i]) * x_i
+        t1 += widen(w_flat[first + n_in + i]) * x_i
+        t2 += widen(w_flat[first + 2 * n_in + i]) * x_i
+        t3 += widen(w_flat[first + 3 * n_in + i]) * x_i
+    return t0, t1, t2, t3
+
+
+@njit(inline="always")
+def _four_row_dots_two_sequences(load16, widen, w_flat, first, n_in, x_flat, x_a, x_b):
+    """_four_row_dots for the two x rows at x_flat[x_a] and x_flat[x_b] at once: each weight
+    vector, once loaded (and widened), serves both, and eight chains of multiply-adds run side
+    by side (one sequence at a time: 1.35-1.5x slower at 2-4 sequences)."""
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = _zeros16()
+    vector_end = n_in - n_in % WIDE
+    for i in range(0, vector_end, WIDE):
+        x_a_vector, x_b_vector = _load16(x_flat, x_a + i), _load16(x_flat, x_b + i)
+        w0, w1 = load16(w_flat, first + i), load16(w_flat, first + n_in + i)
+        w2, w3 = load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i)
+        a0, b0 = _fma16(w0, x_a_vector, a0), _fma16(w0, x_b_vector, b0)
+        a1, b1 = _fma16(w1, x_a_vector, a1), _fma16(w1, x_b_vector, b1)
+        a2, b2 = _fma16(w2, x_a_vector, a2), _fma16(w2, x_b_vector, b2)
+        a3, b3 = _fma16(w3, x_a_vector, a3), _fma16(w3, x_b_vector, b3)
+    ta0, ta1, ta2, ta3 = _sum16(a0), _sum16(a1), _sum16(a2), _sum16(a3)
+    tb0, tb1, tb2, tb3 = _sum16(b0), _sum16(b1), _sum16(b2), _sum16(b3)
+    for i in range(vector_end, n_in):                  # the last n_in % 16
+        x_a_i, x_b_i = x_flat[x_a + i], x_flat[x_b + i]
+        w0_i, w1_i = widen(w_flat[first + i]), widen(w_flat[first + n_in + i])
+        w2_i, w3_i = widen(w_flat[first + 2 * n_in + i]), widen(w_flat[first + 3 * n_in + i])
+        ta0, tb0 = ta0 + w0_i * x_a_i, tb0 + w0_i * x_b_i
+        ta1, tb1 = ta1 + w1_i * x_a_i, tb1 + w1_i * x_b_i
+        ta2, tb2 = ta2 + w2_i * x_a_i, tb2 + w2_i * x_b_i
+        ta3, tb3 = ta3 + w3_i * x_a_i, tb3 + w3_i * x_b_i
+    return (ta0, ta1, ta2, ta3), (tb0, tb1, tb2, tb3)
+
+
+@njit(inline="always")
+def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_fours):
+    """out[m, o] (=, +=) scale_o * widen(W^T[o]) . x[m] (+ bias[o]) for o in [start, stop)
+    and every sequence m, the rows' bytes asked for PREFETCH_AHEAD ahead (within the block).
+
+    Several sequences, or by_fours: four rows of W^T at a time, two sequences per pass
+    (the rows stay in the core's cache while every sequence uses them). One sequence of
+    float16 or int8 weights: one row at a time, LLVM's vectorisation of `_dot` (the four-row
+    loop made their step 1.1-1.3x slower, though level with it on a product alone)."""
+    n_in = w.shape[1]
+    row_bytes = n_in * w.itemsize
+    asked, block_end = start * row_bytes, stop * row_bytes        # bytes from w's start
+    if x.shape[0] == 1 and not by_fours:
+        x_row = x[0]
+        for o in range(start, stop):
+            asked = _prefetch_to(w, asked, min(block_end, (o + 1) * row_bytes + PREFETCH_AHEAD))
+            total = _dot(widen, w[o], x_row) * _scale(scales, o) + _at(bias, o)
+            out[0, o] = _combined(out[0, o], total, mode)
+        return
+    w_flat, x_flat = w.reshape(-1), x.reshape(-1)
+    fours_end = start + (stop - start) // 4 * 4
+    pairs_end = x.shape[0] - x.shape[0] % 2
+    for o in range(start, fours_end, 4):
+        asked = _prefetch_to(w, asked, min(block_end, (o + 4) * row_bytes + PREFETCH_AHEAD))
+        for m in range(0, pairs_end, 2):
+            totals_a, totals_b = _four_row_dots_two_sequences(
+                load16, widen, w_flat, o * n_in, n_in, x_flat, m * n_in, (m + 1) * n_in)
+            for r in range(4):
+                scale, added = _scale(scales, o + r), _at(bias, o + r)
+                out[m, o + r] = _combined(out[m, o + r], totals_a[r] * scale + added, mode)
+                out[m + 1, o + r] = _combined(out[m + 1, o + r], totals_b[r] * scale + added, mode)
+        for m in range(pairs_end, x.shape[0]):         # one sequence, or the last of an odd batch
+            totals = _four_row_dots(load16, widen, w_flat, o * n_in, n_in, x_flat, m * n_in)
+            for r in range(4):
+                out[m, o + r] = _combined(out[m, o + r],
+                                          totals[r] * _scale(scales, o + r) + _at(bias, o + r), mode)
+    for last in range(fours_end, stop):                # the last (stop - start) % 4 rows
+        asked = _prefetch_to(w, asked, min(block_end, (last + 1) * row_bytes + PREFETCH_AHEAD))
+        for m in range(x.shape[0]):
+            total = _dot(widen, w[last], x[m]) * _scale(scales, last) + _at(bias, last)
+            out[m, last] = _combined(out[m, last], total, mode)
+
+
 @njit(nogil=True, cache=True, fastmath=REASSOC)
 def _dot_rows_float32(w, scales, x, out, bias, start, stop, mode):
-    """W^T (out, in) float32 (the LM head's wte): one dot product per output."""
-    for o in range(start, stop):
-        total = _dot(_float32, w[o], x)
-        _put(out, o, total + bias[o] if bias.size else total, mode)
+    """W^T (out, in) float32 (the LM head's wte)."""
+    _dot_rows(_load16_float32, _float32, w, scales, x, out, bias, start, stop, mode, True)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
 def _dot_rows_float16(w_bits, scales, x, out, bias, start, stop, mode):
     """W^T (out, in) float16, given as its bits (uint16)."""
-    for o in range(start, stop):
-        total = _dot(_float16_to_float32, w_bits[o], x)
-        _put(out, o, total + bias[o] if bias.size else total, mode)
+    _dot_rows(_load16_float16, _float16_to_float32, w_bits, scales, x, out, bias, start, stop,
+              mode, False)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
 def _dot_rows_int8(q, scales, x, out, bias, start, stop, mode):
     """W^T (out, in) int8 with one scale per row: w[o, i] = scales[o, 0] * q[o, i]. Rows
     [start, stop) lie one after another; their bytes are prefetched PREFETCH_AHEAD ahead."""
-    row_bytes = q.shape[1]
-    asked, block_end = start * row_bytes, stop * row_bytes        # bytes from q's start
-    for o in range(start, stop):
-        asked = _prefetch_to(q, asked, min(block_end, (o + 1) * row_bytes + PREFETCH_AHEAD))
-        total = _dot(_int8_to_float32, q[o], x) * scales[o, 0]
-        _put(out, o, total + bias[o] if bias.size else total, mode)
+    _dot_rows(_load16_int8, _int8_to_float32, q, scales, x, out, bias, start, stop, mode, False)
 
 
 @njit(inline="always")
@@ -411,7 +644,8 @@ def _by_tickets(dot_rows, w, scales, x, out, bias, mode, counter, passed):
         stop = min(n_rows, start + ROWS_PER_TICKET)
         dot_rows(w, scales, x, out, bias, start, stop, mode)
         if mode == GELU:
-            _gelu_range(out, start, stop)
+            for m in range(out.shape[0]):
+                _gelu_range(out, m, start, stop)
         block = _take(counter, TICKETS + passed)
 
 
@@ -436,21 +670,22 @@ def _rows_int8(q, scales, x, out, bias, mode, worker, n_workers, counter, passed
 # ---- the other operations, on whole rows or one worker's share -------------------------------
 @njit(nogil=True, cache=True, error_model="numpy")
 def _layer_norm(x, gain, bias, eps, out):
-    """out = (x - mean) / sqrt(var + eps) * gain + bias over one row, as fused_cpu's."""
-    mean, var = _row_mean_var(x)
-    mean32 = np.float32(mean)
-    inv_std = np.float32(1.0) / np.sqrt(np.float32(var) + eps)   # float32, as in the reference
-    for c in range(x.size):
-        out[c] = (x[c] - mean32) * inv_std * gain[c] + bias[c]
+    """out[m] = (x[m] - mean) / sqrt(var + eps) * gain + bias for each row m, as fused_cpu's."""
+    for m in range(x.shape[0]):
+        mean, var = _row_mean_var(x[m])
+        mean32 = np.float32(mean)
+        inv_std = np.float32(1.0) / np.sqrt(np.float32(var) + eps)   # float32, as the reference
+        for c in range(x.shape[1]):
+            out[m, c] = (x[m, c] - mean32) * inv_std * gain[c] + bias[c]
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=CONTRACT)
-def _gelu_range(x, start, stop):
-    """x[start:stop] = gelu(x[start:stop]) in place, tanh form as fused_cpu's."""
+def _gelu_range(x, m, start, stop):
+    """x[m, start:stop] = gelu(x[m, start:stop]) in place, tanh form as fused_cpu's."""
     for i in range(start, stop):
-        v = x[i]
+        v = x[m, i]
         z = GELU_SCALE * (v + GELU_CUBIC * v * v * v)
-        x[i] = v / (np.float32(1.0) + exp_f32(np.float32(-2.0) * z))
+        x[m, i] = v / (np.float32(1.0) + exp_f32(np.float32(-2.0) * z))
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
@@ -478,20 +713,21 @@ def _weigh_values(head_values, weights, n_keys, inv_total, out):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=CONTRACT)
-def _attend_head(qkv, keys, values, head, position, att, scores, q_row):
-    """Write head's key and value for `position` into the cache, then
-    att[head] = softmax(q K^T / sqrt(d)) V over positions 0..position (all of them visible)."""
+def _attend_head(qkv, keys, values, sequence, head, position, att, scores, q_row):
+    """Write the sequence's key and value of `head` for `position` into the cache, then
+    att[head] = softmax(q K^T / sqrt(d)) V over positions 0..position (all of them visible).
+    qkv (3C,), att (C,): the sequence's rows; keys, values: the layer's (B, H, max_len, d)."""
     head_dim = keys.shape[3]
     width = att.size                                   # C: q, k, v sit at 0, C, 2C in qkv
     base = head * head_dim
     for t in range(head_dim):
-        keys[0, head, position, t] = qkv[width + base + t]
-        values[0, head, position, t] = qkv[2 * width + base + t]
+        keys[sequence, head, position, t] = qkv[width + base + t]
+        values[sequence, head, position, t] = qkv[2 * width + base + t]
     scale = np.float32(1.0 / math.sqrt(head_dim))
     for t in range(head_dim):
         q_row[t] = qkv[base + t] * scale
     n_keys = position + 1
-    _scores(keys[0, head], q_row, n_keys, scores)
+    _scores(keys[sequence, head], q_row, n_keys, scores)
     row_max = np.float32(-np.inf)
     for j in range(n_keys):
         row_max = max(row_max, scores[j])
@@ -500,7 +736,7 @@ def _attend_head(qkv, keys, values, head, position, att, scores, q_row):
         p = exp_f32(scores[j] - row_max)
         scores[j] = p
         total += p
-    _weigh_values(values[0, head], scores, n_keys, np.float32(1.0) / total,
+    _weigh_values(values[sequence, head], scores, n_keys, np.float32(1.0) / total,
                   att[base:base + head_dim])
 
 
@@ -508,26 +744,28 @@ def _attend_head(qkv, keys, values, head, position, att, scores, q_row):
 @njit(inline="always")
 def _step(product, head_product, worker, n_workers, counter, x, shared, scratch, vectors, ln_f,
           weights, scales, wte, wte_scales, keys, values, position, eps, logits):
-    """The loop of the module docstring, for one worker. shared: (qkv (3C,), att (C,),
-    fc (4C,), partials (n_workers, 4C)); scratch: this worker's own (h (C,), scores
-    (max_len,), q_row (d,)); vectors, weights, scales: StepWeights'."""
+    """The loop of the module docstring, for one worker and B sequences. shared: (qkv (B, 3C),
+    att (B, C), fc (B, 4C), partials (n_workers, B, 4C)); scratch: this worker's own (h (B, C),
+    scores (max_len,), q_row (d,)); vectors, weights, scales: StepWeights'."""
     qkv, att, fc, partials = shared
     h, scores, q_row = scratch
     ln_1_gain, ln_1_bias, ln_2_gain, ln_2_bias, qkv_b, proj_b, fc_b, mproj_b = vectors
     qkv_w, proj_w, fc_w, mproj_w = weights
     qkv_s, proj_s, fc_s, mproj_s = scales
-    n_head, n = keys[0].shape[1], n_workers
+    n_sequences, n_head, n = x.shape[0], keys[0].shape[1], n_workers
     passed = 0
     for layer in range(len(qkv_w)):
         _layer_norm(x, ln_1_gain[layer], ln_1_bias[layer], eps, h)
         passed = product(qkv_w[layer], qkv_s[layer], h, qkv, qkv_b[layer], STORE, worker, n,
                          counter, passed, partials)
         passed = _barrier(counter, n, passed)
-        for head in range(worker, n_head, n):
-            _attend_head(qkv, keys[layer], values[layer], head, position, att, scores, q_row)
+        for pair in range(worker, n_sequences * n_head, n):     # (sequence, head) pairs
+            b, head = pair // n_head, pair % n_head
+            _attend_head(qkv[b], keys[layer], values[layer], b, head, position, att[b], scores,
+                         q_row)
         passed = _barrier(counter, n, passed)
         passed = product(proj_w[layer], proj_s[layer], att, x, proj_b[layer], ADD, worker, n,
-                         counter, passed, partials)                  # x += att @ W_proj + b
+                         counter, passed, partials)        # x += att @ W_proj + b
         passed = _barrier(counter, n, passed)
         _layer_norm(x, ln_2_gain[layer], ln_2_bias[layer], eps, h)
         passed = product(fc_w[layer], fc_s[layer], h, fc, fc_b[layer], GELU, worker, n,
@@ -570,39 +808,46 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _check_cache(cache, weights, n_head: int) -> None:
-    """The cache must be one sequence's, for this model, with room for one more position: the
-    kernel writes into it unchecked."""
+def _check_cache(cache, weights, n_head: int, n_sequences: int) -> None:
+    """The cache must be for these n_sequences and this model, with room for one more
+    position: the kernel writes into it unchecked."""
     if cache.length >= cache.max_len:
         raise ValueError(f"KV cache is full: {cache.length} cached + 1 new positions exceed its "
                          f"max_len of {cache.max_len}")
-    shape = (1, n_head, cache.max_len, weights.width // n_head)
+    shape = (n_sequences, n_head, cache.max_len, weights.width // n_head)
     arrays = list(cache.keys) + list(cache.values)
     if len(cache.keys) != weights.n_layer or len(cache.values) != weights.n_layer or not all(
             a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
         raise ValueError(f"decode_step needs a KV cache of {weights.n_layer} layers of C-contiguous "
-                         f"float32 {shape} keys and values (one sequence of this model); got "
-                         f"{len(cache.keys)} layers of {cache.keys[0].shape if cache.keys else None}")
+                         f"float32 {shape} keys and values ({n_sequences} sequence(s) of this "
+                         f"model); got {len(cache.keys)} layers of "
+                         f"{cache.keys[0].shape if cache.keys else None}")
 
 
 def decode_step(weights, x: np.ndarray, cache, eps: float, n_head: int, pool) -> np.ndarray:
-    """Logits (V,) for one new token of one sequence, whose embedding x (C,) already holds the
-    position's, from the model's parameters as minillm.kernels.step_weights.StepWeights; writes the token's keys and values at position cache.length of `cache` (a
-    minillm.inference.kv_cache.KVCache for one sequence), which the caller then advances.
+    """Logits (B, V) for one new token of each of B sequences, whose embeddings x (B, C)
+    already hold the position's (x (C,): one sequence), from the model's parameters as
+    minillm.kernels.step_weights.StepWeights; writes the tokens' keys and values at position
+    cache.length of `cache` (a minillm.inference.kv_cache.KVCache for the B sequences), which
+    the caller then advances.
 
     pool: the minillm.kernels.workers.WorkerPool whose threads run the step, one worker each
     (at most one per usable core). One step at a time per pool (NumbaBackend holds a lock): a
     second step's workers could otherwise wait at a barrier for threads busy with the first's."""
-    _check_cache(cache, weights, n_head)
-    x = np.array(x, np.float32).reshape(-1)                  # (C,), the residual stream, updated
-    if x.size != weights.width:
-        raise ValueError(f"x must hold the model's {weights.width} embedding values, got {x.size}")
+    x = np.array(x, np.float32)                 # the residual stream, updated in place: a copy
+    x = x.reshape(1, -1) if x.ndim == 1 else x                            # (B, C)
+    if x.ndim != 2 or x.shape[1] != weights.width:
+        raise ValueError(f"x must hold the model's {weights.width} embedding values per sequence, "
+                         f"got shape {x.shape}")
+    n_sequences = x.shape[0]
+    _check_cache(cache, weights, n_head, n_sequences)
     C, n_workers = weights.width, min(pool.n_threads, usable_cores())
-    shared = (np.empty(3 * C, np.float32), np.empty(C, np.float32), np.empty(4 * C, np.float32),
-              np.empty((n_workers, 4 * C), np.float32))
-    scratch = [(np.empty(C, np.float32), np.empty(cache.max_len, np.float32),
+    shared = (np.empty((n_sequences, 3 * C), np.float32), np.empty((n_sequences, C), np.float32),
+              np.empty((n_sequences, 4 * C), np.float32),
+              np.empty((n_workers, n_sequences, 4 * C), np.float32))
+    scratch = [(np.empty((n_sequences, C), np.float32), np.empty(cache.max_len, np.float32),
                 np.empty(C // n_head, np.float32)) for _ in range(n_workers)]
-    logits = np.empty(weights.n_vocab, np.float32)
+    logits = np.empty((n_sequences, weights.n_vocab), np.float32)
     # ARRIVED, ABORTED, then a ticket slot per product: a layer passes at most 9 barriers (5,
     # and float32's 4 inside its products), the LM head comes after the last
     counter = np.zeros(TICKETS + 9 * weights.n_layer + 1, np.int64)
@@ -620,4 +865,3 @@ def decode_step(weights, x: np.ndarray, cache, eps: float, n_head: int, pool) ->
 
     pool.run(run_worker, n_workers)
     return logits
-

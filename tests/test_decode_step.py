@@ -47,16 +47,20 @@ def _models(config, dtype, threads, seed=0):
 
 
 def _decode_both(reference, fast, prompt, new_ids):
-    """Run the prompt, then each new id, through both models with a cache each; assert the logits
-    of every step agree and that the fast model's steps ran the step kernel; return both caches."""
+    """Run the prompt (T,) or prompts (B, T), then each new id (B ids per step for B prompts),
+    through both models with a cache each; assert the logits of every step agree and that the
+    fast model's steps ran the step kernel; return both caches."""
     config = reference.config
-    caches = [KVCache.for_model(config, 1, max_len=len(prompt) + len(new_ids)) for _ in range(2)]
+    prompts = np.asarray(prompt).reshape(-1, np.shape(prompt)[-1])         # (B, T)
+    steps = np.asarray(new_ids).reshape(len(new_ids), -1)                  # (steps, B)
+    B, max_len = prompts.shape[0], prompts.shape[1] + len(steps)
+    caches = [KVCache.for_model(config, B, max_len=max_len) for _ in range(2)]
     for model, cache in zip((reference, fast), caches):
-        model.forward(np.asarray(prompt)[None], cache=cache, last_only=True)
-    for token in new_ids:
-        want = reference.forward(np.array([[token]]), cache=caches[0]).logits
-        got = fast.forward(np.array([[token]]), cache=caches[1]).logits
-        assert got.shape == want.shape == (1, 1, config.vocab_size) and got.dtype == np.float32
+        model.forward(prompts, cache=cache, last_only=True)
+    for tokens in steps:
+        want = reference.forward(tokens[:, None], cache=caches[0]).logits
+        got = fast.forward(tokens[:, None], cache=caches[1]).logits
+        assert got.shape == want.shape == (B, 1, config.vocab_size) and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=0, atol=RTOL * np.abs(want).max())
     assert _ran_the_kernel(fast) or fast.backend._step_weights == (_key(fast), None)
     return caches
@@ -83,18 +87,56 @@ def test_step_matches_the_models_loop(dtype, threads):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_batch_of_sequences_in_one_step(dtype, threads):
+    """B sequences of one length, one token each per step, in one call: every sequence's
+    logits, keys and values as the model's loop gives them (each sequence its own attention,
+    the weights shared)."""
+    reference, fast = _models(CONFIG, dtype, threads)
+    prompts = [[3, 1, 4, 1], [5, 9, 2, 6], [0, 7, 7, 1]]
+    want, got = _decode_both(reference, fast, prompts, [[9, 2, 6], [5, 3, 5], [8, 9, 7]])
+    assert _ran_the_kernel(fast)
+    for a, b in zip(want.keys + want.values, got.keys + got.values):
+        assert b.shape == (3, CONFIG.n_head, 7, CONFIG.n_embd // CONFIG.n_head)
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+def test_each_sequence_of_a_batch_is_its_own():
+    """A batch's logits are each sequence's alone: the same as decoding it by itself (a step
+    that mixed sequences' keys, or rows of the products, would differ)."""
+    reference, fast = _models(CONFIG, "float32", 2)
+    _, batch = _models(CONFIG, "float32", 2)
+    prompts, new = np.array([[1, 2, 3], [4, 5, 6]]), np.array([[7, 8], [9, 10]])
+    caches = [KVCache.for_model(CONFIG, 2, max_len=5)] + [KVCache.for_model(CONFIG, 1, max_len=5)
+                                                           for _ in range(2)]
+    batch.forward(prompts, cache=caches[0])
+    for b in range(2):
+        fast.forward(prompts[b:b + 1], cache=caches[1 + b])
+    for tokens in new:
+        together = batch.forward(tokens[:, None], cache=caches[0]).logits         # (2, 1, V)
+        for b in range(2):
+            alone = fast.forward(tokens[b:b + 1, None], cache=caches[1 + b]).logits
+            np.testing.assert_allclose(together[b], alone[0], rtol=0,
+                                       atol=RTOL * np.abs(alone).max())
+    assert _ran_the_kernel(batch)
+
+
 @settings(max_examples=12, deadline=None)
 @given(n_head=st.integers(1, 3), head_dim=st.integers(1, 9), n_layer=st.integers(1, 2),
        vocab=st.integers(2, 40), prompt_len=st.integers(1, 6), threads=st.integers(1, 3),
-       dtype=st.sampled_from(["float32", "float16", "int8"]), seed=st.integers(0, 9))
-def test_step_on_odd_shapes(n_head, head_dim, n_layer, vocab, prompt_len, threads, dtype, seed):
+       dtype=st.sampled_from(["float32", "float16", "int8"]), seed=st.integers(0, 9),
+       batch=st.integers(1, 5))
+def test_step_on_odd_shapes(n_head, head_dim, n_layer, vocab, prompt_len, threads, dtype, seed,
+                            batch):
     """Widths that no thread count divides evenly (C = 1..27, shares of 1 row), one-key
-    attention, a vocabulary smaller than the thread count's shares."""
+    attention, a vocabulary smaller than the thread count's shares, batches of 1 to 5."""
     config = GPT2Config(vocab_size=vocab, n_positions=16, n_embd=n_head * head_dim,
                         n_layer=n_layer, n_head=n_head)
     reference, fast = _models(config, dtype, threads, seed)
     rng = np.random.default_rng(seed)
-    _decode_both(reference, fast, rng.integers(0, vocab, prompt_len), rng.integers(0, vocab, 3))
+    _decode_both(reference, fast, rng.integers(0, vocab, (batch, prompt_len)),
+                 rng.integers(0, vocab, (3, batch)))
     assert _ran_the_kernel(fast)
 
 
@@ -153,6 +195,9 @@ def test_a_full_or_foreign_cache_is_refused():
             decode_step_cpu.decode_step(weights, x, foreign, eps, n_head, pool)
     with pytest.raises(ValueError, match="48 embedding values"):
         decode_step_cpu.decode_step(weights, x[:40], KVCache.for_model(CONFIG, 1), eps, n_head, pool)
+    with pytest.raises(ValueError, match=r"KV cache of 3 layers .* \(3 sequence\(s\)"):
+        decode_step_cpu.decode_step(weights, np.zeros((3, 48), np.float32),
+                                    KVCache.for_model(CONFIG, 2), eps, n_head, pool)
 
 
 def test_a_failing_worker_opens_the_barriers_and_its_error_reaches_the_caller(monkeypatch):
@@ -173,16 +218,21 @@ def test_a_failing_worker_opens_the_barriers_and_its_error_reaches_the_caller(mo
                                     WorkerPool(2))
 
 
-def test_a_mask_batches_and_hidden_states_take_the_layer_by_layer_path():
-    """A mask, several sequences or hidden states are not the kernel's: the results still match
-    the reference, and the kernel is never asked."""
+def test_a_mask_a_large_batch_and_hidden_states_take_the_layer_by_layer_path(monkeypatch):
+    """A mask, more sequences than whole_step_max_sequences or hidden states are not the
+    kernel's: the results still match the reference, and the kernel is never run."""
+    steps = []
+    kernel = decode_step_cpu.decode_step
+    monkeypatch.setattr(decode_step_cpu, "decode_step", lambda *args: steps.append(1) or kernel(*args))
     reference, fast = _models(CONFIG, "float32", 2)
+    fast.backend.whole_step_max_sequences = 1
     two = [KVCache.for_model(CONFIG, 2, max_len=4) for _ in range(2)]
     for model, cache in zip((reference, fast), two):
         model.forward(np.array([[1, 2, 3], [4, 5, 6]]), cache=cache)
     want = reference.forward(np.array([[7], [8]]), cache=two[0]).logits
     np.testing.assert_allclose(fast.forward(np.array([[7], [8]]), cache=two[1]).logits, want,
                                rtol=0, atol=RTOL * np.abs(want).max())
+    assert steps == []
     one = [KVCache.for_model(CONFIG, 1, max_len=4) for _ in range(2)]
     for model, cache in zip((reference, fast), one):
         model.forward(np.array([[1, 2, 3]]), cache=cache)
@@ -190,7 +240,7 @@ def test_a_mask_batches_and_hidden_states_take_the_layer_by_layer_path():
     got = fast.forward(np.array([[7]]), cache=one[1], output_hidden_states=True)
     assert len(got.hidden_states) == CONFIG.n_layer + 1
     np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=RTOL * np.abs(want.logits).max())
-    assert fast.backend._step_weights is None
+    assert steps == []
     mask = np.array([[0, 1, 1, 1]])
     caches = [KVCache.for_model(CONFIG, 1, max_len=5) for _ in range(2)]
     for model, cache in zip((reference, fast), caches):
@@ -199,7 +249,7 @@ def test_a_mask_batches_and_hidden_states_take_the_layer_by_layer_path():
     want = reference.forward(np.array([[7]]), attention_mask=step_mask, cache=caches[0]).logits
     got = fast.forward(np.array([[7]]), attention_mask=step_mask, cache=caches[1]).logits
     np.testing.assert_allclose(got, want, rtol=0, atol=RTOL * np.abs(want).max())
-    assert fast.backend._step_weights is None                       # never asked
+    assert steps == []                                              # never run
 
 
 def test_unsupported_weights_are_named():

@@ -7,9 +7,9 @@ passes over (T, 4C) arrays that a fused kernel does in one loop instead of NumPy
 temporaries. "numpy" is the readable reference; "numba" and "cuda" run the kernels in
 `minillm.kernels`, each tested against that reference.
 
-One optional method: `decode_step(params, config, x, cache)`, a whole decoding step of one
-sequence (one new token, no attention_mask) in one call, returning the logits (V,), or None to let
-the model run its layers as usual (`GPT2._whole_step`). The numba backend has one
+One optional method: `decode_step(params, config, x, cache)`, a whole decoding step of B
+sequences (one new token each, x (B, 1, C), no attention_mask) in one call, returning the logits
+(B, V), or None to let the model run its layers as usual (`GPT2._whole_step`). The numba backend has one
 (`minillm/kernels/decode_step_cpu.py`, tested against the model's own loop).
 """
 from __future__ import annotations

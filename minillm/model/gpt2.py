@@ -95,8 +95,8 @@ class GPT2:
 
         p = self.params
         x = self._embed(ids, positions)                                   # (B, T, C)
-        if cache is not None and ids.shape == (1, 1) and key_valid is None and not output_hidden_states:
-            logits = self._whole_step(x, cache)                           # (1, 1, V) or None
+        if cache is not None and ids.shape[1] == 1 and key_valid is None and not output_hidden_states:
+            logits = self._whole_step(x, cache)                           # (B, 1, V) or None
             if logits is not None:
                 cache.advance(1)
                 return _output(logits, None, squeeze)
@@ -113,12 +113,13 @@ class GPT2:
         return _output(logits, hidden if output_hidden_states else None, squeeze)
 
     def _whole_step(self, x: np.ndarray, cache: KVCache) -> np.ndarray | None:
-        """Logits (1, 1, V) of one new token of one sequence, if the backend runs a decoding
-        step as one kernel (NumbaBackend: minillm/kernels/decode_step_cpu.py, tested against
-        the loop over the blocks below); None if it does not. x: the token's embedding (1, 1, C)."""
+        """Logits (B, 1, V) of one new token of each of B sequences, if the backend runs a
+        decoding step as one kernel (NumbaBackend: minillm/kernels/decode_step_cpu.py, tested
+        against the loop over the blocks below); None if it does not. x: the tokens'
+        embeddings (B, 1, C)."""
         decode_step = getattr(self.backend, "decode_step", None)
         logits = None if decode_step is None else decode_step(self.params, self.config, x, cache)
-        return None if logits is None else logits.reshape(1, 1, -1)
+        return None if logits is None else logits.reshape(x.shape[0], 1, -1)
 
     def _embed(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Token embedding + position embedding.  ids, positions: (B, T) -> (B, T, C)"""
