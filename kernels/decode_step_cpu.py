@@ -45,11 +45,11 @@ which opens every barrier, so that the others finish and the error reaches the c
 
 The weights are read as the model holds them, nothing copied, and once per step for the
 whole batch (each piece of a weight, once loaded, serves every sequence before the next):
-* float32, W (in, out): each worker takes a share of the rows (inputs), which lie one after
-  another in memory, and adds x[m, i] W[i, :] over them into partial sums of every output,
-  eight rows per pass, 16 columns of them in registers at a time; after one more barrier each
-  adds up the workers' partial sums for its share of the outputs (fixed halves: the rows of W
-  are the unit of work here);
+* float32, W (in, out): the workers take blocks of the rows (inputs), which lie one after
+  another in memory, and add x[m, i] W[i, :] over them into the block's partial sums of every
+  output, eight rows per pass, 16 columns of them in registers at a time; after one more
+  barrier each adds up the blocks' partial sums for its share of the outputs (K_BLOCKS: the
+  rows of W are the unit of work here);
 * float16 and int8, W^T (out, in) (minillm.model.quantize), and the LM head's wte (V, C): each
   output is one dot product along a contiguous row, widened in registers, in blocks of rows
   taken as above; four rows at a time, two sequences per pass (one sequence of float16 or
@@ -113,6 +113,12 @@ STORE, ADD, GELU = 0, 1, 2
 # Rows of W per pass of the float32 column kernel: each load and store of the partial sums is
 # shared by eight multiply-adds (four rows: 0.94-0.97x the speed at 1-4 sequences, 0.78x at 8).
 ROWS_PER_PASS = 8
+# Blocks of W's rows per float32 product, taken by the workers from a shared counter: a worker
+# slowed down (its core or its memory shared with another program) takes fewer, where fixed
+# halves kept the other waiting at the barrier. Each block has partial sums of its own, added
+# in block order, so that the result does not depend on which worker took which block, nor on
+# how many workers there are.
+K_BLOCKS = 8
 # Rows of W^T: ask for the weights this far ahead of the row being read. A row of int8 or
 # float16 is few bytes per instruction, so the out-of-order core alone keeps too few cache lines
 # in flight: streaming int8 rows on two threads ran at 12.7-13.9 GB/s without, 14.1-16.4 with
@@ -463,14 +469,14 @@ def _partial_columns_float32(w, x, k_start, k_stop, partial):
 
 
 @njit(nogil=True, cache=True)
-def _sum_partials(partials, n_workers, bias, out, start, stop, mode):
-    """out[m, o] (=, += or = gelu of) sum over workers of partials[worker, m, o] + bias[o],
-    for o in [start, stop) and every sequence m."""
+def _sum_partials(partials, n_blocks, bias, out, start, stop, mode):
+    """out[m, o] (=, += or = gelu of) sum over blocks of partials[block, m, o] + bias[o], in
+    block order, for o in [start, stop) and every sequence m."""
     for m in range(out.shape[0]):
         for o in range(start, stop):
             total = partials[0, m, o]
-            for worker in range(1, n_workers):
-                total += partials[worker, m, o]
+            for block in range(1, n_blocks):
+                total += partials[block, m, o]
             out[m, o] = _combined(out[m, o], total + _at(bias, o), mode)
         if mode == GELU:
             _gelu_range(out, m, start, stop)
@@ -502,16 +508,20 @@ def _scale(scales, o):
 # counter, passed, partials).
 @njit(inline="always")
 def _columns_float32(w, scales, x, out, bias, mode, worker, n_workers, counter, passed, partials):
-    """W (in, out) float32: each worker sums over its share of the inputs (its rows of W) for
-    every output; after a barrier, each adds up the workers' partial sums for its outputs.
-    (Sharing the outputs instead, each worker would read a strip of every row: measured 0.93x
-    the step-by-step path, where this is level with it.)"""
-    k_start, k_stop = _share(w.shape[0], worker, n_workers)
-    _partial_columns_float32(w, x, k_start, k_stop, partials[worker])
+    """W (in, out) float32: W's rows (the inputs) in K_BLOCKS blocks, which the workers take
+    from a shared counter as they finish one, each block's partial sums of every output in
+    partials[block]; after a barrier, each worker adds up the blocks' partial sums, in block
+    order, for its share of the outputs. (Sharing the outputs instead, each worker would read a
+    strip of every row: measured 0.93x the step-by-step path, where this is level with it.)"""
+    block = _take(counter, TICKETS + passed)
+    while block < K_BLOCKS:
+        k_start, k_stop = _share(w.shape[0], block, K_BLOCKS)
+        _partial_columns_float32(w, x, k_start, k_stop, partials[block])
+        block = _take(counter, TICKETS + passed)
     passed = _barrier(counter, n_workers, passed)
     start, stop = _share(w.shape[1], worker, n_workers)
-    _sum_partials(partials, n_workers, bias, out, start, stop, mode)
-    return passed      # _step passes a barrier after every product: no worker refills its
+    _sum_partials(partials, K_BLOCKS, bias, out, start, stop, mode)
+    return passed      # _step passes a barrier after every product: no worker refills the
                        # partials while another still reads them
 
 
@@ -745,7 +755,7 @@ def _attend_head(qkv, keys, values, sequence, head, position, att, scores, q_row
 def _step(product, head_product, worker, n_workers, counter, x, shared, scratch, vectors, ln_f,
           weights, scales, wte, wte_scales, keys, values, position, eps, logits):
     """The loop of the module docstring, for one worker and B sequences. shared: (qkv (B, 3C),
-    att (B, C), fc (B, 4C), partials (n_workers, B, 4C)); scratch: this worker's own (h (B, C),
+    att (B, C), fc (B, 4C), partials (K_BLOCKS, B, 4C)); scratch: this worker's own (h (B, C),
     scores (max_len,), q_row (d,)); vectors, weights, scales: StepWeights'."""
     qkv, att, fc, partials = shared
     h, scores, q_row = scratch
@@ -844,7 +854,7 @@ def decode_step(weights, x: np.ndarray, cache, eps: float, n_head: int, pool) ->
     C, n_workers = weights.width, min(pool.n_threads, usable_cores())
     shared = (np.empty((n_sequences, 3 * C), np.float32), np.empty((n_sequences, C), np.float32),
               np.empty((n_sequences, 4 * C), np.float32),
-              np.empty((n_workers, n_sequences, 4 * C), np.float32))
+              np.empty((K_BLOCKS, n_sequences, 4 * C), np.float32))
     scratch = [(np.empty((n_sequences, C), np.float32), np.empty(cache.max_len, np.float32),
                 np.empty(C // n_head, np.float32)) for _ in range(n_workers)]
     logits = np.empty((n_sequences, weights.n_vocab), np.float32)

@@ -210,3 +210,17 @@ def test_matvec_any_number_of_shares(matvec, n_shares):
     x = np.random.default_rng(3).standard_normal((2, 64), dtype=np.float32)
     q = quantize(w_t, "int8", block=32)
     np.testing.assert_allclose(matvec.matvec(q, x, None, n_shares), x @ q.dequantize().T, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_in", [1, 15, 16, 100, 768])     # vectors of 16, and what is left
+@pytest.mark.parametrize("n_shares", [1, 3, 50])
+def test_matvec_of_one_row_four_weight_rows_at_a_time(matvec, n_in, n_shares):
+    """One x row against float32 W^T (the LM head of a prompt's last position): four rows
+    of W^T per pass in 16-float vectors, then the rows and the inputs left over."""
+    rng = np.random.default_rng(n_in)
+    w_t = rng.standard_normal((39, n_in), dtype=np.float32)          # 39: shares not of four
+    x = rng.standard_normal((1, n_in), dtype=np.float32)
+    bias = rng.standard_normal(39, dtype=np.float32)
+    expected = x.astype(np.float64) @ w_t.T.astype(np.float64) + bias
+    out = matvec.matvec(w_t, x, bias, n_shares)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6 * np.sqrt(n_in) * 4)
