@@ -12,8 +12,9 @@ only. Decode = tokens/s after the first token (greedy), 16-token prompt + 128 ne
 default; with --batch, for B same-length prompts decoded together (tokens/s counts all B rows).
 The baseline runs the same loop with use_cache=False: every step re-runs the prompt and all
 tokens so far through every layer (batch 1). Times are the best of --repeats runs.
-On the numba backend, batch 1 is also decoded operation by operation (whole_step=False), in
-rounds interleaved with the default (each step one call of kernels/decode_step_cpu.py).
+On the numba backend, each batch is also decoded operation by operation (whole_step=False), in
+rounds interleaved with the default (each step one call of kernels/decode_step_cpu.py, for
+batches up to the backend's WHOLE_STEP_MAX_SEQUENCES).
 """
 from __future__ import annotations
 
@@ -69,19 +70,20 @@ def decode_tokens_per_second(model: GPT2, prompt_len: int, n_new: int, use_cache
     return batch * (n_new - 1) / min(decode_seconds() for _ in range(repeats))
 
 
-def compare_whole_step(model: GPT2, prompt_len: int, n_new: int, rounds: int) -> None:
-    """Batch 1 with each step one kernel call (the default) and operation by operation,
-    in interleaved rounds: tokens/s of each, median (best), and their ratio."""
+def compare_whole_step(model: GPT2, prompt_len: int, n_new: int, rounds: int, batch: int) -> None:
+    """A batch decoded with each step one kernel call (the default) and operation by
+    operation, in interleaved rounds: tokens/s of each, median (best), and their ratio."""
     rates = {True: [], False: []}
     try:
         for round_ in range(rounds):
             for whole_step in ((True, False) if round_ % 2 == 0 else (False, True)):
                 model.backend.whole_step = whole_step
-                rates[whole_step].append(decode_tokens_per_second(model, prompt_len, n_new, True, 1))
+                rates[whole_step].append(
+                    decode_tokens_per_second(model, prompt_len, n_new, True, 1, batch))
     finally:
         model.backend.whole_step = True
     one, by_op = (statistics.median(rates[k]) for k in (True, False))
-    print(f"  batch 1, each step one kernel call: {one:7.1f} ({max(rates[True]):.1f}) tokens/s; "
+    print(f"  batch {batch:2d}, each step one kernel call: {one:7.1f} ({max(rates[True]):.1f}) tokens/s; "
           f"operation by operation: {by_op:7.1f} ({max(rates[False]):.1f}); {one / by_op:.2f}x "
           f"(medians (best) of {rounds} interleaved rounds)")
 
@@ -128,8 +130,9 @@ def main(argv=None) -> int:
         rates[batch] = decode_tokens_per_second(model, args.prompt, args.new, True, args.repeats, batch)
         print(f"  KV cache, batch {batch:2d}: {rates[batch]:7.1f} tokens/s  "
               f"({1e3 * batch / rates[batch]:6.1f} ms/step)")
-    if getattr(model.backend, "whole_step", False) and 1 in args.batch:
-        compare_whole_step(model, args.prompt, args.new, args.repeats)
+    if getattr(model.backend, "whole_step", False):
+        for batch in args.batch:
+            compare_whole_step(model, args.prompt, args.new, args.repeats, batch)
     if not args.no_baseline:
         cached = rates.get(1) or decode_tokens_per_second(model, args.prompt, args.new, True, args.repeats)
         full = decode_tokens_per_second(model, args.prompt, args.new, False, 1)
