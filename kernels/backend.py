@@ -119,7 +119,8 @@ class NumbaBackend:
     `decode_copies=True` (the default) such a weight is used through a contiguous copy of its
     transpose, so that each output is one dot product along a contiguous row. The price is
     memory: one more copy of those weights (113 MB for GPT-2 124M, +23%), made on first use
-    and kept while the backend lives. Batched decoding (one token for each of 2..BATCHED_DECODE_MAX sequences) uses
+    and kept while the backend lives. Batched decoding operation by operation (one token for each of up to BATCHED_DECODE_MAX
+    sequences, where the whole step does not take them: float32 batches from 8) uses
     copies of every block weight packed into 16-column panels (340 MB for GPT-2 124M, +68%)
     with the register-tile kernel of minillm.kernels.matmul_packed_cpu, which reads each
     weight once for all the sequences (on a CPU with AVX-512, from

@@ -201,7 +201,7 @@ def _rows_against_one_x(w, x_row, bias, out, start, stop):
     for o in range(start, fours_end, 4):
         totals = _four_row_dots(_load16_float32, _float32, w_flat, o * n_in, n_in, x_row, 0)
         for r in range(4):
-            out[0, o + r] = totals[r] + bias[o + r] if bias.size else totals[r]
+            _store(out, 0, o + r, totals[r], bias)
     for o in range(fours_end, stop):
         _store(out, 0, o, _dot(_float32, w[o], x_row), bias)
 
