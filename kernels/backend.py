@@ -49,11 +49,17 @@ BATCHED_DECODE_MAX = MATVEC_MAX_ROWS
 # 37-46 (the model's logits agree to 8e-5).
 PROMPT_MIN_ROWS = 2
 # Batched decoding (one length, no mask) runs as one whole-step kernel call (decode_step_cpu)
-# for up to this many sequences, by how the weights are held; more go operation by operation.
-# GPT-2 124M, two threads, tokens/s against operation by operation: float32 1.38x / 1.22x /
-# 1.20x at 2 / 4 / 6 sequences, 0.89x at 8 (where the AVX-512 prompt tile takes over there);
-# float16 1.49x / 1.43x / 1.08x / 1.21x at 2 / 4 / 8 / 16; int8 1.75x / 1.42x / 1.37x / 1.44x.
-WHOLE_STEP_MAX_SEQUENCES = {"float32": 7, "float16": 16, "int8": 16}
+# for up to this many sequences; more go operation by operation. GPT-2 124M, two threads,
+# tokens/s against operation by operation (Intel Xeons with AVX-512): float32, on the panels
+# below, 1.30x / 1.29x / 1.12x / 1.09x / 1.05x at 2 / 4 / 8 / 12 / 16 sequences; float16
+# 1.49x / 1.43x / 1.08x / 1.21x at 2 / 4 / 8 / 16; int8 1.75x / 1.42x / 1.37x / 1.44x.
+WHOLE_STEP_MAX_SEQUENCES = {"float32": 16, "float16": 16, "int8": 16}
+# Float32 batches of at least this many sequences, on a CPU with AVX-512: the whole step's
+# block products read the packed copies (the ones operation by operation uses) under its
+# 6 x 64 tile, instead of W under the column kernel: 1.05x / 1.16x / 1.16x / 1.23x / 1.6x /
+# 1.3x at 2 / 3 / 4 / 8 / 12 / 16 sequences (the column kernel loads and stores its partial
+# sums for every sequence at every pass; the tile keeps them in registers).
+WHOLE_STEP_PANELS_MIN_SEQUENCES = 2
 # Prompts' float32 register tile: 6 x 16 in AVX2 vectors (matmul_packed_cpu.matmul_prompt) or
 # 6 x 64 in AVX-512 vectors (matmul_prompt_avx512); "auto": AVX-512 where the CPU has it
 PROMPT_TILES = ("auto", "avx2", "avx512")
@@ -107,8 +113,10 @@ class NumbaBackend:
     or of a batch of sequences of one length (one new token each, no attention_mask), to
     `decode_step`: the whole forward pass as one call of minillm.kernels.decode_step_cpu,
     whose threads start once per step and meet at barriers, on the weights as the model holds
-    them (float32, float16, or int8 with one scale per row), no copy made; a weight replaced
-    by another array is noticed at the next step. Batches of more than
+    them (float32, float16, or int8 with one scale per row), no copy made (except float32
+    batches of WHOLE_STEP_PANELS_MIN_SEQUENCES or more on a CPU with AVX-512, which read the
+    packed copies described below); a weight replaced by another array is noticed at the
+    next step. Batches of more than
     WHOLE_STEP_MAX_SEQUENCES[dtype] sequences (or `whole_step_max_sequences`), prompts, a mask,
     hidden states, blocked int8 scales, whole_step=False or matmul="numba" run the layers one
     operation at a time, as below.
@@ -120,7 +128,7 @@ class NumbaBackend:
     transpose, so that each output is one dot product along a contiguous row. The price is
     memory: one more copy of those weights (113 MB for GPT-2 124M, +23%), made on first use
     and kept while the backend lives. Batched decoding operation by operation (one token for each of up to BATCHED_DECODE_MAX
-    sequences, where the whole step does not take them: float32 batches from 8) uses
+    sequences, where the whole step does not take them) uses
     copies of every block weight packed into 16-column panels (340 MB for GPT-2 124M, +68%)
     with the register-tile kernel of minillm.kernels.matmul_packed_cpu, which reads each
     weight once for all the sequences (on a CPU with AVX-512, from
@@ -403,10 +411,14 @@ class NumbaBackend:
         if weights is None or n_sequences > (self.whole_step_max_sequences
                                              or WHOLE_STEP_MAX_SEQUENCES[weights.dtype]):
             return None
+        panels = None
+        if (weights.dtype == "float32" and n_sequences >= WHOLE_STEP_PANELS_MIN_SEQUENCES
+                and self.prompt_tile == "avx512"):
+            panels = tuple(tuple(map(self._packed_copy, per_layer)) for per_layer in weights.weights)
         with self._step_lock:                 # one step at a time: the workers meet at barriers
             return self._decode_step.decode_step(weights, x.reshape(n_sequences, -1), cache,
                                                  config.layer_norm_epsilon, config.n_head,
-                                                 self.pool)
+                                                 self.pool, panels)
 
     def clear(self) -> None:
         """Forget the transposed and packed copies of the weights, and the step kernel's

@@ -43,13 +43,23 @@ barrier would never open if two took turns on one thread); at most one worker pe
 and one step at a time per pool. A worker that fails sets an abort flag beside the counter,
 which opens every barrier, so that the others finish and the error reaches the caller.
 
-The weights are read as the model holds them, nothing copied, and once per step for the
-whole batch (each piece of a weight, once loaded, serves every sequence before the next):
+The weights are read once per step for the whole batch (each piece of a weight, once loaded,
+serves every sequence before the next), as the model holds them, except float32 batches on a
+CPU with AVX-512, which read packed copies:
 * float32, W (in, out): the workers take blocks of the rows (inputs), which lie one after
   another in memory, and add x[m, i] W[i, :] over them into the block's partial sums of every
   output, eight rows per pass, 16 columns of them in registers at a time; after one more
   barrier each adds up the blocks' partial sums for its share of the outputs (K_BLOCKS: the
   rows of W are the unit of work here);
+* float32, several sequences, given `panels` (the block weights packed into 16-column panels,
+  matmul_packed_cpu.pack_weight; NumbaBackend passes its copies on a CPU with AVX-512): a
+  tile of six sequences x 64 columns whose 24 vectors of sums stay in registers while k runs
+  over the depth (more than six sequences: a slice of k at a time, group after group, so that
+  the panels stream from memory while the tile computes), the workers taking tiles from a
+  shared counter; from
+  HEAD_TILE_MIN_SEQUENCES sequences on, the LM head turned around, 16 rows of wte against
+  h^T's 16 lanes of sequences (_head_tile). Tokens/s against the column kernel: in
+  kernels/backend.py, WHOLE_STEP_PANELS_MIN_SEQUENCES;
 * float16 and int8, W^T (out, in) (minillm.model.quantize), and the LM head's wte (V, C): each
   output is one dot product along a contiguous row, widened in registers, in blocks of rows
   taken as above; four rows at a time, two sequences per pass (one sequence of float16 or
@@ -113,6 +123,15 @@ STORE, ADD, GELU = 0, 1, 2
 # Rows of W per pass of the float32 column kernel: each load and store of the partial sums is
 # shared by eight multiply-adds (four rows: 0.94-0.97x the speed at 1-4 sequences, 0.78x at 8).
 ROWS_PER_PASS = 8
+# Several sequences of float32 on packed panels: a tile of up to TILE_SEQUENCES sequences x
+# TILE_PANELS panels (64 columns), written out for exactly 6 x 4 in _tile_k and _panel_tile_column
+TILE_SEQUENCES, TILE_PANELS = 6, 4
+UNROLL = 8                # k per block of the tile's loop (unrolled)
+SLICE_K = 64              # k per slice when several groups of sequences share a tile: 16 KB of panels
+# The LM head's turned-around tile (_head_tile, written out for exactly 16 rows of wte), taken
+# from this many sequences on (fewer: the dot products of _dot_rows)
+HEAD_ROWS = 16
+HEAD_TILE_MIN_SEQUENCES = 6
 # Blocks of W's rows per float32 product, taken by the workers from a shared counter: a worker
 # slowed down (its core or its memory shared with another program) takes fewer, where fixed
 # halves kept the other waiting at the barrier. Each block has partial sums of its own, added
@@ -277,6 +296,13 @@ def _zeros16(typingctx):
     def codegen(context, builder, signature, args):
         return ir.Constant(_VECTOR, [0.0] * WIDE)
     return float32x16(), codegen
+
+
+@intrinsic
+def _add16(typingctx, a, b):
+    def codegen(context, builder, signature, args):
+        return builder.fadd(*args)
+    return float32x16(float32x16, float32x16), codegen
 
 
 @intrinsic
@@ -525,6 +551,168 @@ def _columns_float32(w, scales, x, out, bias, mode, worker, n_workers, counter, 
                        # partials while another still reads them
 
 
+# Several sequences of float32: W (in, out) as packed panels (matmul_packed_cpu.pack_weight,
+# panels[p, k, c] = W[k, 16 p + c]), under a tile of up to 6 sequences x 64 columns whose sums
+# stay in registers while k runs over the whole depth:
+#     per k: 4 panel rows loaded (16 floats each), 6 x values broadcast -> 24 multiply-adds
+# (29 of AVX-512's 32 registers: 24 accumulators, 4 panel rows, a broadcast). A panel streams
+# from memory once per step for the whole batch; more than six sequences take it a slice of
+# SLICE_K rows at a time, group after group, the later groups reading the slice from L1.
+@njit(inline="always")
+def _tile_row_update(x, w, row):
+    """One sequence's row of the tile at one k: row[q] += x * w[q] for the four panels."""
+    return (_fma16(x, w[0], row[0]), _fma16(x, w[1], row[1]), _fma16(x, w[2], row[2]),
+            _fma16(x, w[3], row[3]))
+
+
+@njit(inline="always")
+def _tile_k(x_flat, x_at, k, panels_flat, w_at, acc):
+    """acc[r][q] += x[sequence r, k] * row k of panel q: the four panel rows loaded once for
+    all six sequences (x_at[r]: where sequence r's row of x starts)."""
+    w = (_load16(panels_flat, w_at[0]), _load16(panels_flat, w_at[1]),
+         _load16(panels_flat, w_at[2]), _load16(panels_flat, w_at[3]))
+    return (_tile_row_update(_broadcast16(x_flat, x_at[0] + k), w, acc[0]),
+            _tile_row_update(_broadcast16(x_flat, x_at[1] + k), w, acc[1]),
+            _tile_row_update(_broadcast16(x_flat, x_at[2] + k), w, acc[2]),
+            _tile_row_update(_broadcast16(x_flat, x_at[3] + k), w, acc[3]),
+            _tile_row_update(_broadcast16(x_flat, x_at[4] + k), w, acc[4]),
+            _tile_row_update(_broadcast16(x_flat, x_at[5] + k), w, acc[5]))
+
+
+@njit(inline="always")
+def _finish_tile_row(out_flat, at, row, bias, column, n_real, mode):
+    """out[at : at + 16 n_real] = row + bias (ADD: += row + bias), n_real: the tile's panels
+    that are real."""
+    for q in range(4):
+        if q < n_real:
+            value = row[q]
+            if bias.size:
+                value = _add16(value, _load16(bias, column + q * WIDE))
+            if mode == ADD:
+                value = _add16(_load16(out_flat, at + q * WIDE), value)
+            _store16(out_flat, at + q * WIDE, value)
+
+
+@njit(inline="always")
+def _tile_sums(x_flat, x_at, panels_flat, w_start, k_start, k_stop, acc):
+    """acc[r][q] += sum over k in [k_start, k_stop) of x[sequence r, k] * row k of panel q, in
+    blocks of UNROLL k (a constant count: LLVM unrolls it, every offset constant)."""
+    n_blocks = (k_stop - k_start) // UNROLL
+    for block in range(n_blocks):
+        k0 = k_start + block * UNROLL
+        for j in range(UNROLL):
+            at_k = (k0 + j) * WIDE
+            acc = _tile_k(x_flat, x_at, k0 + j, panels_flat,
+                          (w_start[0] + at_k, w_start[1] + at_k, w_start[2] + at_k,
+                           w_start[3] + at_k), acc)
+    for k in range(k_start + n_blocks * UNROLL, k_stop):
+        at_k = k * WIDE
+        acc = _tile_k(x_flat, x_at, k, panels_flat, (w_start[0] + at_k, w_start[1] + at_k,
+                                                     w_start[2] + at_k, w_start[3] + at_k), acc)
+    return acc
+
+
+@njit(inline="always")
+def _saved_row(saved, at):
+    return (_load16(saved, at), _load16(saved, at + WIDE), _load16(saved, at + 2 * WIDE),
+            _load16(saved, at + 3 * WIDE))
+
+
+@njit(inline="always")
+def _save_row(saved, at, row):
+    for q in range(4):
+        _store16(saved, at + q * WIDE, row[q])
+
+
+@njit(nogil=True, cache=True)
+def _panel_tile_column(panels, x, out, bias, mode, tile, saved):
+    """out[:, 64 tile : 64 tile + 64] (=, += or = gelu of) x @ W + bias for every sequence,
+    six at a time (a last group of fewer than six repeats its last sequence, dropped after);
+    a last tile of fewer than four whole panels points its missing ones at its first (read,
+    summed and dropped).
+
+    Several groups: k runs in slices of SLICE_K, every group taking each slice in turn, its
+    sums kept in `saved` (6 x 64 floats per group) between slices. The panels then stream from
+    memory at an even pace while the groups compute (whole depths group after group: the first
+    group waited on memory and the others left it idle, the step 1.6x slower at 16 sequences).
+    Each output: one chain of fused multiply-adds in k order all the same."""
+    depth, (n_sequences, n_out) = panels.shape[1], out.shape
+    first_panel = tile * TILE_PANELS
+    n_real = min(TILE_PANELS, n_out // WIDE - first_panel)
+    stride, first = depth * WIDE, first_panel * depth * WIDE
+    w_start = (first, first + stride * min(1, n_real - 1), first + stride * min(2, n_real - 1),
+               first + stride * min(3, n_real - 1))
+    column = first_panel * WIDE
+    n_groups = -(-n_sequences // TILE_SEQUENCES)
+    slice_k = SLICE_K if n_groups > 1 else depth
+    panels_flat, x_flat, out_flat, saved_flat = (panels.reshape(-1), x.reshape(-1),
+                                                 out.reshape(-1), saved.reshape(-1))
+    for k_start in range(0, depth, slice_k):
+        k_stop = min(depth, k_start + slice_k)
+        for group in range(n_groups):
+            m0 = group * TILE_SEQUENCES
+            n_rows = min(TILE_SEQUENCES, n_sequences - m0)
+            last = m0 + n_rows - 1
+            x_at = (m0 * depth, min(m0 + 1, last) * depth, min(m0 + 2, last) * depth,
+                    min(m0 + 3, last) * depth, min(m0 + 4, last) * depth,
+                    min(m0 + 5, last) * depth)
+            at_saved = group * TILE_SEQUENCES * TILE_PANELS * WIDE
+            if k_start == 0:
+                zero = _zeros16()
+                row = (zero, zero, zero, zero)
+                acc = (row, row, row, row, row, row)
+            else:
+                step = TILE_PANELS * WIDE
+                acc = (_saved_row(saved_flat, at_saved), _saved_row(saved_flat, at_saved + step),
+                       _saved_row(saved_flat, at_saved + 2 * step),
+                       _saved_row(saved_flat, at_saved + 3 * step),
+                       _saved_row(saved_flat, at_saved + 4 * step),
+                       _saved_row(saved_flat, at_saved + 5 * step))
+            acc = _tile_sums(x_flat, x_at, panels_flat, w_start, k_start, k_stop, acc)
+            for r in range(TILE_SEQUENCES):          # a constant count: acc stays in registers
+                if k_stop < depth:
+                    _save_row(saved_flat, at_saved + r * TILE_PANELS * WIDE, acc[r])
+                elif r < n_rows:
+                    _finish_tile_row(out_flat, (m0 + r) * n_out + column, acc[r], bias, column,
+                                     n_real, mode)
+                    if mode == GELU:
+                        _gelu_range(out, m0 + r, column, column + n_real * WIDE)
+
+
+@njit(nogil=True, cache=True)
+def _odd_columns(panels, x, out, bias, mode):
+    """The last n_out % 16 columns (part of the last panel): one dot product each, in k order."""
+    n_out = out.shape[1]
+    p = n_out // WIDE
+    for m in range(x.shape[0]):
+        for o in range(p * WIDE, n_out):
+            total = np.float32(0.0)
+            for k in range(x.shape[1]):
+                total += x[m, k] * panels[p, k, o - p * WIDE]
+            out[m, o] = _combined(out[m, o], total + _at(bias, o), mode)
+        if mode == GELU:
+            _gelu_range(out, m, p * WIDE, n_out)
+
+
+@njit(inline="always")
+def _panels_float32(panels, scales, x, out, bias, mode, worker, n_workers, counter, passed,
+                    partials):
+    """W (in, out) float32 packed into panels, several sequences: the workers take tiles of
+    four panels (64 outputs, every sequence) from a shared counter as they finish one, each
+    keeping its tile's sums between slices of k in partials[worker]; the ticket after the last
+    tile does the last out % 16 columns, if any. Each output is summed by one worker alone, so
+    the result does not depend on how many there are."""
+    n_tiles = -(-(out.shape[1] // WIDE) // TILE_PANELS)
+    tile = _take(counter, TICKETS + passed)
+    while tile <= n_tiles:
+        if tile < n_tiles:
+            _panel_tile_column(panels, x, out, bias, mode, tile, partials[worker])
+        else:
+            _odd_columns(panels, x, out, bias, mode)
+        tile = _take(counter, TICKETS + passed)
+    return passed
+
+
 @njit(inline="always")
 def _four_row_dots(load16, widen, w_flat, first, n_in, x_flat, x_start):
     """widen(W^T[o + j]) . x for the four rows o..o+3 that start at w_flat[first] (n_in
@@ -660,12 +848,6 @@ def _by_tickets(dot_rows, w, scales, x, out, bias, mode, counter, passed):
 
 
 @njit(inline="always")
-def _rows_float32(w, scales, x, out, bias, mode, worker, n_workers, counter, passed, partials):
-    _by_tickets(_dot_rows_float32, w, scales, x, out, bias, mode, counter, passed)
-    return passed
-
-
-@njit(inline="always")
 def _rows_float16(w_bits, scales, x, out, bias, mode, worker, n_workers, counter, passed, partials):
     _by_tickets(_dot_rows_float16, w_bits, scales, x, out, bias, mode, counter, passed)
     return passed
@@ -675,6 +857,95 @@ def _rows_float16(w_bits, scales, x, out, bias, mode, worker, n_workers, counter
 def _rows_int8(q, scales, x, out, bias, mode, worker, n_workers, counter, passed, partials):
     _by_tickets(_dot_rows_int8, q, scales, x, out, bias, mode, counter, passed)
     return passed
+
+
+# ---- the LM head of several float32 sequences, turned around -------------------------------
+# logits^T (V, B) = wte (V, C) @ h^T (C, B): with h^T held as one 16-column panel (B <= 16
+# sequences, zeros past B), a tile of HEAD_ROWS rows of wte keeps one vector per row, the
+# sequences in its lanes, while k runs over C:
+#     per k: h^T's row k loaded once, wte[row, k] broadcast for each row -> 16 multiply-adds
+# No sums across lanes, and each element of wte is read once for the whole batch; a tile's
+# rows lie one after another in wte (48 KB for GPT-2), and it asks for the next tile's, a
+# cache line per k. Where B is small most lanes are zeros, and the dot products of _dot_rows
+# are faster (HEAD_TILE_MIN_SEQUENCES).
+@njit(inline="always")
+def _eight_rows_k(w_flat, at, depth, column, acc):
+    """acc[r] += wte[row r, k] * h^T[k] for eight rows (at: row 0's element k)."""
+    return (_fma16(_broadcast16(w_flat, at), column, acc[0]),
+            _fma16(_broadcast16(w_flat, at + depth), column, acc[1]),
+            _fma16(_broadcast16(w_flat, at + 2 * depth), column, acc[2]),
+            _fma16(_broadcast16(w_flat, at + 3 * depth), column, acc[3]),
+            _fma16(_broadcast16(w_flat, at + 4 * depth), column, acc[4]),
+            _fma16(_broadcast16(w_flat, at + 5 * depth), column, acc[5]),
+            _fma16(_broadcast16(w_flat, at + 6 * depth), column, acc[6]),
+            _fma16(_broadcast16(w_flat, at + 7 * depth), column, acc[7]))
+
+
+@njit(nogil=True, cache=True)
+def _head_tile(w, panel, first_row, logits, tile):
+    """logits[m, first_row + r] = wte[first_row + r] . h[m] for the tile's 16 rows r and every
+    sequence m (panel: h^T, (C, 16) flat; tile: 16 x 16 floats to turn the sums around).
+    Each sum: one chain of fused multiply-adds in k order."""
+    depth = w.shape[1]
+    w_flat = w.reshape(-1)
+    zero = _zeros16()
+    low = high = (zero, zero, zero, zero, zero, zero, zero, zero)
+    at = first_row * depth
+    ahead = (first_row + HEAD_ROWS) * depth * w.itemsize        # the next tile's rows, in bytes
+    for k in range(depth):
+        column = _load16(panel, k * WIDE)
+        low = _eight_rows_k(w_flat, at + k, depth, column, low)
+        high = _eight_rows_k(w_flat, at + 8 * depth + k, depth, column, high)
+        _prefetch(w, ahead + k * CACHE_LINE)       # 16 rows x C floats = C cache lines
+    for r in range(8):                             # constant counts: the tuples stay in registers
+        _store16(tile, r * WIDE, low[r])
+        _store16(tile, (r + 8) * WIDE, high[r])
+    for m in range(logits.shape[0]):
+        for r in range(HEAD_ROWS):
+            logits[m, first_row + r] = tile[r * WIDE + m]
+
+
+@njit(nogil=True, cache=True)
+def _transpose_into(h, panel):
+    """panel[k, m] = h[m, k] for the B rows of h, 0 for m >= B (panel (C, 16) flat)."""
+    panel[:] = 0.0
+    for k in range(h.shape[1]):
+        for m in range(h.shape[0]):
+            panel[k * WIDE + m] = h[m, k]
+
+
+@njit(inline="always")
+def _head_float32(wte, wte_scales, h, logits, counter, passed, head_scratch):
+    """logits = h @ wte^T: from HEAD_TILE_MIN_SEQUENCES sequences on, tiles of 16 rows of wte
+    (a last tile overlapping the one before it: its outputs computed twice, the same sums),
+    ROWS_PER_TICKET rows per ticket; fewer sequences, _dot_rows's dot products."""
+    n_sequences, n_rows = logits.shape
+    if n_sequences < HEAD_TILE_MIN_SEQUENCES or n_rows < HEAD_ROWS:
+        _by_tickets(_dot_rows_float32, wte, wte_scales, h, logits, NO_BIAS, STORE, counter, passed)
+        return
+    panel, tile = head_scratch
+    _transpose_into(h, panel)
+    n_tiles, per_ticket = -(-n_rows // HEAD_ROWS), ROWS_PER_TICKET // HEAD_ROWS
+    ticket = _take(counter, TICKETS + passed)
+    while ticket * per_ticket < n_tiles:
+        for t in range(ticket * per_ticket, min(n_tiles, (ticket + 1) * per_ticket)):
+            _head_tile(wte, panel, min(t * HEAD_ROWS, n_rows - HEAD_ROWS), logits, tile)
+        ticket = _take(counter, TICKETS + passed)
+
+
+@njit(inline="always")
+def _head_rows_float32(wte, wte_scales, h, logits, counter, passed, head_scratch):
+    _by_tickets(_dot_rows_float32, wte, wte_scales, h, logits, NO_BIAS, STORE, counter, passed)
+
+
+@njit(inline="always")
+def _head_rows_float16(wte_bits, wte_scales, h, logits, counter, passed, head_scratch):
+    _by_tickets(_dot_rows_float16, wte_bits, wte_scales, h, logits, NO_BIAS, STORE, counter, passed)
+
+
+@njit(inline="always")
+def _head_rows_int8(q, wte_scales, h, logits, counter, passed, head_scratch):
+    _by_tickets(_dot_rows_int8, q, wte_scales, h, logits, NO_BIAS, STORE, counter, passed)
 
 
 # ---- the other operations, on whole rows or one worker's share -------------------------------
@@ -691,11 +962,14 @@ def _layer_norm(x, gain, bias, eps, out):
 
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=CONTRACT)
 def _gelu_range(x, m, start, stop):
-    """x[m, start:stop] = gelu(x[m, start:stop]) in place, tanh form as fused_cpu's."""
-    for i in range(start, stop):
-        v = x[m, i]
+    """x[m, start:stop] = gelu(x[m, start:stop]) in place, tanh form as fused_cpu's. On a
+    contiguous slice, counted from 0: indexed x[m, i], the loop stayed scalar (GELU took a
+    quarter of the MLP's first product at 16 sequences)."""
+    part = x[m][start:stop]
+    for i in range(part.size):
+        v = part[i]
         z = GELU_SCALE * (v + GELU_CUBIC * v * v * v)
-        x[m, i] = v / (np.float32(1.0) + exp_f32(np.float32(-2.0) * z))
+        part[i] = v / (np.float32(1.0) + exp_f32(np.float32(-2.0) * z))
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
@@ -741,11 +1015,11 @@ def _attend_head(qkv, keys, values, sequence, head, position, att, scores, q_row
     row_max = np.float32(-np.inf)
     for j in range(n_keys):
         row_max = max(row_max, scores[j])
+    for j in range(n_keys):       # apart from the sum, so that LLVM vectorises the exps
+        scores[j] = exp_f32(scores[j] - row_max)
     total = np.float32(0.0)
     for j in range(n_keys):
-        p = exp_f32(scores[j] - row_max)
-        scores[j] = p
-        total += p
+        total += scores[j]
     _weigh_values(values[sequence, head], scores, n_keys, np.float32(1.0) / total,
                   att[base:base + head_dim])
 
@@ -755,10 +1029,12 @@ def _attend_head(qkv, keys, values, sequence, head, position, att, scores, q_row
 def _step(product, head_product, worker, n_workers, counter, x, shared, scratch, vectors, ln_f,
           weights, scales, wte, wte_scales, keys, values, position, eps, logits):
     """The loop of the module docstring, for one worker and B sequences. shared: (qkv (B, 3C),
-    att (B, C), fc (B, 4C), partials (K_BLOCKS, B, 4C)); scratch: this worker's own (h (B, C),
-    scores (max_len,), q_row (d,)); vectors, weights, scales: StepWeights'."""
+    att (B, C), fc (B, 4C), partials: (K_BLOCKS, B, 4C), with panels (workers, 6 x groups, 64));
+    scratch: this worker's own (h (B, C),
+    scores (max_len,), q_row (d,), the LM head tile's (h^T panel (16 C,) or (0,), (256,)));
+    vectors, scales: StepWeights'; weights: its weights, or their panels."""
     qkv, att, fc, partials = shared
-    h, scores, q_row = scratch
+    h, scores, q_row, head_scratch = scratch
     ln_1_gain, ln_1_bias, ln_2_gain, ln_2_bias, qkv_b, proj_b, fc_b, mproj_b = vectors
     qkv_w, proj_w, fc_w, mproj_w = weights
     qkv_s, proj_s, fc_s, mproj_s = scales
@@ -785,27 +1061,34 @@ def _step(product, head_product, worker, n_workers, counter, x, shared, scratch,
                          counter, passed, partials)
         passed = _barrier(counter, n, passed)
     _layer_norm(x, ln_f[0], ln_f[1], eps, h)
-    head_product(wte, wte_scales, h, logits, NO_BIAS, STORE, worker, n, counter, passed, partials)
+    head_product(wte, wte_scales, h, logits, counter, passed, head_scratch)
 
 
 @njit(nogil=True, cache=True)
 def _worker_float32(worker, n_workers, counter, x, shared, scratch, vectors, ln_f, weights,
                     scales, wte, wte_scales, keys, values, position, eps, logits):
-    _step(_columns_float32, _rows_float32, worker, n_workers, counter, x, shared, scratch, vectors,
+    _step(_columns_float32, _head_rows_float32, worker, n_workers, counter, x, shared, scratch, vectors,
           ln_f, weights, scales, wte, wte_scales, keys, values, position, eps, logits)
+
+
+@njit(nogil=True, cache=True)
+def _worker_float32_panels(worker, n_workers, counter, x, shared, scratch, vectors, ln_f, weights,
+                           scales, wte, wte_scales, keys, values, position, eps, logits):
+    _step(_panels_float32, _head_float32, worker, n_workers, counter, x, shared, scratch,
+          vectors, ln_f, weights, scales, wte, wte_scales, keys, values, position, eps, logits)
 
 
 @njit(nogil=True, cache=True)
 def _worker_float16(worker, n_workers, counter, x, shared, scratch, vectors, ln_f, weights,
                     scales, wte, wte_scales, keys, values, position, eps, logits):
-    _step(_rows_float16, _rows_float16, worker, n_workers, counter, x, shared, scratch, vectors,
+    _step(_rows_float16, _head_rows_float16, worker, n_workers, counter, x, shared, scratch, vectors,
           ln_f, weights, scales, wte, wte_scales, keys, values, position, eps, logits)
 
 
 @njit(nogil=True, cache=True)
 def _worker_int8(worker, n_workers, counter, x, shared, scratch, vectors, ln_f, weights,
                  scales, wte, wte_scales, keys, values, position, eps, logits):
-    _step(_rows_int8, _rows_int8, worker, n_workers, counter, x, shared, scratch, vectors,
+    _step(_rows_int8, _head_rows_int8, worker, n_workers, counter, x, shared, scratch, vectors,
           ln_f, weights, scales, wte, wte_scales, keys, values, position, eps, logits)
 
 
@@ -834,12 +1117,32 @@ def _check_cache(cache, weights, n_head: int, n_sequences: int) -> None:
                          f"{cache.keys[0].shape if cache.keys else None}")
 
 
-def decode_step(weights, x: np.ndarray, cache, eps: float, n_head: int, pool) -> np.ndarray:
+def _check_panels(panels, weights) -> None:
+    """panels must hold every block weight of these float32 weights, packed: the kernel reads
+    them unchecked."""
+    if weights.dtype != "float32":
+        raise ValueError(f"panels are for float32 weights; these are {weights.dtype}")
+    expected = [[(-(-w.shape[1] // WIDE), w.shape[0], WIDE) for w in per_layer]
+                for per_layer in weights.weights]            # one list per block weight
+    got = [[getattr(p, "shape", None) for p in per_layer] for per_layer in panels]
+    if got != expected or not all(p.dtype == np.float32 and p.flags.c_contiguous
+                                  for per_layer in panels for p in per_layer):
+        raise ValueError(f"panels must be C-contiguous float32 packed copies of the block weights, "
+                         f"shapes {[shapes[0] for shapes in expected]} in each of "
+                         f"{weights.n_layer} layers; got {[shapes[:1] for shapes in got]}")
+
+
+def decode_step(weights, x: np.ndarray, cache, eps: float, n_head: int, pool,
+                panels=None) -> np.ndarray:
     """Logits (B, V) for one new token of each of B sequences, whose embeddings x (B, C)
     already hold the position's (x (C,): one sequence), from the model's parameters as
     minillm.kernels.step_weights.StepWeights; writes the tokens' keys and values at position
     cache.length of `cache` (a minillm.inference.kv_cache.KVCache for the B sequences), which
     the caller then advances.
+
+    panels: None, or for float32 weights, tuples like weights.weights of each block weight
+    packed into panels (matmul_packed_cpu.pack_weight), which the products of several
+    sequences then read instead (the 6 x 64 tile above).
 
     pool: the minillm.kernels.workers.WorkerPool whose threads run the step, one worker each
     (at most one per usable core). One step at a time per pool (NumbaBackend holds a lock): a
@@ -852,22 +1155,31 @@ def decode_step(weights, x: np.ndarray, cache, eps: float, n_head: int, pool) ->
     n_sequences = x.shape[0]
     _check_cache(cache, weights, n_head, n_sequences)
     C, n_workers = weights.width, min(pool.n_threads, usable_cores())
+    # partials: the column kernel's partial sums of each block of W's rows, or each worker's
+    # tile sums between slices of k (panels)
+    partials_shape = (K_BLOCKS, n_sequences, 4 * C) if panels is None else (
+        n_workers, -(-n_sequences // TILE_SEQUENCES) * TILE_SEQUENCES, TILE_PANELS * WIDE)
     shared = (np.empty((n_sequences, 3 * C), np.float32), np.empty((n_sequences, C), np.float32),
-              np.empty((n_sequences, 4 * C), np.float32),
-              np.empty((K_BLOCKS, n_sequences, 4 * C), np.float32))
+              np.empty((n_sequences, 4 * C), np.float32), np.empty(partials_shape, np.float32))
+    head_scratch = (C * WIDE if panels is not None else 0, HEAD_ROWS * WIDE)   # _head_float32's
     scratch = [(np.empty((n_sequences, C), np.float32), np.empty(cache.max_len, np.float32),
-                np.empty(C // n_head, np.float32)) for _ in range(n_workers)]
+                np.empty(C // n_head, np.float32),
+                tuple(np.empty(size, np.float32) for size in head_scratch))
+               for _ in range(n_workers)]
     logits = np.empty((n_sequences, weights.n_vocab), np.float32)
     # ARRIVED, ABORTED, then a ticket slot per product: a layer passes at most 9 barriers (5,
     # and float32's 4 inside its products), the LM head comes after the last
     counter = np.zeros(TICKETS + 9 * weights.n_layer + 1, np.int64)
     keys, values, position = tuple(cache.keys), tuple(cache.values), cache.length
-    worker_step, w = _WORKERS[weights.dtype], weights
+    worker_step, w, matrices = _WORKERS[weights.dtype], weights, weights.weights
+    if panels is not None:
+        _check_panels(panels, weights)
+        worker_step, matrices = _worker_float32_panels, panels
 
     def run_worker(worker: int) -> None:
         try:
             worker_step(worker, n_workers, counter, x, shared, scratch[worker], w.vectors, w.ln_f,
-                        w.weights, w.scales, w.wte, w.wte_scales, keys, values, position,
+                        matrices, w.scales, w.wte, w.wte_scales, keys, values, position,
                         np.float32(eps), logits)
         except BaseException:
             counter[ABORTED] = 1          # opens every barrier: the other workers run out

@@ -126,11 +126,13 @@ def test_each_sequence_of_a_batch_is_its_own():
 @given(n_head=st.integers(1, 3), head_dim=st.integers(1, 9), n_layer=st.integers(1, 2),
        vocab=st.integers(2, 40), prompt_len=st.integers(1, 6), threads=st.integers(1, 3),
        dtype=st.sampled_from(["float32", "float16", "int8"]), seed=st.integers(0, 9),
-       batch=st.integers(1, 5))
+       batch=st.integers(1, 8))
 def test_step_on_odd_shapes(n_head, head_dim, n_layer, vocab, prompt_len, threads, dtype, seed,
                             batch):
     """Widths that no thread count divides evenly (C = 1..27, shares of 1 row), one-key
-    attention, a vocabulary smaller than the thread count's shares, batches of 1 to 5."""
+    attention, a vocabulary smaller than the thread count's shares or than the LM head's tile
+    of 16 rows, batches of 1 to 8 (float32 from 2 on, on the panels; from 6, the LM head's
+    turned-around tile)."""
     config = GPT2Config(vocab_size=vocab, n_positions=16, n_embd=n_head * head_dim,
                         n_layer=n_layer, n_head=n_head)
     reference, fast = _models(config, dtype, threads, seed)
@@ -260,3 +262,63 @@ def test_unsupported_weights_are_named():
     mixed = GPT2(CONFIG, _params(CONFIG, seed=3)).quantized("float16").params
     mixed.blocks[2].attn_qkv_weight = quantize(mixed.blocks[2].attn_qkv_weight.dequantize(), "int8")
     assert "mixed kinds" in step_weights.unsupported_reason(mixed)
+
+
+# n_embd 40: block products of 40, 120 and 160 columns, none a whole number of the tile's four
+# 16-column panels and two with 8 columns past the last whole panel
+ODD_WIDTH = GPT2Config(vocab_size=97, n_positions=12, n_embd=40, n_layer=2, n_head=4,
+                       layer_norm_epsilon=1e-3)
+
+
+@pytest.mark.parametrize("config", [CONFIG, ODD_WIDTH], ids=["n_embd48", "n_embd40"])
+@pytest.mark.parametrize("batch, threads", [(2, 1), (6, 2), (7, 2), (13, 3), (16, 2)])
+def test_float32_batches_on_packed_panels(config, batch, threads, monkeypatch):
+    """Float32 batches from WHOLE_STEP_PANELS_MIN_SEQUENCES on read the block weights' packed
+    copies under the 6 x 64 tile: one group of six sequences or several (7, 13, 16: a last
+    group short of six), tiles short of four panels, columns past the last whole panel. The
+    tile runs on any CPU (split into 8-float halves without AVX-512), so prompt_tile="avx512"
+    tests it everywhere."""
+    from minillm.kernels import backend as backend_module
+
+    handed = []
+    kernel = decode_step_cpu.decode_step
+    monkeypatch.setattr(decode_step_cpu, "decode_step",
+                        lambda *args: handed.append(args[6]) or kernel(*args))
+    assert backend_module.WHOLE_STEP_PANELS_MIN_SEQUENCES <= 2
+    reference = GPT2(config, _params(config, seed=batch), backend="numpy")
+    fast = GPT2(config, reference.params, backend=NumbaBackend(threads=threads, prompt_tile="avx512"))
+    rng = np.random.default_rng(batch)
+    want, got = _decode_both(reference, fast, rng.integers(0, config.vocab_size, (batch, 3)),
+                             rng.integers(0, config.vocab_size, (3, batch)))
+    assert len(handed) == 3 and all(panels is not None for panels in handed)
+    for a, b in zip(want.keys + want.values, got.keys + got.values):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+def test_without_avx512_float32_batches_keep_the_column_kernel(monkeypatch):
+    """prompt_tile="avx2" (a CPU without AVX-512, where the tile would spill its registers):
+    the step's products on W as it is (the column kernel), the same logits."""
+    handed = []
+    kernel = decode_step_cpu.decode_step
+    monkeypatch.setattr(decode_step_cpu, "decode_step",
+                        lambda *args: handed.append(args[6]) or kernel(*args))
+    reference = GPT2(CONFIG, _params(CONFIG, seed=4), backend="numpy")
+    fast = GPT2(CONFIG, reference.params, backend=NumbaBackend(threads=2, prompt_tile="avx2"))
+    rng = np.random.default_rng(4)
+    _decode_both(reference, fast, rng.integers(0, 301, (9, 2)), rng.integers(0, 301, (2, 9)))
+    assert handed == [None, None]
+
+
+def test_panels_that_are_not_the_weights_packed_copies_are_refused():
+    _, fast = _models(CONFIG, "float32", 2)
+    weights, pool = step_weights.StepWeights(fast.params), fast.backend.pool
+    packed = fast.backend._matmul_packed.pack_weight
+    panels = tuple(tuple(map(packed, per_layer)) for per_layer in weights.weights)
+    x, eps = np.zeros((2, CONFIG.n_embd), np.float32), CONFIG.layer_norm_epsilon
+    transposed = (tuple(packed(np.ascontiguousarray(w.T)) for w in weights.weights[0]),) + panels[1:]
+    for wrong in (panels[:3], transposed, panels[:1] + tuple(per_layer[:2] for per_layer in panels[1:])):
+        with pytest.raises(ValueError, match="packed copies of the block weights"):
+            decode_step_cpu.decode_step(weights, x, KVCache.for_model(CONFIG, 2), eps, 4, pool, wrong)
+    quantized = step_weights.StepWeights(fast.quantized("int8").params)
+    with pytest.raises(ValueError, match="panels are for float32 weights; these are int8"):
+        decode_step_cpu.decode_step(quantized, x, KVCache.for_model(CONFIG, 2), eps, 4, pool, panels)

@@ -323,7 +323,8 @@ def test_the_prompt_kernels_widening_helpers_are_identical_copies(name):
     assert _source_of("matmul_packed_cpu.py", name) == _source_of("matvec_cpu.py", name)
 
 
-@pytest.mark.parametrize("name", ["_load16", "_store16", "_broadcast16", "_fma16", "_zeros16"])
+@pytest.mark.parametrize("name", ["_load16", "_store16", "_broadcast16", "_fma16", "_add16",
+                                  "_zeros16"])
 def test_the_decode_step_kernels_vector_intrinsics_are_identical_copies(name):
     assert _source_of("decode_step_cpu.py", name) == _source_of("matmul_prompt_avx512.py", name)
 
