@@ -52,6 +52,18 @@ def test_update_appends_after_the_cached_positions_and_returns_them_all():
     assert not cache.keys[0].any()                    # other layers untouched
 
 
+def test_every_layers_keys_and_values_are_views_of_one_zeroed_block():
+    """One allocation per cache (a fresh cache per prompt then reuses freed memory instead of
+    faulting in new pages): each layer's keys and values C-contiguous, zero, and apart."""
+    cache = KVCache(n_layer=3, batch_size=2, n_head=3, head_dim=4, max_len=5)
+    arrays = cache.keys + cache.values
+    assert len({id(a.base) for a in arrays}) == 1 and arrays[0].base is not None
+    assert all(a.shape == (2, 3, 5, 4) and a.dtype == np.float32 and a.flags.c_contiguous
+               and not a.any() for a in arrays)
+    cache.values[1][...] = 1.0
+    assert [int(a.sum()) for a in arrays] == [0, 0, 0, 0, 120, 0]
+
+
 @pytest.mark.assignment(4)
 def test_update_refuses_to_overflow_the_cache():
     cache = KVCache(n_layer=1, batch_size=1, n_head=1, head_dim=2, max_len=4)
