@@ -62,8 +62,8 @@ CPU with AVX-512, which read packed copies:
   kernels/backend.py, WHOLE_STEP_PANELS_MIN_SEQUENCES;
 * float16 and int8, W^T (out, in) (minillm.model.quantize), and the LM head's wte (V, C): each
   output is one dot product along a contiguous row, widened in registers, in blocks of rows
-  taken as above; four rows at a time, two sequences per pass (one sequence of float16 or
-  int8: one row at a time, as matvec_cpu.py). int8 has one scale per row (NumbaBackend takes
+  taken as above; four rows at a time, two sequences per pass (one sequence of int8: one
+  row at a time, as matvec_cpu.py). int8 has one scale per row (NumbaBackend takes
   the step-by-step path for blocked scales). The rows are prefetched PREFETCH_AHEAD bytes
   ahead, within the block.
 
@@ -774,9 +774,10 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
     and every sequence m, the rows' bytes asked for PREFETCH_AHEAD ahead (within the block).
 
     Several sequences, or by_fours: four rows of W^T at a time, two sequences per pass
-    (the rows stay in the core's cache while every sequence uses them). One sequence of
-    float16 or int8 weights: one row at a time, LLVM's vectorisation of `_dot` (the four-row
-    loop made their step 1.1-1.3x slower, though level with it on a product alone)."""
+    (the rows stay in the core's cache while every sequence uses them). One sequence of int8
+    weights: one row at a time, LLVM's vectorisation of `_dot` (the four-row loop made the
+    step 1.1-1.3x slower on an Intel Emerald Rapids, 1.03x faster on a later Xeon; float16's
+    step, 1.16x faster there, takes four rows)."""
     n_in = w.shape[1]
     row_bytes = n_in * w.itemsize
     asked, block_end = start * row_bytes, stop * row_bytes        # bytes from w's start
@@ -821,7 +822,7 @@ def _dot_rows_float32(w, scales, x, out, bias, start, stop, mode):
 def _dot_rows_float16(w_bits, scales, x, out, bias, start, stop, mode):
     """W^T (out, in) float16, given as its bits (uint16)."""
     _dot_rows(_load16_float16, _float16_to_float32, w_bits, scales, x, out, bias, start, stop,
-              mode, False)
+              mode, True)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
