@@ -553,7 +553,7 @@ def _columns_float32(w, scales, x, out, bias, mode, worker, n_workers, counter, 
 
 # Several sequences of float32: W (in, out) as packed panels (matmul_packed_cpu.pack_weight,
 # panels[p, k, c] = W[k, 16 p + c]), under a tile of up to 6 sequences x 64 columns whose sums
-# stay in registers while k runs over the whole depth:
+# stay in registers while k runs over the depth:
 #     per k: 4 panel rows loaded (16 floats each), 6 x values broadcast -> 24 multiply-adds
 # (29 of AVX-512's 32 registers: 24 accumulators, 4 panel rows, a broadcast). A panel streams
 # from memory once per step for the whole batch; more than six sequences take it a slice of
@@ -583,7 +583,7 @@ def _tile_k(x_flat, x_at, k, panels_flat, w_at, acc):
 def _finish_tile_row(out_flat, at, row, bias, column, n_real, mode):
     """out[at : at + 16 n_real] = row + bias (ADD: += row + bias), n_real: the tile's panels
     that are real."""
-    for q in range(4):
+    for q in range(TILE_PANELS):
         if q < n_real:
             value = row[q]
             if bias.size:
@@ -614,13 +614,14 @@ def _tile_sums(x_flat, x_at, panels_flat, w_start, k_start, k_stop, acc):
 
 @njit(inline="always")
 def _saved_row(saved, at):
+    """One sequence's four vectors of tile sums, kept at saved[at : at + 64] between slices."""
     return (_load16(saved, at), _load16(saved, at + WIDE), _load16(saved, at + 2 * WIDE),
             _load16(saved, at + 3 * WIDE))
 
 
 @njit(inline="always")
 def _save_row(saved, at, row):
-    for q in range(4):
+    for q in range(TILE_PANELS):
         _store16(saved, at + q * WIDE, row[q])
 
 
@@ -633,9 +634,10 @@ def _panel_tile_column(panels, x, out, bias, mode, tile, saved):
 
     Several groups: k runs in slices of SLICE_K, every group taking each slice in turn, its
     sums kept in `saved` (6 x 64 floats per group) between slices. The panels then stream from
-    memory at an even pace while the groups compute (whole depths group after group: the first
-    group waited on memory and the others left it idle, the step 1.6x slower at 16 sequences).
-    Each output: one chain of fused multiply-adds in k order all the same."""
+    memory at an even pace while the groups compute (whole depths group after group, the first
+    group waited on memory and the others left it idle: the products 1.26x slower at 16
+    sequences). Each output is still one chain of fused multiply-adds in k order (a float32
+    stored and loaded back is exact)."""
     depth, (n_sequences, n_out) = panels.shape[1], out.shape
     first_panel = tile * TILE_PANELS
     n_real = min(TILE_PANELS, n_out // WIDE - first_panel)
