@@ -635,7 +635,7 @@ def _panel_tile_column(panels, x, out, bias, mode, tile, saved):
     Several groups: k runs in slices of SLICE_K, every group taking each slice in turn, its
     sums kept in `saved` (6 x 64 floats per group) between slices. The panels then stream from
     memory at an even pace while the groups compute (whole depths group after group, the first
-    group waited on memory and the others left it idle: the products 1.26x slower at 16
+    group waited on memory and the others left it idle: the products 1.2x slower at 16
     sequences). Each output is still one chain of fused multiply-adds in k order (a float32
     stored and loaded back is exact)."""
     depth, (n_sequences, n_out) = panels.shape[1], out.shape
@@ -966,8 +966,8 @@ def _layer_norm(x, gain, bias, eps, out):
 @njit(nogil=True, cache=True, error_model="numpy", fastmath=CONTRACT)
 def _gelu_range(x, m, start, stop):
     """x[m, start:stop] = gelu(x[m, start:stop]) in place, tanh form as fused_cpu's. On a
-    contiguous slice, counted from 0: indexed x[m, i], the loop stayed scalar (GELU took a
-    quarter of the MLP's first product at 16 sequences)."""
+    contiguous slice, counted from 0: indexed x[m, i], the loop stayed scalar (a seventh of
+    the MLP's first product at 16 sequences)."""
     part = x[m][start:stop]
     for i in range(part.size):
         v = part[i]
