@@ -295,6 +295,23 @@ def test_float32_batches_on_packed_panels(config, batch, threads, monkeypatch):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
 
 
+def test_a_batch_on_the_panels_sees_weights_updated_in_place_or_replaced():
+    """The packed copies follow the weights: scaled in place (an optimiser's step) or
+    replaced by another array, the next batched step reads the new values."""
+    reference = GPT2(CONFIG, _params(CONFIG, seed=5), backend="numpy")
+    fast = GPT2(CONFIG, reference.params, backend=NumbaBackend(threads=2, prompt_tile="avx512"))
+    prompts, new = [[1, 2], [3, 4], [5, 6]], [[7, 8, 9]]
+    _decode_both(reference, fast, prompts, new)
+    for block in fast.params.blocks:
+        block.mlp_fc_weight *= np.float32(1.5)
+        block.attn_qkv_weight *= np.float32(-0.5)
+    _decode_both(reference, fast, prompts, new)
+    block = fast.params.blocks[2]
+    block.mlp_proj_weight = block.mlp_proj_weight * np.float32(2.0)      # a new array
+    _decode_both(reference, fast, prompts, new)
+    assert _ran_the_kernel(fast)
+
+
 def test_without_avx512_float32_batches_keep_the_column_kernel(monkeypatch):
     """prompt_tile="avx2" (a CPU without AVX-512, where the tile would spill its registers):
     the step's products on W as it is (the column kernel), the same logits."""
