@@ -62,8 +62,11 @@ CPU with AVX-512, which read packed copies:
   kernels/backend.py, WHOLE_STEP_PANELS_MIN_SEQUENCES;
 * float16 and int8, W^T (out, in) (minillm.model.quantize), and the LM head's wte (V, C): each
   output is one dot product along a contiguous row, widened in registers, in blocks of rows
-  taken as above; four rows at a time, two sequences per pass (one sequence of int8: one
-  row at a time, as matvec_cpu.py). int8 has one scale per row (NumbaBackend takes
+  taken as above; four rows at a time against four sequences per pass, the rest in pairs
+  and one (each weight vector, widened once, serves four sequences: 1.04-1.09x the step of
+  pairs for float16 / int8 batches of 4-16, 1.17x a float32 step of 4 sequences, whose LM
+  head this is); one sequence of int8: one row at a time, as matvec_cpu.py. int8 has one
+  scale per row (NumbaBackend takes
   the step-by-step path for blocked scales). The rows are prefetched PREFETCH_AHEAD bytes
   ahead, within the block.
 
@@ -132,6 +135,9 @@ SLICE_K = 64              # k per slice when several groups of sequences share a
 # from this many sequences on (fewer: the dot products of _dot_rows)
 HEAD_ROWS = 16
 HEAD_TILE_MIN_SEQUENCES = 6
+# Rows of W^T against this many sequences or more: four sequences per pass (each weight vector
+# widened once for four), the rest in pairs
+FOUR_SEQUENCES_MIN = 4
 # Blocks of W's rows per float32 product, taken by the workers from a shared counter: a worker
 # slowed down (its core or its memory shared with another program) takes fewer, where fixed
 # halves kept the other waiting at the barrier. Each block has partial sums of its own, added
@@ -771,12 +777,50 @@ def _four_row_dots_two_sequences(load16, widen, w_flat, first, n_in, x_flat, x_a
 
 
 @njit(inline="always")
+def _four_row_dots_four_sequences(load16, widen, w_flat, first, n_in, x_flat, x_at):
+    """_four_row_dots for the four x rows at x_flat[x_at[s]], s = 0..3: each weight vector,
+    once loaded and widened, serves four sequences, sixteen chains of multiply-adds side by
+    side. -> totals[s][r], row o + r against sequence s."""
+    zero = _zeros16()
+    acc = ((zero, zero, zero, zero), (zero, zero, zero, zero), (zero, zero, zero, zero),
+           (zero, zero, zero, zero))
+    vector_end = n_in - n_in % WIDE
+    for i in range(0, vector_end, WIDE):
+        w = (load16(w_flat, first + i), load16(w_flat, first + n_in + i),
+             load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i))
+        acc = (_tile_row_update(_load16(x_flat, x_at[0] + i), w, acc[0]),
+               _tile_row_update(_load16(x_flat, x_at[1] + i), w, acc[1]),
+               _tile_row_update(_load16(x_flat, x_at[2] + i), w, acc[2]),
+               _tile_row_update(_load16(x_flat, x_at[3] + i), w, acc[3]))
+    totals = ((_sum16(acc[0][0]), _sum16(acc[0][1]), _sum16(acc[0][2]), _sum16(acc[0][3])),
+              (_sum16(acc[1][0]), _sum16(acc[1][1]), _sum16(acc[1][2]), _sum16(acc[1][3])),
+              (_sum16(acc[2][0]), _sum16(acc[2][1]), _sum16(acc[2][2]), _sum16(acc[2][3])),
+              (_sum16(acc[3][0]), _sum16(acc[3][1]), _sum16(acc[3][2]), _sum16(acc[3][3])))
+    for i in range(vector_end, n_in):                  # the last n_in % 16
+        w_i = (widen(w_flat[first + i]), widen(w_flat[first + n_in + i]),
+               widen(w_flat[first + 2 * n_in + i]), widen(w_flat[first + 3 * n_in + i]))
+        totals = (_add_products(totals[0], w_i, x_flat[x_at[0] + i]),
+                  _add_products(totals[1], w_i, x_flat[x_at[1] + i]),
+                  _add_products(totals[2], w_i, x_flat[x_at[2] + i]),
+                  _add_products(totals[3], w_i, x_flat[x_at[3] + i]))
+    return totals
+
+
+@njit(inline="always")
+def _add_products(totals, w_i, x_i):
+    """totals[r] + w_i[r] * x_i for the four rows."""
+    return (totals[0] + w_i[0] * x_i, totals[1] + w_i[1] * x_i, totals[2] + w_i[2] * x_i,
+            totals[3] + w_i[3] * x_i)
+
+
+@njit(inline="always")
 def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_fours):
     """out[m, o] (=, +=) scale_o * widen(W^T[o]) . x[m] (+ bias[o]) for o in [start, stop)
     and every sequence m, the rows' bytes asked for PREFETCH_AHEAD ahead (within the block).
 
-    Several sequences, or by_fours: four rows of W^T at a time, two sequences per pass
-    (the rows stay in the core's cache while every sequence uses them). One sequence of int8
+    Several sequences, or by_fours: four rows of W^T at a time, against four sequences per
+    pass (from FOUR_SEQUENCES_MIN on), then two, then one (the rows stay in the core's cache
+    while every sequence uses them). One sequence of int8
     weights: one row at a time, LLVM's vectorisation of `_dot` (the four-row loop made the
     step 1.1-1.3x slower on an Intel Emerald Rapids, 1.03x faster on a later Xeon; float16's
     step, 1.16x faster there, takes four rows)."""
@@ -792,10 +836,20 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
         return
     w_flat, x_flat = w.reshape(-1), x.reshape(-1)
     fours_end = start + (stop - start) // 4 * 4
-    pairs_end = x.shape[0] - x.shape[0] % 2
+    quads_end = x.shape[0] - x.shape[0] % 4 if x.shape[0] >= FOUR_SEQUENCES_MIN else 0
+    pairs_end = quads_end + (x.shape[0] - quads_end) // 2 * 2
     for o in range(start, fours_end, 4):
         asked = _prefetch_to(w, asked, min(block_end, (o + 4) * row_bytes + PREFETCH_AHEAD))
-        for m in range(0, pairs_end, 2):
+        for m in range(0, quads_end, 4):
+            totals = _four_row_dots_four_sequences(
+                load16, widen, w_flat, o * n_in, n_in, x_flat,
+                (m * n_in, (m + 1) * n_in, (m + 2) * n_in, (m + 3) * n_in))
+            for s in range(4):
+                for r in range(4):
+                    out[m + s, o + r] = _combined(
+                        out[m + s, o + r], totals[s][r] * _scale(scales, o + r) + _at(bias, o + r),
+                        mode)
+        for m in range(quads_end, pairs_end, 2):
             totals_a, totals_b = _four_row_dots_two_sequences(
                 load16, widen, w_flat, o * n_in, n_in, x_flat, m * n_in, (m + 1) * n_in)
             for r in range(4):

@@ -312,6 +312,18 @@ def test_a_batch_on_the_panels_sees_weights_updated_in_place_or_replaced():
     assert _ran_the_kernel(fast)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "int8", "float32"])
+@pytest.mark.parametrize("batch", [4, 7, 9])
+def test_rows_of_w_transposed_four_sequences_a_pass(dtype, batch):
+    """Products on rows of W^T (float16, int8; float32's LM head on the column kernel's route)
+    take four sequences per pass, then a pair, then one: 4, 7 = 4 + 2 + 1, 9 = 4 + 4 + 1."""
+    reference, _ = _models(CONFIG, dtype, 2, seed=batch)
+    fast = GPT2(CONFIG, reference.params, backend=NumbaBackend(threads=2, prompt_tile="avx2"))
+    rng = np.random.default_rng(batch)
+    _decode_both(reference, fast, rng.integers(0, 301, (batch, 3)), rng.integers(0, 301, (2, batch)))
+    assert _ran_the_kernel(fast)
+
+
 def test_without_avx512_float32_batches_keep_the_column_kernel(monkeypatch):
     """prompt_tile="avx2" (a CPU without AVX-512, where the tile would spill its registers):
     the step's products on W as it is (the column kernel), the same logits."""
