@@ -14,7 +14,8 @@ The baseline runs the same loop with use_cache=False: every step re-runs the pro
 tokens so far through every layer (batch 1). Times are the best of --repeats runs.
 On the numba backend, each batch is also decoded operation by operation (whole_step=False), in
 rounds interleaved with the default (each step one call of kernels/decode_step_cpu.py, for
-batches up to the backend's WHOLE_STEP_MAX_SEQUENCES).
+batches up to the backend's WHOLE_STEP_MAX_SEQUENCES); float32 batches on a CPU with AVX-512,
+whose whole step reads the packed copies, also with the whole step on W (the column kernel).
 """
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ from minillm.model.gpt2 import GPT2
 from minillm.model.params import random_params
 from minillm.model.quantize import DTYPES, lm_head_weight
 from timing import best_time                  # benchmarks/timing.py, beside this script
+
+try:                                          # numba is optional: the numpy backend runs without it
+    from minillm.kernels.backend import WHOLE_STEP_PANELS_MIN_SEQUENCES, NumbaBackend
+except ImportError:
+    WHOLE_STEP_PANELS_MIN_SEQUENCES, NumbaBackend = None, None
 
 
 def prefill_seconds(model: GPT2, T: int, repeats: int) -> float:
@@ -72,20 +78,29 @@ def decode_tokens_per_second(model: GPT2, prompt_len: int, n_new: int, use_cache
 
 def compare_whole_step(model: GPT2, prompt_len: int, n_new: int, rounds: int, batch: int) -> None:
     """A batch decoded with each step one kernel call (the default) and operation by
-    operation, in interleaved rounds: tokens/s of each, median (best), and their ratio."""
-    rates = {True: [], False: []}
+    operation, in interleaved rounds: tokens/s of each, median (best), and their ratio. Where
+    the whole step reads float32 batches from the packed copies (a CPU with AVX-512), it is
+    also run on W as the model holds it (the column kernel, as without AVX-512)."""
+    backend = model.backend
+    variants = {"each step one kernel call": (model, True), "operation by operation": (model, False)}
+    if (backend.prompt_tile == "avx512" and isinstance(model.params.wte, np.ndarray)
+            and batch >= WHOLE_STEP_PANELS_MIN_SEQUENCES):
+        on_w = GPT2(model.config, model.params,
+                    backend=NumbaBackend(threads=backend.pool.n_threads, prompt_tile="avx2"))
+        variants["the whole step on W"] = (on_w, True)
+    rates = {name: [] for name in variants}
     try:
         for round_ in range(rounds):
-            for whole_step in ((True, False) if round_ % 2 == 0 else (False, True)):
-                model.backend.whole_step = whole_step
-                rates[whole_step].append(
-                    decode_tokens_per_second(model, prompt_len, n_new, True, 1, batch))
+            for name in (list(variants) if round_ % 2 == 0 else list(variants)[::-1]):
+                runner, whole_step = variants[name]
+                runner.backend.whole_step = whole_step
+                rates[name].append(decode_tokens_per_second(runner, prompt_len, n_new, True, 1, batch))
     finally:
-        model.backend.whole_step = True
-    one, by_op = (statistics.median(rates[k]) for k in (True, False))
-    print(f"  batch {batch:2d}, each step one kernel call: {one:7.1f} ({max(rates[True]):.1f}) tokens/s; "
-          f"operation by operation: {by_op:7.1f} ({max(rates[False]):.1f}); {one / by_op:.2f}x "
-          f"(medians (best) of {rounds} interleaved rounds)")
+        backend.whole_step = True
+    default = statistics.median(rates["each step one kernel call"])
+    print(f"  batch {batch:2d} (medians (best) of {rounds} interleaved rounds, tokens/s): " + "; ".join(
+        f"{name} {statistics.median(r):7.1f} ({max(r):.1f}) {default / statistics.median(r):.2f}x"
+        for name, r in rates.items()))
 
 
 def main(argv=None) -> int:
