@@ -151,7 +151,11 @@ K_BLOCKS = 8
 # ms with, 14.7-15.4 without, and the float32 LM head's rows gained ~5% of the step.
 PREFETCH_AHEAD = 8192
 CACHE_LINE = 64
-PREFETCH_INTO_L1 = 3      # llvm.prefetch's locality argument: keep it in every cache level
+# llvm.prefetch's locality argument: 2 is prefetcht1, into L2 (and L3), where 3, prefetcht0,
+# also fills L1. The L1 has few miss buffers (24 on an AMD Zen 4), and 8 KB ahead is 128 lines:
+# asked into L1, they held up the loads that needed them. Into L2 on a Zen 4: float16 steps of
+# 1 / 4 / 16 sequences 1.21x / 1.36x / 1.22x faster, int8 of 1 / 4 1.27x / 1.41x.
+PREFETCH_LOCALITY = 2
 
 
 # ---- copies of other kernels' helpers --------------------------------------------------------
@@ -412,8 +416,8 @@ def _prefetch(typingctx, array, byte):
             builder.module, ir.FunctionType(ir.VoidType(), [address.type, int32, int32, int32]),
             "llvm.prefetch.p0i8")
         # read (0), locality, data cache (1)
-        builder.call(prefetch, [address, ir.Constant(int32, 0), ir.Constant(int32, PREFETCH_INTO_L1),
-                                ir.Constant(int32, 1)])
+        builder.call(prefetch, [address, ir.Constant(int32, 0),
+                                ir.Constant(int32, PREFETCH_LOCALITY), ir.Constant(int32, 1)])
         return context.get_dummy_value()
 
     return types.void(array, byte), codegen
@@ -478,8 +482,16 @@ def _partial_columns_float32(w, x, k_start, k_stop, partial):
     partial[:, :n] = 0.0
     vector_end = n - n % WIDE
     whole = k_start + (k_stop - k_start) - (k_stop - k_start) % ROWS_PER_PASS
+    # The next pass's rows (one block of memory) are asked for as this pass reads its own, as
+    # many bytes per 16 columns as it reads: eight rows read side by side are eight streams,
+    # more than the core's prefetchers keep ahead of (one sequence's step 1.09x on a Zen 4).
+    row_bytes = n * w.itemsize
+    asked, share_end = (k_start + ROWS_PER_PASS) * row_bytes, k_stop * row_bytes
     for i in range(k_start, whole, ROWS_PER_PASS):
+        next_pass = (i + ROWS_PER_PASS) * row_bytes
         for o in range(0, vector_end, WIDE):
+            asked = _prefetch_to(w, asked, min(share_end, next_pass + (o + WIDE) * ROWS_PER_PASS
+                                               * w.itemsize))
             at = i * n + o
             w0, w1 = _load16(w_flat, at), _load16(w_flat, at + n)
             w2, w3 = _load16(w_flat, at + 2 * n), _load16(w_flat, at + 3 * n)
@@ -722,17 +734,25 @@ def _panels_float32(panels, scales, x, out, bias, mode, worker, n_workers, count
 
 
 @njit(inline="always")
-def _four_row_dots(load16, widen, w_flat, first, n_in, x_flat, x_start):
+def _four_row_dots_asking(load16, widen, w, first, n_in, x_flat, x_start, asked, ask_base,
+                          block_end):
     """widen(W^T[o + j]) . x for the four rows o..o+3 that start at w_flat[first] (n_in
-    weights each) and the x row at x_flat[x_start], j = 0..3.
+    weights each) and the x row at x_flat[x_start], j = 0..3; -> (the four sums, bytes of w
+    now asked for).
 
     Sixteen weights of each row at a time, widened in registers, into one vector of partial
     sums per row: each x vector, once loaded, serves four rows, and four rows stream from
     memory at once. (LLVM's own vectorisation of one row at a time: 0.6x the speed on the LM
-    head, whose 768-wide rows end too soon for its loop to get going.)"""
+    head, whose 768-wide rows end too soon for its loop to get going.) The next rows' bytes are
+    asked for as these are read, up to ask_base + the four rows' bytes by the end, as many
+    cache lines per pass as the pass reads: asked all at once before the four rows, the 96
+    lines of four float16 rows of 768 made a one-sequence step 1.25x slower on a Zen 4."""
+    w_flat = w.reshape(-1)
     a0 = a1 = a2 = a3 = _zeros16()
     vector_end = n_in - n_in % WIDE
+    pass_bytes = 4 * w.itemsize                          # per weight index i, over four rows
     for i in range(0, vector_end, WIDE):
+        asked = _prefetch_to(w, asked, min(block_end, ask_base + (i + WIDE) * pass_bytes))
         x_vector = _load16(x_flat, x_start + i)
         a0 = _fma16(load16(w_flat, first + i), x_vector, a0)
         a1 = _fma16(load16(w_flat, first + n_in + i), x_vector, a1)
@@ -745,14 +765,16 @@ def _four_row_dots(load16, widen, w_flat, first, n_in, x_flat, x_start):
         t1 += widen(w_flat[first + n_in + i]) * x_i
         t2 += widen(w_flat[first + 2 * n_in + i]) * x_i
         t3 += widen(w_flat[first + 3 * n_in + i]) * x_i
-    return t0, t1, t2, t3
+    asked = _prefetch_to(w, asked, min(block_end, ask_base + n_in * pass_bytes))
+    return (t0, t1, t2, t3), asked
 
 
 @njit(inline="always")
 def _four_row_dots_two_sequences(load16, widen, w_flat, first, n_in, x_flat, x_a, x_b):
-    """_four_row_dots for the two x rows at x_flat[x_a] and x_flat[x_b] at once: each weight
-    vector, once loaded (and widened), serves both, and eight chains of multiply-adds run side
-    by side (one sequence at a time: 1.35-1.5x slower at 2-4 sequences)."""
+    """_four_row_dots_asking's sums (it asks for no bytes) for the two x rows at x_flat[x_a]
+    and x_flat[x_b] at once: each weight vector, once loaded (and widened), serves both, and
+    eight chains of multiply-adds run side by side (one sequence at a time: 1.35-1.5x slower
+    at 2-4 sequences)."""
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = _zeros16()
     vector_end = n_in - n_in % WIDE
     for i in range(0, vector_end, WIDE):
@@ -778,9 +800,9 @@ def _four_row_dots_two_sequences(load16, widen, w_flat, first, n_in, x_flat, x_a
 
 @njit(inline="always")
 def _four_row_dots_four_sequences(load16, widen, w_flat, first, n_in, x_flat, x_at):
-    """_four_row_dots for the four x rows at x_flat[x_at[s]], s = 0..3: each weight vector,
-    once loaded and widened, serves four sequences, sixteen chains of multiply-adds side by
-    side. -> totals[s][r], row o + r against sequence s."""
+    """_four_row_dots_two_sequences for the four x rows at x_flat[x_at[s]], s = 0..3: each
+    weight vector, once loaded and widened, serves four sequences, sixteen chains of
+    multiply-adds side by side. -> totals[s][r], row o + r against sequence s."""
     zero = _zeros16()
     acc = ((zero, zero, zero, zero), (zero, zero, zero, zero), (zero, zero, zero, zero),
            (zero, zero, zero, zero))
@@ -839,7 +861,9 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
     quads_end = x.shape[0] - x.shape[0] % 4 if x.shape[0] >= FOUR_SEQUENCES_MIN else 0
     pairs_end = quads_end + (x.shape[0] - quads_end) // 2 * 2
     for o in range(start, fours_end, 4):
-        asked = _prefetch_to(w, asked, min(block_end, (o + 4) * row_bytes + PREFETCH_AHEAD))
+        ask_base = o * row_bytes + PREFETCH_AHEAD
+        if x.shape[0] > 1:               # one sequence: _four_row_dots_asking asks as it reads
+            asked = _prefetch_to(w, asked, min(block_end, ask_base + 4 * row_bytes))
         for m in range(0, quads_end, 4):
             totals = _four_row_dots_four_sequences(
                 load16, widen, w_flat, o * n_in, n_in, x_flat,
@@ -857,7 +881,8 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
                 out[m, o + r] = _combined(out[m, o + r], totals_a[r] * scale + added, mode)
                 out[m + 1, o + r] = _combined(out[m + 1, o + r], totals_b[r] * scale + added, mode)
         for m in range(pairs_end, x.shape[0]):         # one sequence, or the last of an odd batch
-            totals = _four_row_dots(load16, widen, w_flat, o * n_in, n_in, x_flat, m * n_in)
+            totals, asked = _four_row_dots_asking(load16, widen, w, o * n_in, n_in, x_flat,
+                                                  m * n_in, asked, ask_base, block_end)
             for r in range(4):
                 out[m, o + r] = _combined(out[m, o + r],
                                           totals[r] * _scale(scales, o + r) + _at(bias, o + r), mode)

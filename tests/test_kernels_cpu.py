@@ -329,7 +329,7 @@ def test_the_decode_step_kernels_vector_intrinsics_are_identical_copies(name):
     assert _source_of("decode_step_cpu.py", name) == _source_of("matmul_prompt_avx512.py", name)
 
 
-@pytest.mark.parametrize("name", ["_load16", "_fma16", "_zeros16", "_sum16", "_four_row_dots"])
+@pytest.mark.parametrize("name", ["_load16", "_fma16", "_zeros16", "_sum16"])
 def test_the_matvec_kernels_vector_helpers_are_identical_copies(name):
     assert _source_of("matvec_cpu.py", name) == _source_of("decode_step_cpu.py", name)
 
