@@ -734,25 +734,21 @@ def _panels_float32(panels, scales, x, out, bias, mode, worker, n_workers, count
 
 
 @njit(inline="always")
-def _four_row_dots_asking(load16, widen, w, first, n_in, x_flat, x_start, asked, ask_base,
-                          block_end):
+def _four_row_dots_one_sequence(load16, widen, w, first, n_in, x_flat, x_start, asked, ask_base,
+                                block_end):
     """widen(W^T[o + j]) . x for the four rows o..o+3 that start at w_flat[first] (n_in
     weights each) and the x row at x_flat[x_start], j = 0..3; -> (the four sums, bytes of w
-    now asked for).
+    now asked for: _ask_while_reading).
 
     Sixteen weights of each row at a time, widened in registers, into one vector of partial
     sums per row: each x vector, once loaded, serves four rows, and four rows stream from
     memory at once. (LLVM's own vectorisation of one row at a time: 0.6x the speed on the LM
-    head, whose 768-wide rows end too soon for its loop to get going.) The next rows' bytes are
-    asked for as these are read, up to ask_base + the four rows' bytes by the end, as many
-    cache lines per pass as the pass reads: asked all at once before the four rows, the 96
-    lines of four float16 rows of 768 made a one-sequence step 1.25x slower on a Zen 4."""
+    head, whose 768-wide rows end too soon for its loop to get going.)"""
     w_flat = w.reshape(-1)
     a0 = a1 = a2 = a3 = _zeros16()
     vector_end = n_in - n_in % WIDE
-    pass_bytes = 4 * w.itemsize                          # per weight index i, over four rows
     for i in range(0, vector_end, WIDE):
-        asked = _prefetch_to(w, asked, min(block_end, ask_base + (i + WIDE) * pass_bytes))
+        asked = _ask_while_reading(w, asked, ask_base, block_end, i + WIDE)
         x_vector = _load16(x_flat, x_start + i)
         a0 = _fma16(load16(w_flat, first + i), x_vector, a0)
         a1 = _fma16(load16(w_flat, first + n_in + i), x_vector, a1)
@@ -765,19 +761,31 @@ def _four_row_dots_asking(load16, widen, w, first, n_in, x_flat, x_start, asked,
         t1 += widen(w_flat[first + n_in + i]) * x_i
         t2 += widen(w_flat[first + 2 * n_in + i]) * x_i
         t3 += widen(w_flat[first + 3 * n_in + i]) * x_i
-    asked = _prefetch_to(w, asked, min(block_end, ask_base + n_in * pass_bytes))
-    return (t0, t1, t2, t3), asked
+    return (t0, t1, t2, t3), _ask_while_reading(w, asked, ask_base, block_end, n_in)
 
 
 @njit(inline="always")
-def _four_row_dots_two_sequences(load16, widen, w_flat, first, n_in, x_flat, x_a, x_b):
-    """_four_row_dots_asking's sums (it asks for no bytes) for the two x rows at x_flat[x_a]
-    and x_flat[x_b] at once: each weight vector, once loaded (and widened), serves both, and
-    eight chains of multiply-adds run side by side (one sequence at a time: 1.35-1.5x slower
-    at 2-4 sequences)."""
+def _ask_while_reading(w, asked, ask_base, block_end, done):
+    """Ask for w's bytes up to ask_base + the four rows' bytes at weight indices < done, within
+    the block; -> the bytes now asked for. The four-row loops below call it as they read, so
+    that the next rows are asked for a few cache lines at a time, as many as each pass reads:
+    asked all at once before four rows (the 96 lines of four float16 rows of 768), they made a
+    one-sequence step 1.25x slower, four sequences' 1.32x, on a Zen 4."""
+    return _prefetch_to(w, asked, min(block_end, ask_base + done * 4 * w.itemsize))
+
+
+@njit(inline="always")
+def _four_row_dots_two_sequences(load16, widen, w, first, n_in, x_flat, x_a, x_b, asked,
+                                 ask_base, block_end):
+    """_four_row_dots_one_sequence for the two x rows at x_flat[x_a] and x_flat[x_b] at once:
+    each weight vector, once loaded (and widened), serves both, and eight chains of
+    multiply-adds run side by side (one sequence at a time: 1.35-1.5x slower at 2-4
+    sequences)."""
+    w_flat = w.reshape(-1)
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = _zeros16()
     vector_end = n_in - n_in % WIDE
     for i in range(0, vector_end, WIDE):
+        asked = _ask_while_reading(w, asked, ask_base, block_end, i + WIDE)
         x_a_vector, x_b_vector = _load16(x_flat, x_a + i), _load16(x_flat, x_b + i)
         w0, w1 = load16(w_flat, first + i), load16(w_flat, first + n_in + i)
         w2, w3 = load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i)
@@ -795,25 +803,30 @@ def _four_row_dots_two_sequences(load16, widen, w_flat, first, n_in, x_flat, x_a
         ta1, tb1 = ta1 + w1_i * x_a_i, tb1 + w1_i * x_b_i
         ta2, tb2 = ta2 + w2_i * x_a_i, tb2 + w2_i * x_b_i
         ta3, tb3 = ta3 + w3_i * x_a_i, tb3 + w3_i * x_b_i
-    return (ta0, ta1, ta2, ta3), (tb0, tb1, tb2, tb3)
+    return ((ta0, ta1, ta2, ta3), (tb0, tb1, tb2, tb3),
+            _ask_while_reading(w, asked, ask_base, block_end, n_in))
 
 
 @njit(inline="always")
-def _four_row_dots_four_sequences(load16, widen, w_flat, first, n_in, x_flat, x_at):
+def _four_row_dots_four_sequences(load16, widen, w, first, n_in, x_flat, x_at, asked, ask_base,
+                                  block_end):
     """_four_row_dots_two_sequences for the four x rows at x_flat[x_at[s]], s = 0..3: each
     weight vector, once loaded and widened, serves four sequences, sixteen chains of
-    multiply-adds side by side. -> totals[s][r], row o + r against sequence s."""
+    multiply-adds side by side. -> (totals[s][r], row o + r against sequence s; bytes of w
+    now asked for)."""
+    w_flat = w.reshape(-1)
     zero = _zeros16()
     acc = ((zero, zero, zero, zero), (zero, zero, zero, zero), (zero, zero, zero, zero),
            (zero, zero, zero, zero))
     vector_end = n_in - n_in % WIDE
     for i in range(0, vector_end, WIDE):
-        w = (load16(w_flat, first + i), load16(w_flat, first + n_in + i),
-             load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i))
-        acc = (_tile_row_update(_load16(x_flat, x_at[0] + i), w, acc[0]),
-               _tile_row_update(_load16(x_flat, x_at[1] + i), w, acc[1]),
-               _tile_row_update(_load16(x_flat, x_at[2] + i), w, acc[2]),
-               _tile_row_update(_load16(x_flat, x_at[3] + i), w, acc[3]))
+        asked = _ask_while_reading(w, asked, ask_base, block_end, i + WIDE)
+        rows = (load16(w_flat, first + i), load16(w_flat, first + n_in + i),
+                load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i))
+        acc = (_tile_row_update(_load16(x_flat, x_at[0] + i), rows, acc[0]),
+               _tile_row_update(_load16(x_flat, x_at[1] + i), rows, acc[1]),
+               _tile_row_update(_load16(x_flat, x_at[2] + i), rows, acc[2]),
+               _tile_row_update(_load16(x_flat, x_at[3] + i), rows, acc[3]))
     totals = ((_sum16(acc[0][0]), _sum16(acc[0][1]), _sum16(acc[0][2]), _sum16(acc[0][3])),
               (_sum16(acc[1][0]), _sum16(acc[1][1]), _sum16(acc[1][2]), _sum16(acc[1][3])),
               (_sum16(acc[2][0]), _sum16(acc[2][1]), _sum16(acc[2][2]), _sum16(acc[2][3])),
@@ -825,7 +838,7 @@ def _four_row_dots_four_sequences(load16, widen, w_flat, first, n_in, x_flat, x_
                   _add_products(totals[1], w_i, x_flat[x_at[1] + i]),
                   _add_products(totals[2], w_i, x_flat[x_at[2] + i]),
                   _add_products(totals[3], w_i, x_flat[x_at[3] + i]))
-    return totals
+    return totals, _ask_while_reading(w, asked, ask_base, block_end, n_in)
 
 
 @njit(inline="always")
@@ -842,10 +855,10 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
 
     Several sequences, or by_fours: four rows of W^T at a time, against four sequences per
     pass (from FOUR_SEQUENCES_MIN on), then two, then one (the rows stay in the core's cache
-    while every sequence uses them). One sequence of int8
-    weights: one row at a time, LLVM's vectorisation of `_dot` (the four-row loop made the
-    step 1.1-1.3x slower on an Intel Emerald Rapids, 1.03x faster on a later Xeon; float16's
-    step, 1.16x faster there, takes four rows)."""
+    while every sequence uses them). One sequence of int8 weights: one row at a time, LLVM's
+    vectorisation of `_dot` (the four-row loop made the step 1.1-1.3x slower on an Intel
+    Emerald Rapids, 1.03x faster on a later Xeon, 0.83x on a Zen 4; float16's step, 1.16x
+    faster on that Xeon, level on the Zen 4, takes four rows)."""
     n_in = w.shape[1]
     row_bytes = n_in * w.itemsize
     asked, block_end = start * row_bytes, stop * row_bytes        # bytes from w's start
@@ -856,33 +869,33 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
             total = _dot(widen, w[o], x_row) * _scale(scales, o) + _at(bias, o)
             out[0, o] = _combined(out[0, o], total, mode)
         return
-    w_flat, x_flat = w.reshape(-1), x.reshape(-1)
+    x_flat = x.reshape(-1)
     fours_end = start + (stop - start) // 4 * 4
     quads_end = x.shape[0] - x.shape[0] % 4 if x.shape[0] >= FOUR_SEQUENCES_MIN else 0
     pairs_end = quads_end + (x.shape[0] - quads_end) // 2 * 2
     for o in range(start, fours_end, 4):
-        ask_base = o * row_bytes + PREFETCH_AHEAD
-        if x.shape[0] > 1:               # one sequence: _four_row_dots_asking asks as it reads
-            asked = _prefetch_to(w, asked, min(block_end, ask_base + 4 * row_bytes))
+        ask_base = o * row_bytes + PREFETCH_AHEAD     # the first pass over these rows asks
         for m in range(0, quads_end, 4):
-            totals = _four_row_dots_four_sequences(
-                load16, widen, w_flat, o * n_in, n_in, x_flat,
-                (m * n_in, (m + 1) * n_in, (m + 2) * n_in, (m + 3) * n_in))
+            totals, asked = _four_row_dots_four_sequences(
+                load16, widen, w, o * n_in, n_in, x_flat,
+                (m * n_in, (m + 1) * n_in, (m + 2) * n_in, (m + 3) * n_in), asked, ask_base,
+                block_end)
             for s in range(4):
                 for r in range(4):
                     out[m + s, o + r] = _combined(
                         out[m + s, o + r], totals[s][r] * _scale(scales, o + r) + _at(bias, o + r),
                         mode)
         for m in range(quads_end, pairs_end, 2):
-            totals_a, totals_b = _four_row_dots_two_sequences(
-                load16, widen, w_flat, o * n_in, n_in, x_flat, m * n_in, (m + 1) * n_in)
+            totals_a, totals_b, asked = _four_row_dots_two_sequences(
+                load16, widen, w, o * n_in, n_in, x_flat, m * n_in, (m + 1) * n_in, asked,
+                ask_base, block_end)
             for r in range(4):
                 scale, added = _scale(scales, o + r), _at(bias, o + r)
                 out[m, o + r] = _combined(out[m, o + r], totals_a[r] * scale + added, mode)
                 out[m + 1, o + r] = _combined(out[m + 1, o + r], totals_b[r] * scale + added, mode)
         for m in range(pairs_end, x.shape[0]):         # one sequence, or the last of an odd batch
-            totals, asked = _four_row_dots_asking(load16, widen, w, o * n_in, n_in, x_flat,
-                                                  m * n_in, asked, ask_base, block_end)
+            totals, asked = _four_row_dots_one_sequence(load16, widen, w, o * n_in, n_in, x_flat,
+                                                        m * n_in, asked, ask_base, block_end)
             for r in range(4):
                 out[m, o + r] = _combined(out[m, o + r],
                                           totals[r] * _scale(scales, o + r) + _at(bias, o + r), mode)
