@@ -68,7 +68,7 @@ CPU with AVX-512, which read packed copies:
   head this is); one sequence of int8: one row at a time, as matvec_cpu.py. int8 has one
   scale per row (NumbaBackend takes
   the step-by-step path for blocked scales). The rows are prefetched PREFETCH_AHEAD bytes
-  ahead, within the block.
+  ahead, through the end of the block into the next block the worker holds (_by_tickets).
 
 Numerics: float32 everywhere, as the reference. The products are summed in vector-wide partial
 sums (`REASSOC`: the same freedom matvec_cpu takes); LayerNorm sums in float64 as fused_cpu
@@ -433,6 +433,27 @@ def _prefetch_to(w, asked, ask_to):
 
 
 @njit(inline="always")
+def _ask_ahead(w, asked, ask_to, reach):
+    """Prefetch the bytes [asked, ask_to) of a worker's reach in w, a cache line at a time; ->
+    the bytes now asked for. reach = (reach_end, block_end, shift): bytes up to block_end are
+    w's own, those past it the next block's, at + shift in w, up to reach_end (_reach)."""
+    reach_end, block_end, shift = reach
+    while asked < min(ask_to, reach_end):
+        _prefetch(w, asked if asked < block_end else asked + shift)
+        asked += CACHE_LINE
+    return asked
+
+
+@njit(inline="always")
+def _reach(start, stop, next_start, next_stop, row_bytes):
+    """What _ask_ahead may ask for while reading the rows [start, stop) of W^T, before the
+    rows [next_start, next_stop) (an empty range: none): this block, then PREFETCH_AHEAD
+    bytes of the next, as if it followed this one in memory."""
+    block_end, next_bytes = stop * row_bytes, (next_stop - next_start) * row_bytes
+    return block_end + min(PREFETCH_AHEAD, next_bytes), block_end, (next_start - stop) * row_bytes
+
+
+@njit(inline="always")
 def _barrier(counter, n_workers, passed):
     """Wait for all n_workers to get here; passed: barriers this worker had passed. -> passed + 1
 
@@ -735,7 +756,7 @@ def _panels_float32(panels, scales, x, out, bias, mode, worker, n_workers, count
 
 @njit(inline="always")
 def _four_row_dots_one_sequence(load16, widen, w, first, n_in, x_flat, x_start, asked, ask_base,
-                                block_end):
+                                reach):
     """widen(W^T[o + j]) . x for the four rows o..o+3 that start at w_flat[first] (n_in
     weights each) and the x row at x_flat[x_start], j = 0..3; -> (the four sums, bytes of w
     now asked for: _ask_while_reading).
@@ -748,7 +769,7 @@ def _four_row_dots_one_sequence(load16, widen, w, first, n_in, x_flat, x_start, 
     a0 = a1 = a2 = a3 = _zeros16()
     vector_end = n_in - n_in % WIDE
     for i in range(0, vector_end, WIDE):
-        asked = _ask_while_reading(w, asked, ask_base, block_end, i + WIDE)
+        asked = _ask_while_reading(w, asked, ask_base, reach, i + WIDE)
         x_vector = _load16(x_flat, x_start + i)
         a0 = _fma16(load16(w_flat, first + i), x_vector, a0)
         a1 = _fma16(load16(w_flat, first + n_in + i), x_vector, a1)
@@ -761,22 +782,22 @@ def _four_row_dots_one_sequence(load16, widen, w, first, n_in, x_flat, x_start, 
         t1 += widen(w_flat[first + n_in + i]) * x_i
         t2 += widen(w_flat[first + 2 * n_in + i]) * x_i
         t3 += widen(w_flat[first + 3 * n_in + i]) * x_i
-    return (t0, t1, t2, t3), _ask_while_reading(w, asked, ask_base, block_end, n_in)
+    return (t0, t1, t2, t3), _ask_while_reading(w, asked, ask_base, reach, n_in)
 
 
 @njit(inline="always")
-def _ask_while_reading(w, asked, ask_base, block_end, done):
+def _ask_while_reading(w, asked, ask_base, reach, done):
     """Ask for w's bytes up to ask_base + the four rows' bytes at weight indices < done, within
-    the block; -> the bytes now asked for. The four-row loops below call it as they read, so
-    that the next rows are asked for a few cache lines at a time, as many as each pass reads:
-    asked all at once before four rows (the 96 lines of four float16 rows of 768), they made a
-    one-sequence step 1.25x slower, four sequences' 1.32x, on a Zen 4."""
-    return _prefetch_to(w, asked, min(block_end, ask_base + done * 4 * w.itemsize))
+    the reach (_ask_ahead); -> the bytes now asked for. The four-row loops below call it as
+    they read, so that the next rows are asked for a few cache lines at a time, as many as each
+    pass reads: asked all at once before four rows (the 96 lines of four float16 rows of 768),
+    they made a one-sequence step 1.25x slower, four sequences' 1.32x, on a Zen 4."""
+    return _ask_ahead(w, asked, ask_base + done * 4 * w.itemsize, reach)
 
 
 @njit(inline="always")
 def _four_row_dots_two_sequences(load16, widen, w, first, n_in, x_flat, x_a, x_b, asked,
-                                 ask_base, block_end):
+                                 ask_base, reach):
     """_four_row_dots_one_sequence for the two x rows at x_flat[x_a] and x_flat[x_b] at once:
     each weight vector, once loaded (and widened), serves both, and eight chains of
     multiply-adds run side by side (one sequence at a time: 1.35-1.5x slower at 2-4
@@ -785,7 +806,7 @@ def _four_row_dots_two_sequences(load16, widen, w, first, n_in, x_flat, x_a, x_b
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = _zeros16()
     vector_end = n_in - n_in % WIDE
     for i in range(0, vector_end, WIDE):
-        asked = _ask_while_reading(w, asked, ask_base, block_end, i + WIDE)
+        asked = _ask_while_reading(w, asked, ask_base, reach, i + WIDE)
         x_a_vector, x_b_vector = _load16(x_flat, x_a + i), _load16(x_flat, x_b + i)
         w0, w1 = load16(w_flat, first + i), load16(w_flat, first + n_in + i)
         w2, w3 = load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i)
@@ -804,12 +825,12 @@ def _four_row_dots_two_sequences(load16, widen, w, first, n_in, x_flat, x_a, x_b
         ta2, tb2 = ta2 + w2_i * x_a_i, tb2 + w2_i * x_b_i
         ta3, tb3 = ta3 + w3_i * x_a_i, tb3 + w3_i * x_b_i
     return ((ta0, ta1, ta2, ta3), (tb0, tb1, tb2, tb3),
-            _ask_while_reading(w, asked, ask_base, block_end, n_in))
+            _ask_while_reading(w, asked, ask_base, reach, n_in))
 
 
 @njit(inline="always")
 def _four_row_dots_four_sequences(load16, widen, w, first, n_in, x_flat, x_at, asked, ask_base,
-                                  block_end):
+                                  reach):
     """_four_row_dots_two_sequences for the four x rows at x_flat[x_at[s]], s = 0..3: each
     weight vector, once loaded and widened, serves four sequences, sixteen chains of
     multiply-adds side by side. -> (totals[s][r], row o + r against sequence s; bytes of w
@@ -820,7 +841,7 @@ def _four_row_dots_four_sequences(load16, widen, w, first, n_in, x_flat, x_at, a
            (zero, zero, zero, zero))
     vector_end = n_in - n_in % WIDE
     for i in range(0, vector_end, WIDE):
-        asked = _ask_while_reading(w, asked, ask_base, block_end, i + WIDE)
+        asked = _ask_while_reading(w, asked, ask_base, reach, i + WIDE)
         rows = (load16(w_flat, first + i), load16(w_flat, first + n_in + i),
                 load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i))
         acc = (_tile_row_update(_load16(x_flat, x_at[0] + i), rows, acc[0]),
@@ -838,7 +859,7 @@ def _four_row_dots_four_sequences(load16, widen, w, first, n_in, x_flat, x_at, a
                   _add_products(totals[1], w_i, x_flat[x_at[1] + i]),
                   _add_products(totals[2], w_i, x_flat[x_at[2] + i]),
                   _add_products(totals[3], w_i, x_flat[x_at[3] + i]))
-    return totals, _ask_while_reading(w, asked, ask_base, block_end, n_in)
+    return totals, _ask_while_reading(w, asked, ask_base, reach, n_in)
 
 
 @njit(inline="always")
@@ -849,9 +870,12 @@ def _add_products(totals, w_i, x_i):
 
 
 @njit(inline="always")
-def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_fours):
+def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_fours,
+              next_start, next_stop, asked_ahead):
     """out[m, o] (=, +=) scale_o * widen(W^T[o]) . x[m] (+ bias[o]) for o in [start, stop)
-    and every sequence m, the rows' bytes asked for PREFETCH_AHEAD ahead (within the block).
+    and every sequence m, the rows' bytes asked for PREFETCH_AHEAD ahead, on into the rows
+    [next_start, next_stop) that come next; asked_ahead: the bytes of this block asked for
+    before it. -> the bytes of the next block now asked for.
 
     Several sequences, or by_fours: four rows of W^T at a time, against four sequences per
     pass (from FOUR_SEQUENCES_MIN on), then two, then one (the rows stay in the core's cache
@@ -861,14 +885,15 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
     faster on that Xeon, level on the Zen 4, takes four rows)."""
     n_in = w.shape[1]
     row_bytes = n_in * w.itemsize
-    asked, block_end = start * row_bytes, stop * row_bytes        # bytes from w's start
+    asked = start * row_bytes + asked_ahead                       # bytes from w's start
+    reach = _reach(start, stop, next_start, next_stop, row_bytes)
     if x.shape[0] == 1 and not by_fours:
         x_row = x[0]
         for o in range(start, stop):
-            asked = _prefetch_to(w, asked, min(block_end, (o + 1) * row_bytes + PREFETCH_AHEAD))
+            asked = _ask_ahead(w, asked, (o + 1) * row_bytes + PREFETCH_AHEAD, reach)
             total = _dot(widen, w[o], x_row) * _scale(scales, o) + _at(bias, o)
             out[0, o] = _combined(out[0, o], total, mode)
-        return
+        return max(0, asked - stop * row_bytes)
     x_flat = x.reshape(-1)
     fours_end = start + (stop - start) // 4 * 4
     quads_end = x.shape[0] - x.shape[0] % 4 if x.shape[0] >= FOUR_SEQUENCES_MIN else 0
@@ -879,7 +904,7 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
             totals, asked = _four_row_dots_four_sequences(
                 load16, widen, w, o * n_in, n_in, x_flat,
                 (m * n_in, (m + 1) * n_in, (m + 2) * n_in, (m + 3) * n_in), asked, ask_base,
-                block_end)
+                reach)
             for s in range(4):
                 for r in range(4):
                     out[m + s, o + r] = _combined(
@@ -888,58 +913,71 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
         for m in range(quads_end, pairs_end, 2):
             totals_a, totals_b, asked = _four_row_dots_two_sequences(
                 load16, widen, w, o * n_in, n_in, x_flat, m * n_in, (m + 1) * n_in, asked,
-                ask_base, block_end)
+                ask_base, reach)
             for r in range(4):
                 scale, added = _scale(scales, o + r), _at(bias, o + r)
                 out[m, o + r] = _combined(out[m, o + r], totals_a[r] * scale + added, mode)
                 out[m + 1, o + r] = _combined(out[m + 1, o + r], totals_b[r] * scale + added, mode)
         for m in range(pairs_end, x.shape[0]):         # one sequence, or the last of an odd batch
             totals, asked = _four_row_dots_one_sequence(load16, widen, w, o * n_in, n_in, x_flat,
-                                                        m * n_in, asked, ask_base, block_end)
+                                                        m * n_in, asked, ask_base, reach)
             for r in range(4):
                 out[m, o + r] = _combined(out[m, o + r],
                                           totals[r] * _scale(scales, o + r) + _at(bias, o + r), mode)
     for last in range(fours_end, stop):                # the last (stop - start) % 4 rows
-        asked = _prefetch_to(w, asked, min(block_end, (last + 1) * row_bytes + PREFETCH_AHEAD))
+        asked = _ask_ahead(w, asked, (last + 1) * row_bytes + PREFETCH_AHEAD, reach)
         for m in range(x.shape[0]):
             total = _dot(widen, w[last], x[m]) * _scale(scales, last) + _at(bias, last)
             out[m, last] = _combined(out[m, last], total, mode)
+    return max(0, asked - stop * row_bytes)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
-def _dot_rows_float32(w, scales, x, out, bias, start, stop, mode):
+def _dot_rows_float32(w, scales, x, out, bias, start, stop, mode, next_start, next_stop,
+                      asked_ahead):
     """W^T (out, in) float32 (the LM head's wte)."""
-    _dot_rows(_load16_float32, _float32, w, scales, x, out, bias, start, stop, mode, True)
+    return _dot_rows(_load16_float32, _float32, w, scales, x, out, bias, start, stop, mode, True,
+                     next_start, next_stop, asked_ahead)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
-def _dot_rows_float16(w_bits, scales, x, out, bias, start, stop, mode):
+def _dot_rows_float16(w_bits, scales, x, out, bias, start, stop, mode, next_start, next_stop,
+                      asked_ahead):
     """W^T (out, in) float16, given as its bits (uint16)."""
-    _dot_rows(_load16_float16, _float16_to_float32, w_bits, scales, x, out, bias, start, stop,
-              mode, True)
+    return _dot_rows(_load16_float16, _float16_to_float32, w_bits, scales, x, out, bias, start,
+                     stop, mode, True, next_start, next_stop, asked_ahead)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
-def _dot_rows_int8(q, scales, x, out, bias, start, stop, mode):
+def _dot_rows_int8(q, scales, x, out, bias, start, stop, mode, next_start, next_stop,
+                   asked_ahead):
     """W^T (out, in) int8 with one scale per row: w[o, i] = scales[o, 0] * q[o, i]. Rows
-    [start, stop) lie one after another; their bytes are prefetched PREFETCH_AHEAD ahead."""
-    _dot_rows(_load16_int8, _int8_to_float32, q, scales, x, out, bias, start, stop, mode, False)
+    [start, stop) lie one after another."""
+    return _dot_rows(_load16_int8, _int8_to_float32, q, scales, x, out, bias, start, stop, mode,
+                     False, next_start, next_stop, asked_ahead)
 
 
 @njit(inline="always")
 def _by_tickets(dot_rows, w, scales, x, out, bias, mode, counter, passed):
     """dot_rows over all rows of W^T, ROWS_PER_TICKET at a time, each worker taking the next
-    block as it finishes one (the blocks of one product counted at slot TICKETS + passed)."""
+    block as it finishes one (the blocks of one product counted at slot TICKETS + passed).
+
+    A worker holds its next block while it reads the last, so that the end of one asks for
+    the start of the next: a block then starts with its first rows on the way, not with a
+    wait for them (the next ticket's rows are as likely another worker's as this one's).
+    Float16 and int8 steps of one sequence 1.05x on a Zen 4."""
     n_rows = w.shape[0]
-    block = _take(counter, TICKETS + passed)
-    while block * ROWS_PER_TICKET < n_rows:
-        start = block * ROWS_PER_TICKET
+    start, asked_ahead = _take(counter, TICKETS + passed) * ROWS_PER_TICKET, 0
+    while start < n_rows:
         stop = min(n_rows, start + ROWS_PER_TICKET)
-        dot_rows(w, scales, x, out, bias, start, stop, mode)
+        next_start = min(n_rows, _take(counter, TICKETS + passed) * ROWS_PER_TICKET)
+        next_stop = min(n_rows, next_start + ROWS_PER_TICKET)     # none left: an empty range
+        asked_ahead = dot_rows(w, scales, x, out, bias, start, stop, mode, next_start, next_stop,
+                               asked_ahead)
         if mode == GELU:
             for m in range(out.shape[0]):
                 _gelu_range(out, m, start, stop)
-        block = _take(counter, TICKETS + passed)
+        start = next_start
 
 
 @njit(inline="always")

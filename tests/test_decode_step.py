@@ -324,6 +324,29 @@ def test_rows_of_w_transposed_four_sequences_a_pass(dtype, batch):
     assert _ran_the_kernel(fast)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 40), st.integers(1, 40), st.integers(0, 3),
+       st.sampled_from([64, 768, 1536]))
+def test_asking_ahead_stays_in_the_block_then_the_next(n_rows, start, gap, n_next, row_bytes):
+    """The bytes a worker asks for while it reads rows [start, stop) of W^T (a hint the
+    results cannot show): this block's bytes in order, then from the first byte of the next
+    block it holds, PREFETCH_AHEAD of them at most, and never a byte of another block."""
+    stop = start + n_rows
+    next_start = stop + gap - 1                  # the next block: anywhere after this one
+    next_stop = next_start + n_next              # n_next = 0: no next block
+    reach_end, block_end, shift = decode_step_cpu._reach(start, stop, next_start, next_stop,
+                                                         row_bytes)
+    asked = list(range(start * row_bytes, reach_end, decode_step_cpu.CACHE_LINE))
+    at = [byte if byte < block_end else byte + shift for byte in asked]
+    own = [byte for byte in at if byte < stop * row_bytes]
+    ahead = at[len(own):]
+    assert own == list(range(start * row_bytes, stop * row_bytes, decode_step_cpu.CACHE_LINE))
+    assert len(ahead) * decode_step_cpu.CACHE_LINE == min(decode_step_cpu.PREFETCH_AHEAD,
+                                                          n_next * row_bytes)
+    assert all(next_start * row_bytes <= byte < next_stop * row_bytes for byte in ahead)
+    assert ahead[:1] == ([next_start * row_bytes] if n_next else [])
+
+
 def test_without_avx512_float32_batches_keep_the_column_kernel(monkeypatch):
     """prompt_tile="avx2" (a CPU without AVX-512, where the tile would spill its registers):
     the step's products on W as it is (the column kernel), the same logits."""
