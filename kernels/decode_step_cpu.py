@@ -766,23 +766,71 @@ def _four_row_dots_one_sequence(load16, widen, w, first, n_in, x_flat, x_start, 
     memory at once. (LLVM's own vectorisation of one row at a time: 0.6x the speed on the LM
     head, whose 768-wide rows end too soon for its loop to get going.)"""
     w_flat = w.reshape(-1)
-    a0 = a1 = a2 = a3 = _zeros16()
+    zero = _zeros16()
+    acc = (zero, zero, zero, zero)
     vector_end = n_in - n_in % WIDE
     for i in range(0, vector_end, WIDE):
         asked = _ask_while_reading(w, asked, ask_base, reach, i + WIDE)
-        x_vector = _load16(x_flat, x_start + i)
-        a0 = _fma16(load16(w_flat, first + i), x_vector, a0)
-        a1 = _fma16(load16(w_flat, first + n_in + i), x_vector, a1)
-        a2 = _fma16(load16(w_flat, first + 2 * n_in + i), x_vector, a2)
-        a3 = _fma16(load16(w_flat, first + 3 * n_in + i), x_vector, a3)
-    t0, t1, t2, t3 = _sum16(a0), _sum16(a1), _sum16(a2), _sum16(a3)
+        acc = _tile_row_update(_load16(x_flat, x_start + i), _four_rows(load16, w_flat, first,
+                                                                        n_in, i), acc)
+    totals = _four_sums(acc)
     for i in range(vector_end, n_in):                  # the last n_in % 16
-        x_i = x_flat[x_start + i]
-        t0 += widen(w_flat[first + i]) * x_i
-        t1 += widen(w_flat[first + n_in + i]) * x_i
-        t2 += widen(w_flat[first + 2 * n_in + i]) * x_i
-        t3 += widen(w_flat[first + 3 * n_in + i]) * x_i
-    return (t0, t1, t2, t3), _ask_while_reading(w, asked, ask_base, reach, n_in)
+        totals = _add_products(totals, _four_widened(widen, w_flat, first, n_in, i),
+                               x_flat[x_start + i])
+    return totals, _ask_while_reading(w, asked, ask_base, reach, n_in)
+
+
+@njit(inline="always")
+def _four_row_dots_two_sequences(load16, widen, w, first, n_in, x_flat, x_a, x_b, asked,
+                                 ask_base, reach):
+    """_four_row_dots_one_sequence for the two x rows at x_flat[x_a] and x_flat[x_b] at once:
+    each weight vector, once loaded (and widened), serves both, and eight chains of
+    multiply-adds run side by side (one sequence at a time: 1.35-1.5x slower at 2-4
+    sequences). -> (the four sums of each, bytes of w now asked for)."""
+    w_flat = w.reshape(-1)
+    zero = _zeros16()
+    acc_a = acc_b = (zero, zero, zero, zero)
+    vector_end = n_in - n_in % WIDE
+    for i in range(0, vector_end, WIDE):
+        asked = _ask_while_reading(w, asked, ask_base, reach, i + WIDE)
+        rows = _four_rows(load16, w_flat, first, n_in, i)
+        acc_a = _tile_row_update(_load16(x_flat, x_a + i), rows, acc_a)
+        acc_b = _tile_row_update(_load16(x_flat, x_b + i), rows, acc_b)
+    totals_a, totals_b = _four_sums(acc_a), _four_sums(acc_b)
+    for i in range(vector_end, n_in):                  # the last n_in % 16
+        w_i = _four_widened(widen, w_flat, first, n_in, i)
+        totals_a = _add_products(totals_a, w_i, x_flat[x_a + i])
+        totals_b = _add_products(totals_b, w_i, x_flat[x_b + i])
+    return totals_a, totals_b, _ask_while_reading(w, asked, ask_base, reach, n_in)
+
+
+@njit(inline="always")
+def _four_row_dots_four_sequences(load16, widen, w, first, n_in, x_flat, x_at, asked, ask_base,
+                                  reach):
+    """_four_row_dots_two_sequences for the four x rows at x_flat[x_at[s]], s = 0..3: each
+    weight vector, once loaded and widened, serves four sequences, sixteen chains of
+    multiply-adds side by side. -> (totals[s][r], row o + r against sequence s; bytes of w
+    now asked for)."""
+    w_flat = w.reshape(-1)
+    zero = _zeros16()
+    no_sums = (zero, zero, zero, zero)
+    acc = (no_sums, no_sums, no_sums, no_sums)
+    vector_end = n_in - n_in % WIDE
+    for i in range(0, vector_end, WIDE):
+        asked = _ask_while_reading(w, asked, ask_base, reach, i + WIDE)
+        rows = _four_rows(load16, w_flat, first, n_in, i)
+        acc = (_tile_row_update(_load16(x_flat, x_at[0] + i), rows, acc[0]),
+               _tile_row_update(_load16(x_flat, x_at[1] + i), rows, acc[1]),
+               _tile_row_update(_load16(x_flat, x_at[2] + i), rows, acc[2]),
+               _tile_row_update(_load16(x_flat, x_at[3] + i), rows, acc[3]))
+    totals = (_four_sums(acc[0]), _four_sums(acc[1]), _four_sums(acc[2]), _four_sums(acc[3]))
+    for i in range(vector_end, n_in):                  # the last n_in % 16
+        w_i = _four_widened(widen, w_flat, first, n_in, i)
+        totals = (_add_products(totals[0], w_i, x_flat[x_at[0] + i]),
+                  _add_products(totals[1], w_i, x_flat[x_at[1] + i]),
+                  _add_products(totals[2], w_i, x_flat[x_at[2] + i]),
+                  _add_products(totals[3], w_i, x_flat[x_at[3] + i]))
+    return totals, _ask_while_reading(w, asked, ask_base, reach, n_in)
 
 
 @njit(inline="always")
@@ -796,70 +844,23 @@ def _ask_while_reading(w, asked, ask_base, reach, done):
 
 
 @njit(inline="always")
-def _four_row_dots_two_sequences(load16, widen, w, first, n_in, x_flat, x_a, x_b, asked,
-                                 ask_base, reach):
-    """_four_row_dots_one_sequence for the two x rows at x_flat[x_a] and x_flat[x_b] at once:
-    each weight vector, once loaded (and widened), serves both, and eight chains of
-    multiply-adds run side by side (one sequence at a time: 1.35-1.5x slower at 2-4
-    sequences)."""
-    w_flat = w.reshape(-1)
-    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = _zeros16()
-    vector_end = n_in - n_in % WIDE
-    for i in range(0, vector_end, WIDE):
-        asked = _ask_while_reading(w, asked, ask_base, reach, i + WIDE)
-        x_a_vector, x_b_vector = _load16(x_flat, x_a + i), _load16(x_flat, x_b + i)
-        w0, w1 = load16(w_flat, first + i), load16(w_flat, first + n_in + i)
-        w2, w3 = load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i)
-        a0, b0 = _fma16(w0, x_a_vector, a0), _fma16(w0, x_b_vector, b0)
-        a1, b1 = _fma16(w1, x_a_vector, a1), _fma16(w1, x_b_vector, b1)
-        a2, b2 = _fma16(w2, x_a_vector, a2), _fma16(w2, x_b_vector, b2)
-        a3, b3 = _fma16(w3, x_a_vector, a3), _fma16(w3, x_b_vector, b3)
-    ta0, ta1, ta2, ta3 = _sum16(a0), _sum16(a1), _sum16(a2), _sum16(a3)
-    tb0, tb1, tb2, tb3 = _sum16(b0), _sum16(b1), _sum16(b2), _sum16(b3)
-    for i in range(vector_end, n_in):                  # the last n_in % 16
-        x_a_i, x_b_i = x_flat[x_a + i], x_flat[x_b + i]
-        w0_i, w1_i = widen(w_flat[first + i]), widen(w_flat[first + n_in + i])
-        w2_i, w3_i = widen(w_flat[first + 2 * n_in + i]), widen(w_flat[first + 3 * n_in + i])
-        ta0, tb0 = ta0 + w0_i * x_a_i, tb0 + w0_i * x_b_i
-        ta1, tb1 = ta1 + w1_i * x_a_i, tb1 + w1_i * x_b_i
-        ta2, tb2 = ta2 + w2_i * x_a_i, tb2 + w2_i * x_b_i
-        ta3, tb3 = ta3 + w3_i * x_a_i, tb3 + w3_i * x_b_i
-    return ((ta0, ta1, ta2, ta3), (tb0, tb1, tb2, tb3),
-            _ask_while_reading(w, asked, ask_base, reach, n_in))
+def _four_rows(load16, w_flat, first, n_in, i):
+    """Weights i..i+15 of the four rows that start at w_flat[first], widened: 4 vectors."""
+    return (load16(w_flat, first + i), load16(w_flat, first + n_in + i),
+            load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i))
 
 
 @njit(inline="always")
-def _four_row_dots_four_sequences(load16, widen, w, first, n_in, x_flat, x_at, asked, ask_base,
-                                  reach):
-    """_four_row_dots_two_sequences for the four x rows at x_flat[x_at[s]], s = 0..3: each
-    weight vector, once loaded and widened, serves four sequences, sixteen chains of
-    multiply-adds side by side. -> (totals[s][r], row o + r against sequence s; bytes of w
-    now asked for)."""
-    w_flat = w.reshape(-1)
-    zero = _zeros16()
-    acc = ((zero, zero, zero, zero), (zero, zero, zero, zero), (zero, zero, zero, zero),
-           (zero, zero, zero, zero))
-    vector_end = n_in - n_in % WIDE
-    for i in range(0, vector_end, WIDE):
-        asked = _ask_while_reading(w, asked, ask_base, reach, i + WIDE)
-        rows = (load16(w_flat, first + i), load16(w_flat, first + n_in + i),
-                load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i))
-        acc = (_tile_row_update(_load16(x_flat, x_at[0] + i), rows, acc[0]),
-               _tile_row_update(_load16(x_flat, x_at[1] + i), rows, acc[1]),
-               _tile_row_update(_load16(x_flat, x_at[2] + i), rows, acc[2]),
-               _tile_row_update(_load16(x_flat, x_at[3] + i), rows, acc[3]))
-    totals = ((_sum16(acc[0][0]), _sum16(acc[0][1]), _sum16(acc[0][2]), _sum16(acc[0][3])),
-              (_sum16(acc[1][0]), _sum16(acc[1][1]), _sum16(acc[1][2]), _sum16(acc[1][3])),
-              (_sum16(acc[2][0]), _sum16(acc[2][1]), _sum16(acc[2][2]), _sum16(acc[2][3])),
-              (_sum16(acc[3][0]), _sum16(acc[3][1]), _sum16(acc[3][2]), _sum16(acc[3][3])))
-    for i in range(vector_end, n_in):                  # the last n_in % 16
-        w_i = (widen(w_flat[first + i]), widen(w_flat[first + n_in + i]),
-               widen(w_flat[first + 2 * n_in + i]), widen(w_flat[first + 3 * n_in + i]))
-        totals = (_add_products(totals[0], w_i, x_flat[x_at[0] + i]),
-                  _add_products(totals[1], w_i, x_flat[x_at[1] + i]),
-                  _add_products(totals[2], w_i, x_flat[x_at[2] + i]),
-                  _add_products(totals[3], w_i, x_flat[x_at[3] + i]))
-    return totals, _ask_while_reading(w, asked, ask_base, reach, n_in)
+def _four_widened(widen, w_flat, first, n_in, i):
+    """Weight i of the four rows that start at w_flat[first], widened: 4 float32."""
+    return (widen(w_flat[first + i]), widen(w_flat[first + n_in + i]),
+            widen(w_flat[first + 2 * n_in + i]), widen(w_flat[first + 3 * n_in + i]))
+
+
+@njit(inline="always")
+def _four_sums(acc):
+    """The four rows' vectors of partial sums, each added up."""
+    return _sum16(acc[0]), _sum16(acc[1]), _sum16(acc[2]), _sum16(acc[3])
 
 
 @njit(inline="always")

@@ -40,6 +40,8 @@ class NonFiniteLogitsError(FloatingPointError, ValueError):
 def check_logits(logits: np.ndarray) -> None:
     """Logits may be finite or -inf (a filtered token), with at least one finite per row."""
     logits = np.asarray(logits)
+    if np.isfinite(logits).all():     # the usual case, in one pass (a decoding step: 10-40 us)
+        return
     if np.isnan(logits).any() or np.isposinf(logits).any():
         raise NonFiniteLogitsError("the logits hold NaN or +inf values; no token can be chosen")
     if not np.isfinite(logits).any(axis=-1).all():
