@@ -900,7 +900,12 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
     quads_end = x.shape[0] - x.shape[0] % 4 if x.shape[0] >= FOUR_SEQUENCES_MIN else 0
     pairs_end = quads_end + (x.shape[0] - quads_end) // 2 * 2
     for o in range(start, fours_end, 4):
-        ask_base = o * row_bytes + PREFETCH_AHEAD     # the first pass over these rows asks
+        # The first pass over these four rows asks for the bytes from ask_base on, four times
+        # as fast as it reads (_ask_while_reading): from the next four rows on at least, so
+        # that long rows are asked for before they are read (four rows of 3072 float16, the
+        # MLP's second product, are 24 KB: PREFETCH_AHEAD past the first row left the other
+        # three to wait for memory). One float16 sequence 1.05-1.08x, 16 1.08x on a Zen 4.
+        ask_base = max(o * row_bytes + PREFETCH_AHEAD, (o + 4) * row_bytes)
         for m in range(0, quads_end, 4):
             totals, asked = _four_row_dots_four_sequences(
                 load16, widen, w, o * n_in, n_in, x_flat,
