@@ -30,6 +30,7 @@ from minillm.model.gpt2 import GPT2
 from minillm.model.params import random_params
 from minillm.model.quantize import DTYPES
 from bench_inference import decode_tokens_per_second     # benchmarks/, beside this script
+from timing import interleaved_rounds
 
 KERNEL = "kernels/decode_step_cpu.py"                     # in the repository
 
@@ -56,11 +57,9 @@ def load_kernel(path: Path):
 
 
 def compare(a: GPT2, b: GPT2, batch: int, prompt: int, new: int, rounds: int) -> None:
-    rates = {"A": [], "B": []}
-    for round_ in range(rounds):
-        for name in ("AB" if round_ % 2 == 0 else "BA"):
-            model = a if name == "A" else b
-            rates[name].append(decode_tokens_per_second(model, prompt, new, True, 1, batch))
+    rates = interleaved_rounds(
+        {name: lambda model=model: decode_tokens_per_second(model, prompt, new, True, 1, batch)
+         for name, model in (("A", a), ("B", b))}, rounds)
     med_a, med_b = statistics.median(rates["A"]), statistics.median(rates["B"])
     print(f"batch {batch:2d}: A {med_a:7.1f} "
           f"({max(rates['A']):.1f})  B {med_b:7.1f} ({max(rates['B']):.1f}) tokens/s, "

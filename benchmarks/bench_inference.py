@@ -34,7 +34,7 @@ from minillm.model.config import GPT2_SIZES
 from minillm.model.gpt2 import GPT2
 from minillm.model.params import random_params
 from minillm.model.quantize import DTYPES, lm_head_weight
-from timing import best_time                  # benchmarks/timing.py, beside this script
+from timing import best_time, interleaved_rounds     # benchmarks/timing.py, beside this script
 
 try:                                          # numba is optional: the numpy backend runs without it
     from minillm.kernels.backend import WHOLE_STEP_PANELS_MIN_SEQUENCES, NumbaBackend
@@ -88,13 +88,14 @@ def compare_whole_step(model: GPT2, prompt_len: int, n_new: int, rounds: int, ba
         on_w = GPT2(model.config, model.params,
                     backend=NumbaBackend(threads=backend.pool.n_threads, prompt_tile="avx2"))
         variants["the whole step on W"] = (on_w, True)
-    rates = {name: [] for name in variants}
+
+    def run(runner: GPT2, whole_step: bool) -> float:
+        runner.backend.whole_step = whole_step
+        return decode_tokens_per_second(runner, prompt_len, n_new, True, 1, batch)
+
     try:
-        for round_ in range(rounds):
-            for name in (list(variants) if round_ % 2 == 0 else list(variants)[::-1]):
-                runner, whole_step = variants[name]
-                runner.backend.whole_step = whole_step
-                rates[name].append(decode_tokens_per_second(runner, prompt_len, n_new, True, 1, batch))
+        rates = interleaved_rounds({name: lambda v=v: run(*v) for name, v in variants.items()},
+                                   rounds)
     finally:
         backend.whole_step = True
     default = statistics.median(rates["each step one kernel call"])

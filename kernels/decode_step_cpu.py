@@ -424,19 +424,11 @@ def _prefetch(typingctx, array, byte):
 
 
 @njit(inline="always")
-def _prefetch_to(w, asked, ask_to):
-    """Prefetch w's bytes [asked, ask_to), a cache line at a time; -> the bytes now asked for."""
-    while asked < ask_to:
-        _prefetch(w, asked)
-        asked += CACHE_LINE
-    return asked
-
-
-@njit(inline="always")
 def _ask_ahead(w, asked, ask_to, reach):
     """Prefetch the bytes [asked, ask_to) of a worker's reach in w, a cache line at a time; ->
     the bytes now asked for. reach = (reach_end, block_end, shift): bytes up to block_end are
-    w's own, those past it the next block's, at + shift in w, up to reach_end (_reach)."""
+    w's own, those past it the next block's, at + shift in w, up to reach_end (_reach; one
+    stretch of w that ends at `end`: (end, end, 0))."""
     reach_end, block_end, shift = reach
     while asked < min(ask_to, reach_end):
         _prefetch(w, asked if asked < block_end else asked + shift)
@@ -508,11 +500,12 @@ def _partial_columns_float32(w, x, k_start, k_stop, partial):
     # more than the core's prefetchers keep ahead of (one sequence's step 1.09x on a Zen 4).
     row_bytes = n * w.itemsize
     asked, share_end = (k_start + ROWS_PER_PASS) * row_bytes, k_stop * row_bytes
+    share = (share_end, share_end, 0)                  # _ask_ahead's reach: this share's rows
     for i in range(k_start, whole, ROWS_PER_PASS):
         next_pass = (i + ROWS_PER_PASS) * row_bytes
         for o in range(0, vector_end, WIDE):
-            asked = _prefetch_to(w, asked, min(share_end, next_pass + (o + WIDE) * ROWS_PER_PASS
-                                               * w.itemsize))
+            asked = _ask_ahead(w, asked, next_pass + (o + WIDE) * ROWS_PER_PASS * w.itemsize,
+                               share)
             at = i * n + o
             w0, w1 = _load16(w_flat, at), _load16(w_flat, at + n)
             w2, w3 = _load16(w_flat, at + 2 * n), _load16(w_flat, at + 3 * n)
@@ -971,7 +964,7 @@ def _by_tickets(dot_rows, w, scales, x, out, bias, mode, counter, passed):
     A worker holds its next block while it reads the last, so that the end of one asks for
     the start of the next: a block then starts with its first rows on the way, not with a
     wait for them (the next ticket's rows are as likely another worker's as this one's).
-    Float16 and int8 steps of one sequence 1.05x on a Zen 4."""
+    Steps of one sequence on a Zen 4: float16 1.07x, int8 1.10x."""
     n_rows = w.shape[0]
     start, asked_ahead = _take(counter, TICKETS + passed) * ROWS_PER_TICKET, 0
     while start < n_rows:
