@@ -38,10 +38,17 @@ KERNEL = "kernels/decode_step_cpu.py"                     # in the repository
 def variant_file(args, workdir: Path) -> Path:
     """The B kernel's source file: --variant as given, or --against's version written out."""
     if args.variant is not None:
+        if not Path(args.variant).is_file():
+            raise SystemExit(f"--variant {args.variant}: no such file (expected an edited copy "
+                             f"of {KERNEL})")
         return Path(args.variant)
     root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(["git", "-C", str(root), "show", f"{args.against}:{KERNEL}"],
-                            check=True, capture_output=True, text=True).stdout
+    shown = subprocess.run(["git", "-C", str(root), "show", f"{args.against}:{KERNEL}"],
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise SystemExit(f"--against {args.against}: git has no {KERNEL} there "
+                         f"({shown.stderr.strip()})")
+    source = shown.stdout
     path = workdir / "decode_step_cpu_b.py"
     path.write_text(source)
     return path
