@@ -364,7 +364,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     limit_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))        # engines/, beside this file
-    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))    # minillm, from a checkout
     from engines.model_files import model_folder
 
     folder = model_folder(args.workdir.expanduser(), SEED, WEIGHT_STD)

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minillm.kernels import matmul_packed_cpu, matvec_cpu   # noqa: E402
-from minillm.model.quantize import quantize                 # noqa: E402
+from minillm.kernels import matmul_packed_cpu, matvec_cpu
+from minillm.model.quantize import quantize
 
 C = 768
 SHAPES = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * 12    # (in, out): qkv, proj, fc, mlp proj

@@ -31,7 +31,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 PREFILL_LENGTHS = (64, 256, 1024)
 DECODE_PROMPT_LEN = 16
@@ -233,7 +232,6 @@ def print_setup(hf_model, model, threads: int, torch_default_threads: int) -> No
 def main(argv=None) -> int:
     args = parse_args(argv)
     limit_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 
     torch_default_threads = torch.get_num_threads()

@@ -20,18 +20,16 @@ import contextlib
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minillm.inference.kv_cache import KVCache              # noqa: E402
-from minillm.model.config import GPT2Config                 # noqa: E402
-import minillm.model.gpt2                                   # noqa: E402
-from minillm.model.gpt2 import GPT2                         # noqa: E402
-from minillm.model.params import random_params              # noqa: E402
-from minillm.model.quantize import DTYPES, linear_weight_shape, weight_bytes  # noqa: E402
-from timing import best_time                                # noqa: E402  benchmarks/timing.py
+from minillm.inference.kv_cache import KVCache
+from minillm.model.config import GPT2Config
+import minillm.model.gpt2
+from minillm.model.gpt2 import GPT2
+from minillm.model.params import random_params
+from minillm.model.quantize import DTYPES, linear_weight_shape, weight_bytes
+from timing import best_time  # benchmarks/timing.py
 
 DECODE_PROMPT_LEN = 16
 DECODE_STEPS = 128

@@ -208,7 +208,6 @@ def main(argv=None) -> int:
     from bench_engines import SEED, WEIGHT_STD, limit_threads
     limit_threads(args.threads)                       # before NumPy is imported
     sys.path.insert(0, str(here))                     # engines/, profile_model.py
-    sys.path.insert(1, str(here.parent))              # minillm, from a checkout
     import numpy as np
 
     from engines.model_files import model_folder

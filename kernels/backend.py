@@ -159,6 +159,7 @@ class NumbaBackend:
         from minillm.kernels import (attention_backward_cpu, attention_cpu, decode_step_cpu,
                                      fused_cpu, matmul_cpu, matmul_packed_cpu,
                                      matmul_prompt_avx512, matvec_cpu, step_weights)
+        from minillm.kernels.buffers import OutputBuffers
         from minillm.kernels.workers import WorkerPool
 
         self.matmul = matmul
@@ -191,6 +192,9 @@ class NumbaBackend:
         self._packed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._tiles: dict[int, list[np.ndarray]] = {}       # row length -> one tile per thread
         self._products_on = ON_OPENBLAS         # whose threads ran the last linear (awake now)
+        # Prompts' big outputs (products on the pool, GELU, LayerNorm) go into buffers used
+        # again once free, not fresh pages (minillm.kernels.buffers says why)
+        self._outputs = OutputBuffers()
 
     def _pool_for(self, n_rows: int):
         """The pool for a call over n_rows token positions, or None: the calling thread alone."""
@@ -257,7 +261,7 @@ class NumbaBackend:
             self._products_on = ON_OPENBLAS
             return layers.linear(x, weight, bias)                      # OpenBLAS's threads
         self._products_on = ON_POOL
-        out = np.empty((n_rows, n_out), np.float32)                    # (M, out)
+        out = self._outputs.empty((n_rows, n_out))                     # (M, out)
         blocks = self.pool.split(n_rows)
 
         def row_block(i):
@@ -292,7 +296,7 @@ class NumbaBackend:
         tile multiplied by single-threaded BLAS on the pool (so only a few MiB of float32
         weights exist at once)."""
         n_out, n_in = weight.shape
-        out = np.empty((rows.shape[0], n_out), np.float32)                 # (M, out)
+        out = self._outputs.empty((rows.shape[0], n_out))                  # (M, out)
         starts = range(0, n_out, WIDEN_TILE_ROWS)
         tiles = self._tile_buffers(n_in)
 
@@ -332,12 +336,14 @@ class NumbaBackend:
         """(..., C) -> (..., C)"""
         n_rows = x.size // x.shape[-1]
         return self._layer_norm(x, gain, bias, eps, pool=self._pool_for(n_rows),
-                                n_threads=self._numba_threads(n_rows))
+                                n_threads=self._numba_threads(n_rows),
+                                out=self._outputs.empty(x.shape))
 
     def gelu(self, x: np.ndarray) -> np.ndarray:
         """(..., 4C) -> (..., 4C)"""
         n_rows = x.size // x.shape[-1]
-        return self._gelu(x, pool=self._pool_for(n_rows), n_threads=self._numba_threads(n_rows))
+        return self._gelu(x, pool=self._pool_for(n_rows), n_threads=self._numba_threads(n_rows),
+                          out=self._outputs.empty(x.shape))
 
     def linear_backward(self, dy: np.ndarray, x: np.ndarray, weight: np.ndarray):
         """dx (..., in), dW (in, out), db (out,) of y = x W + b, from dy (..., out).

@@ -100,13 +100,14 @@ def _gelu_shares(x, out, n_shares):
         _gelu_flat(x[start:stop], out[start:stop])
 
 
-def gelu(x: np.ndarray, pool=None, n_threads: int = 1) -> np.ndarray:
+def gelu(x: np.ndarray, pool=None, n_threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
     """GELU, tanh form, in one pass.  (...) float32 -> (...) float32, a new array.
 
     pool: a minillm.kernels.workers.WorkerPool to share the elements among; None: n_threads
-    of numba's threads (1: this thread)."""
+    of numba's threads (1: this thread). out: a C-contiguous float32 array of x's shape to
+    write to (NumbaBackend's OutputBuffers), else a new one."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
+    out = _output_like(x, out)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
     if pool is None and n_threads > 1:
         _gelu_shares(flat_x, flat_out, n_threads)
@@ -116,6 +117,16 @@ def gelu(x: np.ndarray, pool=None, n_threads: int = 1) -> np.ndarray:
         blocks = pool.split(flat_x.size)
         pool.run(lambda i: _gelu_flat(flat_x[slice(*blocks[i])], flat_out[slice(*blocks[i])]),
                  len(blocks))
+    return out
+
+
+def _output_like(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """`out` checked to fit x (C-contiguous float32 of x's shape), or a new array like x."""
+    if out is None:
+        return np.empty_like(x)
+    if out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {x.shape}, got "
+                         f"{out.dtype} {out.shape}")
     return out
 
 
@@ -171,13 +182,13 @@ def _layer_norm_shares(x, gain, bias, eps, out, n_shares):
 
 
 def layer_norm(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: float = 1e-5,
-               pool=None, n_threads: int = 1) -> np.ndarray:
+               pool=None, n_threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
     """LayerNorm over the last axis, one row per loop.  x: (..., C); gain, bias: (C,) -> (..., C)
 
     pool: a minillm.kernels.workers.WorkerPool to share the rows among; None: n_threads of
-    numba's threads (1: this thread)."""
+    numba's threads (1: this thread). out: as for `gelu`."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
+    out = _output_like(x, out)
     rows, out_rows = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])
     gain, bias = np.ascontiguousarray(gain, np.float32), np.ascontiguousarray(bias, np.float32)
     eps = np.float32(eps)
