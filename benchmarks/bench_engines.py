@@ -30,14 +30,17 @@ What is timed:
            tokens/s = batch x 128 / wall time of the whole call, prefill included. Batch 1
            for every engine; batches 4 and 16 for minillm and ONNX Runtime (same-length
            prompts, no padding)
-Rounds interleave the engines: every engine runs every case once, then the next round, which
-starts one engine later (the order turns, so that no engine always follows the same one). Each
+Rounds interleave the engines: every engine runs every case once per round, in an order that
+changes each round so that no engine always follows the same one (`round_order`: turning one
+fixed order only moved where it started, each engine kept its predecessor, and minillm float32
+always came after a llama.cpp process). Each
 figure is the median over --rounds (the min in brackets), and x is its speed relative to
 minillm float32 (above 1: faster than minillm).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -309,12 +312,22 @@ def run_rounds(variants: list[Variant], rounds: int) -> None:
         v.warm_up()
     for r in range(rounds):
         start = time.perf_counter()
-        # the order turns by one every round: no engine always follows the same one (on a
-        # shared machine the one after a heavy run was the slowest by turns)
-        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+        for v in round_order(variants, r):
             time.sleep(PAUSE_S)
             v.one_round()
         print(f"  round {r + 1}/{rounds}: {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def round_order(variants: list, round_index: int) -> list:
+    """The variants in round `round_index`'s order: every `step`-th one from `start`, the step
+    changing from round to round among those coprime to n, so that an engine's predecessor
+    (the variant `step` places before it) changes too: with 7 variants, 6 rounds put each
+    after each of the other 6 once. (The engine that runs after a heavy one, or after
+    another process, starts at a disadvantage on a shared machine.)"""
+    n = len(variants)
+    steps = [step for step in range(1, n) if math.gcd(step, n) == 1] or [1]
+    step, start = steps[round_index % len(steps)], round_index % n
+    return [variants[(start + i * step) % n] for i in range(n)]
 
 
 def print_table(title: str, cases: list[Case], variants: list[Variant], value, unit: str) -> None:
