@@ -364,11 +364,13 @@ def report(args, variants: list[Variant]) -> None:
 def print_setup(args, llama: dict) -> None:
     import numba
     import numpy as np
+    from blas_kernels import openblas_kernels     # benchmarks/, beside this script
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"threads {args.threads} for every engine (numba {numba.get_num_threads()}, OpenBLAS "
           f"{os.environ['OPENBLAS_NUM_THREADS']}); numpy {np.__version__}, numba "
           f"{numba.__version__}; {len(os.sched_getaffinity(0))} usable cores, load average {load}")
+    print(f"numpy's BLAS: {openblas_kernels()}")
     for weight_type, setup in (llama.get("setups") or {}).items():
         print(f"llama.cpp {weight_type}: " + ", ".join(f"{k} {v}" for k, v in setup.items()))
 

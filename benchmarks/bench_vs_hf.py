@@ -220,13 +220,13 @@ def print_setup(hf_model, model, threads: int, torch_default_threads: int) -> No
     import torch
     import transformers
 
-    names = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")
-    blas_env = ", ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in names)
+    from blas_kernels import openblas_kernels     # benchmarks/, beside this script
+
     print(f"minillm backend {model.backend.name!r}; HF transformers {transformers.__version__}, "
           f"torch {torch.__version__} (attention: {hf_model.config._attn_implementation})")
     print(f"threads: torch {torch.get_num_threads()} (its default here: {torch_default_threads}), "
           f"numba {numba.get_num_threads()}, OpenBLAS {os.environ['OPENBLAS_NUM_THREADS']} "
-          f"(asked for {threads}); numpy {np.__version__}; {blas_env}")
+          f"(asked for {threads}); numpy {np.__version__}; {openblas_kernels()}")
 
 
 def main(argv=None) -> int:
