@@ -5,17 +5,23 @@
 Reference: `x @ dequantize(W^T).T + bias` with minillm.model.quantize's `dequantize`;
 tests/test_quantize.py compares the two.
 
-This is the decoding step's matmul: M is the batch (1 to a few dozen rows), so the work is
-reading the weights, not the arithmetic (each weight is used M times once it is loaded). What
-it buys:
+This is the decoding step's matmul, and a short prompt's (up to MATVEC_MAX_ROWS = 16 tokens,
+kernels/backend.py): M is 1 to 16 rows, so the work is reading the weights, not the
+arithmetic (each weight is used M times once it is loaded). What it buys:
 * Each output is a dot product along one contiguous row of W^T: the weights stream through
   memory once, in order, at 2 (float16) or ~1 (int8) bytes a weight instead of 4.
-* The weights are widened to float32 in registers, eight at a time (`vcvtph2ps` for float16,
-  sign-extend + `vcvtdq2ps` for int8): nothing is expanded to float32 in memory. With M > 1,
-  one row is widened once into a small per-thread buffer and reused by every x row, four x
-  rows per pass over it (`_dot_rows_of_x`). The float32 kernel is batched decoding's LM
-  head, on wte's rows as they are; the block weights of a float32 batch go through
-  minillm.kernels.matmul_packed_cpu instead, whose register tile does more per weight load.
+* The weights are widened to float32 in registers, 16 at a time (`vcvtph2ps` for float16,
+  sign-extend + `vcvtdq2ps` for int8): nothing is expanded to float32 in memory.
+* With M > 1, a tile of four rows of W^T x four rows of x (`_four_by_four_dots`): each weight
+  vector, widened once, serves four x rows, and each x vector four rows of W^T, 16 vectors of
+  sums in registers. The four rows of W^T come from memory for the first four x rows and from
+  L1 for the rest. (Before it, each row was widened into a buffer and dotted with four x rows
+  per pass in LLVM-vectorised loops: a 16-token float16 prefill of GPT-2 124M took 40 ms,
+  with the tile 20, int8 32 against 22, on two AMD Zen 5 cores; benchmarks/README.md.)
+  int8 weights with blocked scales keep that buffer (a scale per block of each row).
+* The float32 kernel is batched decoding's LM head, on wte's rows as they are; the block
+  weights of a float32 batch go through minillm.kernels.matmul_packed_cpu instead, whose
+  register tile does more per weight load.
 * The rows are split into one contiguous share per thread (numba's `prange` over the shares).
 
 Numerics: only reassociation is allowed (`fastmath={"reassoc", "contract"}`), so that LLVM sums
@@ -36,6 +42,7 @@ from minillm.kernels.matmul_prompt_avx512 import _VECTOR, WIDE, float32x16
 
 REASSOC = {"reassoc", "contract"}     # vectorise the dot products' sums; nothing else relaxed
 NO_BIAS = np.zeros(0, np.float32)     # `bias` argument meaning "none" (numba wants one type)
+NO_SCALES = np.zeros(0, np.float32)   # `row_scales` of a float16 weight: none
 
 
 @intrinsic
@@ -156,6 +163,62 @@ def _sum16(typingctx, vector):
     return types.float32(float32x16), codegen
 
 
+@intrinsic
+def _load16_float16(typingctx, bits, index):
+    """bits[index : index + 16] (float16 as uint16) widened to sixteen float32 (vcvtph2ps)."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], *args)
+        half = ir.VectorType(ir.HalfType(), WIDE)
+        return builder.fpext(builder.load(builder.bitcast(pointer, half.as_pointer()), align=2),
+                             _VECTOR)
+    return float32x16(bits, index), codegen
+
+
+@intrinsic
+def _load16_int8(typingctx, codes, index):
+    """codes[index : index + 16] (int8) as sixteen float32 (sign-extend, then vcvtdq2ps)."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], *args)
+        bytes16 = ir.VectorType(ir.IntType(8), WIDE)
+        loaded = builder.load(builder.bitcast(pointer, bytes16.as_pointer()), align=1)
+        return builder.sitofp(builder.sext(loaded, ir.VectorType(ir.IntType(32), WIDE)), _VECTOR)
+    return float32x16(codes, index), codegen
+
+
+@njit(inline="always")
+def _tile_row_update(x, w, row):
+    """One sequence's row of the tile at one k: row[q] += x * w[q] for the four panels."""
+    return (_fma16(x, w[0], row[0]), _fma16(x, w[1], row[1]), _fma16(x, w[2], row[2]),
+            _fma16(x, w[3], row[3]))
+
+
+@njit(inline="always")
+def _four_rows(load16, w_flat, first, n_in, i):
+    """Weights i..i+15 of the four rows that start at w_flat[first], widened: 4 vectors."""
+    return (load16(w_flat, first + i), load16(w_flat, first + n_in + i),
+            load16(w_flat, first + 2 * n_in + i), load16(w_flat, first + 3 * n_in + i))
+
+
+@njit(inline="always")
+def _four_widened(widen, w_flat, first, n_in, i):
+    """Weight i of the four rows that start at w_flat[first], widened: 4 float32."""
+    return (widen(w_flat[first + i]), widen(w_flat[first + n_in + i]),
+            widen(w_flat[first + 2 * n_in + i]), widen(w_flat[first + 3 * n_in + i]))
+
+
+@njit(inline="always")
+def _four_sums(acc):
+    """The four rows' vectors of partial sums, each added up."""
+    return _sum16(acc[0]), _sum16(acc[1]), _sum16(acc[2]), _sum16(acc[3])
+
+
+@njit(inline="always")
+def _add_products(totals, w_i, x_i):
+    """totals[r] + w_i[r] * x_i for the four rows."""
+    return (totals[0] + w_i[0] * x_i, totals[1] + w_i[1] * x_i, totals[2] + w_i[2] * x_i,
+            totals[3] + w_i[3] * x_i)
+
+
 @njit(inline="always")
 def _four_row_dots(load16, widen, w_flat, first, n_in, x_flat, x_start):
     """widen(W^T[o + j]) . x for the four rows o..o+3 that start at w_flat[first] (n_in
@@ -181,6 +244,85 @@ def _four_row_dots(load16, widen, w_flat, first, n_in, x_flat, x_start):
         t2 += widen(w_flat[first + 2 * n_in + i]) * x_i
         t3 += widen(w_flat[first + 3 * n_in + i]) * x_i
     return t0, t1, t2, t3
+
+
+@njit(inline="always")
+def _four_by_four_dots(load16, widen, w_flat, first, n_in, x_flat, x_start):
+    """widen(W^T[o + r]) . x[m + s] for the four rows o..o+3 that start at w_flat[first] and
+    the four x rows m..m+3 that start at x_flat[x_start] (n_in values each); -> totals[s][r].
+
+    Per 16 inputs: four weight vectors, loaded and widened once, and four x vectors feed 16
+    multiply-adds into 16 vectors of partial sums (24 of AVX-512's 32 registers), where one x
+    row at a time (_four_row_dots) widens every weight vector once per x row and spends a load
+    per four multiply-adds."""
+    zero = _zeros16()
+    no_sums = (zero, zero, zero, zero)
+    acc = (no_sums, no_sums, no_sums, no_sums)
+    vector_end = n_in - n_in % WIDE
+    for i in range(0, vector_end, WIDE):
+        rows = _four_rows(load16, w_flat, first, n_in, i)
+        acc = (_tile_row_update(_load16(x_flat, x_start + i), rows, acc[0]),
+               _tile_row_update(_load16(x_flat, x_start + n_in + i), rows, acc[1]),
+               _tile_row_update(_load16(x_flat, x_start + 2 * n_in + i), rows, acc[2]),
+               _tile_row_update(_load16(x_flat, x_start + 3 * n_in + i), rows, acc[3]))
+    totals = (_four_sums(acc[0]), _four_sums(acc[1]), _four_sums(acc[2]), _four_sums(acc[3]))
+    for i in range(vector_end, n_in):                  # the last n_in % 16
+        w_i = _four_widened(widen, w_flat, first, n_in, i)
+        totals = (_add_products(totals[0], w_i, x_flat[x_start + i]),
+                  _add_products(totals[1], w_i, x_flat[x_start + n_in + i]),
+                  _add_products(totals[2], w_i, x_flat[x_start + 2 * n_in + i]),
+                  _add_products(totals[3], w_i, x_flat[x_start + 3 * n_in + i]))
+    return totals
+
+
+@njit(inline="always")
+def _rows_against_x(load16, widen, w, row_scales, x, bias, out, start, stop):
+    """out[m, o] = scale[o] * W^T[o] . x[m] (+ bias[o]) for o in [start, stop) and every row m
+    of x (M, K), M >= 2: tiles of four rows of W^T x four rows of x (_four_by_four_dots), the
+    four rows of W^T read from memory by the first group of x rows and from L1 by the rest;
+    the last M % 4 rows of x against four rows of W^T at a time (_four_row_dots).
+    row_scales: int8's one scale per row, or an empty array (float16: none)."""
+    n_in, n_x = w.shape[1], x.shape[0]
+    w_flat, x_flat = w.reshape(-1), x.reshape(-1)
+    fours_end = start + (stop - start) // 4 * 4
+    x_fours = n_x - n_x % 4
+    for o in range(start, fours_end, 4):
+        for m in range(0, x_fours, 4):
+            totals = _four_by_four_dots(load16, widen, w_flat, o * n_in, n_in, x_flat, m * n_in)
+            for s in range(4):
+                for r in range(4):
+                    _store(out, m + s, o + r, totals[s][r] * _row_scale(row_scales, o + r), bias)
+        for m in range(x_fours, n_x):
+            totals = _four_row_dots(load16, widen, w_flat, o * n_in, n_in, x_flat, m * n_in)
+            for r in range(4):
+                _store(out, m, o + r, totals[r] * _row_scale(row_scales, o + r), bias)
+    for o in range(fours_end, stop):                   # the last rows of the share
+        for m in range(n_x):
+            _store(out, m, o, _dot(widen, w[o], x[m]) * _row_scale(row_scales, o), bias)
+
+
+# Functions of their own, called from the kernels' parallel loops, where numba's analysis of
+# those loops does not see the vectors (as _rows_against_one_x).
+@njit(nogil=True, fastmath=REASSOC, cache=True)
+def _rows_against_x_float32(w, x, bias, out, start, stop):
+    _rows_against_x(_load16_float32, _float32, w, NO_SCALES, x, bias, out, start, stop)
+
+
+@njit(nogil=True, fastmath=REASSOC, cache=True)
+def _rows_against_x_float16(w_bits, x, bias, out, start, stop):
+    _rows_against_x(_load16_float16, _float16_to_float32, w_bits, NO_SCALES, x, bias, out,
+                    start, stop)
+
+
+@njit(nogil=True, fastmath=REASSOC, cache=True)
+def _rows_against_x_int8(q, row_scales, x, bias, out, start, stop):
+    _rows_against_x(_load16_int8, _int8_to_float32, q, row_scales, x, bias, out, start, stop)
+
+
+@njit(inline="always")
+def _row_scale(row_scales, o):
+    """Row o's int8 scale, or 1 (float16: no scales)."""
+    return row_scales[o] if row_scales.size else np.float32(1.0)
 
 
 @njit(inline="always")
@@ -251,8 +393,7 @@ def _matvec_float32(w, x, bias, out, n_shares):
         if x.shape[0] == 1:
             _rows_against_one_x(w, x[0], bias, out, start, stop)
         else:
-            for o in range(start, stop):
-                _dot_rows_of_x(w[o], x, o, bias, out)
+            _rows_against_x_float32(w, x, bias, out, start, stop)
 
 
 @njit(parallel=True, nogil=True, fastmath=REASSOC, cache=True)
@@ -260,13 +401,11 @@ def _matvec_float16(w_bits, x, bias, out, n_shares):
     """out (M, N) = x (M, K) @ w.T + bias; w (N, K) float16, passed as its bits (uint16)."""
     for share in prange(n_shares):
         start, stop = _share(w_bits.shape[0], share, n_shares)
-        row_f32 = np.empty(x.shape[1], np.float32)        # one widened row, reused by each x row
-        for o in range(start, stop):
-            if x.shape[0] == 1:
+        if x.shape[0] == 1:
+            for o in range(start, stop):
                 _store(out, 0, o, _dot(_float16_to_float32, w_bits[o], x[0]), bias)
-            else:
-                _widen_float16(w_bits[o], row_f32)
-                _dot_rows_of_x(row_f32, x, o, bias, out)
+        else:
+            _rows_against_x_float16(w_bits, x, bias, out, start, stop)
 
 
 @njit(parallel=True, nogil=True, fastmath=REASSOC, cache=True)
@@ -275,11 +414,14 @@ def _matvec_int8(q, scales, x, bias, out, n_shares):
     block = q.shape[1] // scales.shape[1]
     for share in prange(n_shares):
         start, stop = _share(q.shape[0], share, n_shares)
-        row_f32 = np.empty(x.shape[1], np.float32)
-        for o in range(start, stop):
-            if x.shape[0] == 1:
+        if x.shape[0] == 1:
+            for o in range(start, stop):
                 _store(out, 0, o, _dot_int8(q[o], scales[o], x[0], block), bias)
-            else:
+        elif scales.shape[1] == 1:                     # one scale per row: applied to each sum
+            _rows_against_x_int8(q, scales[:, 0], x, bias, out, start, stop)
+        else:                                          # blocked: each row widened, then dotted
+            row_f32 = np.empty(x.shape[1], np.float32)
+            for o in range(start, stop):
                 _widen_int8(q[o], scales[o], block, row_f32)
                 _dot_rows_of_x(row_f32, x, o, bias, out)
 

@@ -329,7 +329,9 @@ def test_the_decode_step_kernels_vector_intrinsics_are_identical_copies(name):
     assert _source_of("decode_step_cpu.py", name) == _source_of("matmul_prompt_avx512.py", name)
 
 
-@pytest.mark.parametrize("name", ["_load16", "_fma16", "_zeros16", "_sum16"])
+@pytest.mark.parametrize("name", ["_load16", "_fma16", "_zeros16", "_sum16", "_load16_float16",
+                                  "_load16_int8", "_tile_row_update", "_four_rows",
+                                  "_four_widened", "_four_sums", "_add_products"])
 def test_the_matvec_kernels_vector_helpers_are_identical_copies(name):
     assert _source_of("matvec_cpu.py", name) == _source_of("decode_step_cpu.py", name)
 
