@@ -1048,11 +1048,12 @@ def _transpose_into(h, panel):
 
 @njit(inline="always")
 def _head_float32(wte, wte_scales, h, logits, counter, passed, head_scratch):
-    """logits = h @ wte^T: from HEAD_TILE_MIN_SEQUENCES sequences on, tiles of 16 rows of wte
-    (a last tile overlapping the one before it: its outputs computed twice, the same sums),
-    ROWS_PER_TICKET rows per ticket; fewer sequences, _dot_rows's dot products."""
+    """logits = h @ wte^T: from HEAD_TILE_MIN_SEQUENCES to WIDE sequences (h^T's 16 lanes),
+    tiles of 16 rows of wte (a last tile overlapping the one before it: its outputs computed
+    twice, the same sums), ROWS_PER_TICKET rows per ticket; fewer or more sequences,
+    _dot_rows's dot products."""
     n_sequences, n_rows = logits.shape
-    if n_sequences < HEAD_TILE_MIN_SEQUENCES or n_rows < HEAD_ROWS:
+    if not HEAD_TILE_MIN_SEQUENCES <= n_sequences <= WIDE or n_rows < HEAD_ROWS:
         _by_tickets(_dot_rows_float32, wte, wte_scales, h, logits, NO_BIAS, STORE, counter, passed)
         return
     panel, tile = head_scratch

@@ -295,6 +295,21 @@ def test_float32_batches_on_packed_panels(config, batch, threads, monkeypatch):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
 
 
+@pytest.mark.parametrize("dtype, prompt_tile", [("float32", "avx512"), ("float32", "avx2"),
+                                               ("float16", "auto"), ("int8", "auto")])
+def test_more_than_sixteen_sequences_in_one_step(dtype, prompt_tile):
+    """whole_step_max_sequences raised past 16: float32's LM head tile holds h^T in WIDE = 16
+    lanes, so 20 sequences take the dot products instead (taking the tile, 17 sequences wrote
+    past its panel: logits off by ~1, then a corrupted heap); float32 on the panels and on the
+    column kernel, float16 and int8 on rows of W^T."""
+    reference, _ = _models(CONFIG, dtype, 2, seed=20)
+    fast = GPT2(CONFIG, reference.params,
+                backend=NumbaBackend(threads=2, prompt_tile=prompt_tile, whole_step_max_sequences=20))
+    rng = np.random.default_rng(20)
+    _decode_both(reference, fast, rng.integers(0, CONFIG.vocab_size, (20, 3)),
+                 rng.integers(0, CONFIG.vocab_size, (2, 20)))
+
+
 def test_a_batch_on_the_panels_sees_weights_updated_in_place_or_replaced():
     """The packed copies follow the weights: scaled in place (an optimiser's step) or
     replaced by another array, the next batched step reads the new values."""
