@@ -434,6 +434,7 @@ def matvec(weight, x: np.ndarray, bias: np.ndarray | None, n_shares: int | None 
     numba's thread count, which costs ~9 us to ask, 49 times a decoding step."""
     n_shares = get_num_threads() if n_shares is None else n_shares
     bias = NO_BIAS if bias is None else bias
+    x = np.ascontiguousarray(x, np.float32)      # the tiles read x flat (a copy only if it is not)
     out = np.empty((x.shape[0], weight.shape[0]), np.float32)               # (M, N)
     if isinstance(weight, np.ndarray):
         _matvec_float32(weight, x, bias, out, n_shares)

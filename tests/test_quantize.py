@@ -135,6 +135,15 @@ def test_matvec_tiles_of_four_by_four_match_the_reference(matvec, dtype, n_rows,
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-6 * np.sqrt(n_in) + 1e-6)
 
 
+def test_matvec_takes_x_that_is_not_contiguous(matvec):
+    rng = np.random.default_rng(7)
+    w_t = rng.standard_normal((9, 32), dtype=np.float32)
+    x = rng.standard_normal((32, 6), dtype=np.float32).T                    # (6, 32), a view
+    for weight in (w_t, quantize(w_t, "float16"), quantize(w_t, "int8")):
+        dense = w_t if isinstance(weight, np.ndarray) else weight.dequantize()
+        np.testing.assert_allclose(matvec.matvec(weight, x, None), x @ dense.T, atol=1e-5)
+
+
 @pytest.mark.parametrize("n_rows", [1, 5])            # one x row, and the 4 x 4 tiles + one
 def test_matvec_propagates_nan(matvec, n_rows):
     w_t = np.ones((4, 32), np.float32)
