@@ -226,7 +226,8 @@ def print_setup(hf_model, model, threads: int, torch_default_threads: int) -> No
           f"torch {torch.__version__} (attention: {hf_model.config._attn_implementation})")
     print(f"threads: torch {torch.get_num_threads()} (its default here: {torch_default_threads}), "
           f"numba {numba.get_num_threads()}, OpenBLAS {os.environ['OPENBLAS_NUM_THREADS']} "
-          f"(asked for {threads}); numpy {np.__version__}; {openblas_kernels()}")
+          f"(asked for {threads}); numpy {np.__version__}; {openblas_kernels()}; "
+          f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '(unset)')}")
 
 
 def main(argv=None) -> int:
