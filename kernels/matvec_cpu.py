@@ -16,8 +16,8 @@ arithmetic (each weight is used M times once it is loaded). What it buys:
   vector, widened once, serves four x rows, and each x vector four rows of W^T, 16 vectors of
   sums in registers. The four rows of W^T come from memory for the first four x rows and from
   L1 for the rest. (Before it, each row was widened into a buffer and dotted with four x rows
-  per pass in LLVM-vectorised loops: a 16-token float16 prefill of GPT-2 124M took 40 ms,
-  with the tile 20, int8 32 against 22, on two AMD Zen 5 cores; benchmarks/README.md.)
+  per pass in LLVM-vectorised loops: a 16-token float16 prefill of GPT-2 124M took 37-40 ms,
+  with the tile 21-28, int8 32-33 against 22-24, on two AMD Zen 5 cores; benchmarks/README.md.)
   int8 weights with blocked scales keep that buffer (a scale per block of each row).
 * The float32 kernel is batched decoding's LM head, on wte's rows as they are; the block
   weights of a float32 batch go through minillm.kernels.matmul_packed_cpu instead, whose
