@@ -54,12 +54,15 @@ PROMPT_MIN_ROWS = 2
 # below, 1.30x / 1.29x / 1.12x / 1.09x / 1.05x at 2 / 4 / 8 / 12 / 16 sequences; float16
 # 1.49x / 1.43x / 1.08x / 1.21x at 2 / 4 / 8 / 16; int8 1.75x / 1.42x / 1.37x / 1.44x.
 WHOLE_STEP_MAX_SEQUENCES = {"float32": 16, "float16": 16, "int8": 16}
-# Float32 batches of at least this many sequences, on a CPU with AVX-512: the whole step's
-# block products read the packed copies (the ones operation by operation uses) under its
-# 6 x 64 tile, instead of W under the column kernel: 1.05x / 1.16x / 1.16x / 1.23x / 1.6x /
-# 1.3x at 2 / 3 / 4 / 8 / 12 / 16 sequences (the column kernel loads and stores its partial
-# sums for every sequence at every pass; the tile keeps them in registers).
-WHOLE_STEP_PANELS_MIN_SEQUENCES = 2
+# Float32 steps of at least this many sequences, on a CPU with AVX-512: the whole step's
+# block products read the packed copies (the ones prompts and operation by operation use)
+# instead of W under the column kernel: one sequence a panel at a time, one stream of memory
+# (1.19x the tokens/s, with the LM head's one-row dot products, on an AMD Zen 5; the 6 x 64
+# tile at one sequence had been 1.02x); batches under the 6 x 64 tile: 1.05x /
+# 1.16x / 1.16x / 1.23x / 1.6x / 1.3x at 2 / 3 / 4 / 8 / 12 / 16 sequences (the column kernel
+# loads and stores its partial sums for every sequence at every pass; the tile keeps them in
+# registers).
+WHOLE_STEP_PANELS_MIN_SEQUENCES = 1
 # Prompts' float32 register tile: 6 x 16 in AVX2 vectors (matmul_packed_cpu.matmul_prompt) or
 # 6 x 64 in AVX-512 vectors (matmul_prompt_avx512); "auto": AVX-512 where the CPU has it
 PROMPT_TILES = ("auto", "avx2", "avx512")
@@ -113,10 +116,11 @@ class NumbaBackend:
     or of a batch of sequences of one length (one new token each, no attention_mask), to
     `decode_step`: the whole forward pass as one call of minillm.kernels.decode_step_cpu,
     whose threads start once per step and meet at barriers, on the weights as the model holds
-    them (float32, float16, or int8 with one scale per row), no copy made (except float32
-    batches of WHOLE_STEP_PANELS_MIN_SEQUENCES or more on a CPU with AVX-512, which read the
-    packed copies described below); a weight replaced by another array is noticed at the
-    next step. Batches of more than
+    them (float32, float16, or int8 with one scale per row), no copy made, except float32 on
+    a CPU with AVX-512 (WHOLE_STEP_PANELS_MIN_SEQUENCES), which reads the packed copies
+    described below: the ones a prompt of 2 to `pool_min_rows` rows has made already, else
+    made at the first step (340 MB for GPT-2 124M, +68%; prompt_tile="avx2" keeps to W); a
+    weight replaced by another array is noticed at the next step. Batches of more than
     WHOLE_STEP_MAX_SEQUENCES[dtype] sequences (or `whole_step_max_sequences`), prompts, a mask,
     hidden states, blocked int8 scales, whole_step=False or matmul="numba" run the layers one
     operation at a time, as below.

@@ -44,13 +44,20 @@ and one step at a time per pool. A worker that fails sets an abort flag beside t
 which opens every barrier, so that the others finish and the error reaches the caller.
 
 The weights are read once per step for the whole batch (each piece of a weight, once loaded,
-serves every sequence before the next), as the model holds them, except float32 batches on a
-CPU with AVX-512, which read packed copies:
-* float32, W (in, out): the workers take blocks of the rows (inputs), which lie one after
+serves every sequence before the next), as the model holds them, except float32 on a CPU with
+AVX-512, which reads packed copies:
+* float32, W (in, out) (without AVX-512): the workers take blocks of the rows (inputs), which lie one after
   another in memory, and add x[m, i] W[i, :] over them into the block's partial sums of every
   output, eight rows per pass, 16 columns of them in registers at a time; after one more
   barrier each adds up the blocks' partial sums for its share of the outputs (K_BLOCKS: the
   rows of W are the unit of work here);
+* float32, one sequence, given `panels` (the block weights packed into 16-column panels,
+  matmul_packed_cpu.pack_weight, 16 outputs' weights k after k in one stretch of memory):
+  one panel at a time, its 16 outputs' sums in registers while k runs over the depth, so that
+  each worker reads one stream of memory from start to end (the column kernel reads eight
+  rows side by side); the workers take blocks of panels (PANEL_TICKET_BYTES) from a shared
+  counter, the next block asked for as the last is read (_panel_blocks). 1.19x the column
+  kernel's tokens/s on an AMD Zen 5 (benchmarks/README.md);
 * float32, several sequences, given `panels` (the block weights packed into 16-column panels,
   matmul_packed_cpu.pack_weight; NumbaBackend passes its copies on a CPU with AVX-512): a
   tile of six sequences x 64 columns whose 24 vectors of sums stay in registers while k runs
@@ -65,7 +72,9 @@ CPU with AVX-512, which read packed copies:
   taken as above; four rows at a time against four sequences per pass, the rest in pairs
   and one (each weight vector, widened once, serves four sequences: 1.04-1.09x the step of
   pairs for float16 / int8 batches of 4-16, 1.17x a float32 step of 4 sequences, whose LM
-  head this is); one sequence of int8: one row at a time, as matvec_cpu.py. int8 has one
+  head this is); one sequence of float32 (the LM head) or int8: one row at a time (for
+  float32 in four vectors of partial sums, _dot_vectors: one stream of memory, 1.12x the
+  step of four rows at a time on an AMD Zen 5; int8 as matvec_cpu.py). int8 has one
   scale per row (NumbaBackend takes
   the step-by-step path for blocked scales). The rows are prefetched PREFETCH_AHEAD bytes
   ahead, through the end of the block into the next block the worker holds (_by_tickets).
@@ -156,6 +165,9 @@ CACHE_LINE = 64
 # asked into L1, they held up the loads that needed them. Into L2 on a Zen 4: float16 steps of
 # 1 / 4 / 16 sequences 1.21x / 1.36x / 1.22x faster, int8 of 1 / 4 1.27x / 1.41x.
 PREFETCH_LOCALITY = 2
+# One sequence of float32 on panels: the bytes of panels per ticket, ~ROWS_PER_TICKET rows of
+# GPT-2's W^T (64 x 768 float32; four panels of depth 768, one of depth 3072)
+PANEL_TICKET_BYTES = 192 * 1024
 
 
 # ---- copies of other kernels' helpers --------------------------------------------------------
@@ -356,6 +368,26 @@ def _load16_int8(typingctx, codes, index):
 @njit(inline="always")
 def _load16_float32(w, index):
     return _load16(w, index)
+
+
+@njit(inline="always")
+def _dot_vectors(widen, w_row, x_row):
+    """_dot of a float32 row, written with 16-float vectors: four vectors of partial sums side
+    by side (one would wait on each multiply-add's latency), added up at the end. (LLVM's own
+    vectorisation of _dot: 0.6x the speed on the LM head, whose 768-wide rows end too soon for
+    its loop to get going.)"""
+    a0 = a1 = a2 = a3 = _zeros16()
+    n = x_row.size
+    whole = n - n % (4 * WIDE)
+    for i in range(0, whole, 4 * WIDE):
+        a0 = _fma16(_load16(w_row, i), _load16(x_row, i), a0)
+        a1 = _fma16(_load16(w_row, i + WIDE), _load16(x_row, i + WIDE), a1)
+        a2 = _fma16(_load16(w_row, i + 2 * WIDE), _load16(x_row, i + 2 * WIDE), a2)
+        a3 = _fma16(_load16(w_row, i + 3 * WIDE), _load16(x_row, i + 3 * WIDE), a3)
+    total = _sum16(_add16(_add16(a0, a1), _add16(a2, a3)))
+    for i in range(whole, n):                          # the last n % 64
+        total += widen(w_row[i]) * x_row[i]
+    return total
 
 
 # ---- the barrier -----------------------------------------------------------------------------
@@ -728,14 +760,83 @@ def _odd_columns(panels, x, out, bias, mode):
             _gelu_range(out, m, p * WIDE, n_out)
 
 
+# One sequence of float32 on the panels: panel p (depth x 16 floats, one stretch of memory)
+# holds outputs 16 p .. 16 p + 15, so
+#     out[16 p : 16 p + 16] = sum_k x[k] * panels[p, k, :]
+# is one vector of sums in registers while the panel streams past, k after k: per k, one
+# 64-byte load, one broadcast of x[k], one multiply-add.
+@njit(nogil=True, cache=True)
+def _panel_dots(panels, x, out, bias, mode, start, stop, next_start, next_stop, asked_ahead):
+    """out[0, 16 p : 16 p + 16] (=, += or = gelu of) x[0] @ panel p + bias for the panels
+    [start, stop), all of them whole; each k's multiply-add goes to one of four vectors of
+    sums in turn (one would wait on each multiply-add's latency), the four added up at the
+    end. The panels are asked for PREFETCH_AHEAD bytes ahead, past stop into the panels
+    [next_start, next_stop) that come next (_reach); asked_ahead: the bytes of this block
+    asked for before it. -> the bytes of the next block now asked for."""
+    depth = panels.shape[1]
+    panel_bytes = depth * WIDE * panels.itemsize
+    panels_flat, x_flat, out_flat = panels.reshape(-1), x.reshape(-1), out.reshape(-1)
+    asked = start * panel_bytes + asked_ahead                  # bytes from the panels' start
+    reach = _reach(start, stop, next_start, next_stop, panel_bytes)
+    whole = depth - depth % 4
+    for p in range(start, stop):
+        first = p * depth * WIDE
+        a0 = a1 = a2 = a3 = _zeros16()
+        for k in range(0, whole, 4):
+            at = first + k * WIDE
+            asked = _ask_ahead(panels, asked, (at + 4 * WIDE) * panels.itemsize + PREFETCH_AHEAD,
+                               reach)
+            a0 = _fma16(_broadcast16(x_flat, k), _load16(panels_flat, at), a0)
+            a1 = _fma16(_broadcast16(x_flat, k + 1), _load16(panels_flat, at + WIDE), a1)
+            a2 = _fma16(_broadcast16(x_flat, k + 2), _load16(panels_flat, at + 2 * WIDE), a2)
+            a3 = _fma16(_broadcast16(x_flat, k + 3), _load16(panels_flat, at + 3 * WIDE), a3)
+        for k in range(whole, depth):                  # the last depth % 4
+            a0 = _fma16(_broadcast16(x_flat, k), _load16(panels_flat, first + k * WIDE), a0)
+        column = p * WIDE
+        value = _add16(_add16(a0, a1), _add16(a2, a3))
+        if bias.size:
+            value = _add16(value, _load16(bias, column))
+        if mode == ADD:
+            value = _add16(_load16(out_flat, column), value)
+        _store16(out_flat, column, value)
+        if mode == GELU:
+            _gelu_range(out, 0, column, column + WIDE)
+    return max(0, asked - stop * panel_bytes)
+
+
+@njit(inline="always")
+def _panel_blocks(panels, x, out, bias, mode, counter, passed):
+    """_panel_dots over the whole panels of a product, PANEL_TICKET_BYTES of them per ticket,
+    each worker taking the next block as it finishes one and holding its next while it reads
+    the last (as _by_tickets); the worker holding the ticket just past the last block does the
+    last out % 16 columns, if any."""
+    n_whole = out.shape[1] // WIDE
+    per_ticket = max(1, PANEL_TICKET_BYTES // (panels.shape[1] * WIDE * panels.itemsize))
+    n_tickets = -(-n_whole // per_ticket)
+    ticket, asked_ahead = _take(counter, TICKETS + passed), 0
+    while ticket < n_tickets:
+        next_ticket = _take(counter, TICKETS + passed)
+        start, stop = ticket * per_ticket, min(n_whole, (ticket + 1) * per_ticket)
+        next_start = min(n_whole, next_ticket * per_ticket)
+        next_stop = min(n_whole, next_start + per_ticket)     # none left: an empty range
+        asked_ahead = _panel_dots(panels, x, out, bias, mode, start, stop, next_start, next_stop,
+                                  asked_ahead)
+        ticket = next_ticket
+    if ticket == n_tickets and out.shape[1] % WIDE:
+        _odd_columns(panels, x, out, bias, mode)
+
+
 @njit(inline="always")
 def _panels_float32(panels, scales, x, out, bias, mode, worker, n_workers, counter, passed,
                     partials):
-    """W (in, out) float32 packed into panels, several sequences: the workers take tiles of
-    four panels (64 outputs, every sequence) from a shared counter as they finish one, each
-    keeping its tile's sums between slices of k in partials[worker]; the ticket after the last
-    tile does the last out % 16 columns, if any. Each output is summed by one worker alone, so
-    the result does not depend on how many there are."""
+    """W (in, out) float32 packed into panels. One sequence: _panel_blocks. Several: the
+    workers take tiles of four panels (64 outputs, every sequence) from a shared counter as
+    they finish one, each keeping its tile's sums between slices of k in partials[worker]; the
+    ticket after the last tile does the last out % 16 columns, if any. Each output is summed
+    by one worker alone, so the result does not depend on how many there are."""
+    if x.shape[0] == 1:
+        _panel_blocks(panels, x, out, bias, mode, counter, passed)
+        return passed
     n_tiles = -(-(out.shape[1] // WIDE) // TILE_PANELS)
     tile = _take(counter, TICKETS + passed)
     while tile <= n_tiles:
@@ -864,7 +965,7 @@ def _add_products(totals, w_i, x_i):
 
 
 @njit(inline="always")
-def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_fours,
+def _dot_rows(load16, widen, dot, w, scales, x, out, bias, start, stop, mode, by_fours,
               next_start, next_stop, asked_ahead):
     """out[m, o] (=, +=) scale_o * widen(W^T[o]) . x[m] (+ bias[o]) for o in [start, stop)
     and every sequence m, the rows' bytes asked for PREFETCH_AHEAD ahead, on into the rows
@@ -873,10 +974,12 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
 
     Several sequences, or by_fours: four rows of W^T at a time, against four sequences per
     pass (from FOUR_SEQUENCES_MIN on), then two, then one (the rows stay in the core's cache
-    while every sequence uses them). One sequence of int8 weights: one row at a time, LLVM's
-    vectorisation of `_dot` (the four-row loop made the step 1.1-1.3x slower on an Intel
-    Emerald Rapids, 1.03x faster on a later Xeon, 0.83x on a Zen 4; float16's step, 1.16x
-    faster on that Xeon, level on the Zen 4, takes four rows)."""
+    while every sequence uses them). One sequence, not by_fours: one row at a time, `dot`
+    (float32: _dot_vectors, where four rows made the step 0.89x as fast on an AMD Zen 5;
+    int8: LLVM's vectorisation of _dot, where four rows made the step 1.1-1.3x slower on an
+    Intel Emerald Rapids, 1.03x faster on a later Xeon, 0.83x on a Zen 4, and _dot_vectors's
+    loop with int8 loads 0.5x as fast on the Zen 5; float16's step, 1.16x faster on that Xeon,
+    level on the Zen 4, takes four rows, one at a time 0.83x as fast on the Zen 5)."""
     n_in = w.shape[1]
     row_bytes = n_in * w.itemsize
     asked = start * row_bytes + asked_ahead                       # bytes from w's start
@@ -885,7 +988,7 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
         x_row = x[0]
         for o in range(start, stop):
             asked = _ask_ahead(w, asked, (o + 1) * row_bytes + PREFETCH_AHEAD, reach)
-            total = _dot(widen, w[o], x_row) * _scale(scales, o) + _at(bias, o)
+            total = dot(widen, w[o], x_row) * _scale(scales, o) + _at(bias, o)
             out[0, o] = _combined(out[0, o], total, mode)
         return max(0, asked - stop * row_bytes)
     x_flat = x.reshape(-1)
@@ -935,16 +1038,16 @@ def _dot_rows(load16, widen, w, scales, x, out, bias, start, stop, mode, by_four
 def _dot_rows_float32(w, scales, x, out, bias, start, stop, mode, next_start, next_stop,
                       asked_ahead):
     """W^T (out, in) float32 (the LM head's wte)."""
-    return _dot_rows(_load16_float32, _float32, w, scales, x, out, bias, start, stop, mode, True,
-                     next_start, next_stop, asked_ahead)
+    return _dot_rows(_load16_float32, _float32, _dot_vectors, w, scales, x, out, bias, start,
+                     stop, mode, False, next_start, next_stop, asked_ahead)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
 def _dot_rows_float16(w_bits, scales, x, out, bias, start, stop, mode, next_start, next_stop,
                       asked_ahead):
     """W^T (out, in) float16, given as its bits (uint16)."""
-    return _dot_rows(_load16_float16, _float16_to_float32, w_bits, scales, x, out, bias, start,
-                     stop, mode, True, next_start, next_stop, asked_ahead)
+    return _dot_rows(_load16_float16, _float16_to_float32, _dot, w_bits, scales, x, out, bias,
+                     start, stop, mode, True, next_start, next_stop, asked_ahead)
 
 
 @njit(nogil=True, cache=True, fastmath=REASSOC)
@@ -952,8 +1055,8 @@ def _dot_rows_int8(q, scales, x, out, bias, start, stop, mode, next_start, next_
                    asked_ahead):
     """W^T (out, in) int8 with one scale per row: w[o, i] = scales[o, 0] * q[o, i]. Rows
     [start, stop) lie one after another."""
-    return _dot_rows(_load16_int8, _int8_to_float32, q, scales, x, out, bias, start, stop, mode,
-                     False, next_start, next_stop, asked_ahead)
+    return _dot_rows(_load16_int8, _int8_to_float32, _dot, q, scales, x, out, bias, start, stop,
+                     mode, False, next_start, next_stop, asked_ahead)
 
 
 @njit(inline="always")

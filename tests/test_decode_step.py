@@ -271,20 +271,22 @@ ODD_WIDTH = GPT2Config(vocab_size=97, n_positions=12, n_embd=40, n_layer=2, n_he
 
 
 @pytest.mark.parametrize("config", [CONFIG, ODD_WIDTH], ids=["n_embd48", "n_embd40"])
-@pytest.mark.parametrize("batch, threads", [(2, 1), (6, 2), (7, 2), (13, 3), (16, 2)])
-def test_float32_batches_on_packed_panels(config, batch, threads, monkeypatch):
-    """Float32 batches from WHOLE_STEP_PANELS_MIN_SEQUENCES on read the block weights' packed
-    copies under the 6 x 64 tile: one group of six sequences or several (7, 13, 16: a last
-    group short of six), tiles short of four panels, columns past the last whole panel. The
-    tile runs on any CPU (split into 8-float halves without AVX-512), so prompt_tile="avx512"
-    tests it everywhere."""
+@pytest.mark.parametrize("batch, threads", [(1, 1), (1, 2), (1, 3), (2, 1), (6, 2), (7, 2),
+                                           (13, 3), (16, 2)])
+def test_float32_steps_on_packed_panels(config, batch, threads, monkeypatch):
+    """Float32 steps from WHOLE_STEP_PANELS_MIN_SEQUENCES sequences on read the block
+    weights' packed copies: one sequence a panel at a time, in blocks of panels taken by 1-3
+    workers; batches under the 6 x 64 tile, one group of six sequences or several (7, 13, 16:
+    a last group short of six), tiles short of four panels. Both with columns past the last
+    whole panel (n_embd 40). The kernels run on any CPU (16-float vectors split into 8-float
+    halves without AVX-512), so prompt_tile="avx512" tests them everywhere."""
     from minillm.kernels import backend as backend_module
 
     handed = []
     kernel = decode_step_cpu.decode_step
     monkeypatch.setattr(decode_step_cpu, "decode_step",
                         lambda *args: handed.append(args[6]) or kernel(*args))
-    assert backend_module.WHOLE_STEP_PANELS_MIN_SEQUENCES <= 2
+    assert backend_module.WHOLE_STEP_PANELS_MIN_SEQUENCES == 1
     reference = GPT2(config, _params(config, seed=batch), backend="numpy")
     fast = GPT2(config, reference.params, backend=NumbaBackend(threads=threads, prompt_tile="avx512"))
     rng = np.random.default_rng(batch)
@@ -293,6 +295,33 @@ def test_float32_batches_on_packed_panels(config, batch, threads, monkeypatch):
     assert len(handed) == 3 and all(panels is not None for panels in handed)
     for a, b in zip(want.keys + want.values, got.keys + got.values):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+# Wide enough that one sequence's products take several blocks of panels each (the MLP's
+# down-projection, depth 1064: two panels a block, eight blocks), with 10 columns past the
+# last whole panel, depths of 4k + 2 (266: the panel loop's last k one at a time), and LM head
+# rows of 266 through _dot_vectors's 64-wide loop and its scalar end.
+WIDE = GPT2Config(vocab_size=301, n_positions=12, n_embd=266, n_layer=2, n_head=7,
+                  layer_norm_epsilon=1e-3)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_sequence_on_panels_in_blocks_of_panels(threads, monkeypatch):
+    """One float32 sequence on the panels, each product in several blocks of panels that the
+    workers take in turn (each asking for the next block's first bytes while it reads the
+    last), the odd columns done by the worker holding the ticket past the last block."""
+    handed = []
+    kernel = decode_step_cpu.decode_step
+    monkeypatch.setattr(decode_step_cpu, "decode_step",
+                        lambda *args: handed.append(args[6]) or kernel(*args))
+    panel_bytes = 4 * WIDE.n_embd * decode_step_cpu.WIDE * 4            # the down-projection's
+    assert WIDE.n_embd // decode_step_cpu.WIDE * panel_bytes > 4 * decode_step_cpu.PANEL_TICKET_BYTES
+    reference = GPT2(WIDE, _params(WIDE, seed=31), backend="numpy")
+    fast = GPT2(WIDE, reference.params, backend=NumbaBackend(threads=threads, prompt_tile="avx512"))
+    rng = np.random.default_rng(31)
+    _decode_both(reference, fast, rng.integers(0, WIDE.vocab_size, 4),
+                 rng.integers(0, WIDE.vocab_size, 5))
+    assert len(handed) == 5 and all(panels is not None for panels in handed)
 
 
 @pytest.mark.parametrize("dtype, prompt_tile", [("float32", "avx512"), ("float32", "avx2"),
