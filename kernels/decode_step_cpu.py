@@ -371,23 +371,37 @@ def _load16_float32(w, index):
 
 
 @njit(inline="always")
-def _dot_vectors(widen, w_row, x_row):
-    """_dot of a float32 row, written with 16-float vectors: four vectors of partial sums side
-    by side (one would wait on each multiply-add's latency), added up at the end. (LLVM's own
-    vectorisation of _dot: 0.6x the speed on the LM head, whose 768-wide rows end too soon for
-    its loop to get going.)"""
+def _dot_vectors(widen, w, o, x_row, asked, reach):
+    """widen(W^T[o]) . x for a float32 row o, written with 16-float vectors: four vectors of
+    partial sums side by side (one would wait on each multiply-add's latency), added up at the
+    end; the row's bytes asked for PREFETCH_AHEAD ahead as it is read, four cache lines per
+    64 weights (a row's 48 lines asked at once before it: 0.96x the step on an AMD Zen 5).
+    -> (the sum, bytes of w now asked for). (LLVM's own vectorisation of _dot: 0.6x the speed
+    on the LM head, whose 768-wide rows end too soon for its loop to get going.)"""
+    w_flat, n = w.reshape(-1), x_row.size
+    first = o * n
     a0 = a1 = a2 = a3 = _zeros16()
-    n = x_row.size
     whole = n - n % (4 * WIDE)
     for i in range(0, whole, 4 * WIDE):
-        a0 = _fma16(_load16(w_row, i), _load16(x_row, i), a0)
-        a1 = _fma16(_load16(w_row, i + WIDE), _load16(x_row, i + WIDE), a1)
-        a2 = _fma16(_load16(w_row, i + 2 * WIDE), _load16(x_row, i + 2 * WIDE), a2)
-        a3 = _fma16(_load16(w_row, i + 3 * WIDE), _load16(x_row, i + 3 * WIDE), a3)
+        asked = _ask_ahead(w, asked, (first + i + 4 * WIDE) * w.itemsize + PREFETCH_AHEAD, reach)
+        at = first + i
+        a0 = _fma16(_load16(w_flat, at), _load16(x_row, i), a0)
+        a1 = _fma16(_load16(w_flat, at + WIDE), _load16(x_row, i + WIDE), a1)
+        a2 = _fma16(_load16(w_flat, at + 2 * WIDE), _load16(x_row, i + 2 * WIDE), a2)
+        a3 = _fma16(_load16(w_flat, at + 3 * WIDE), _load16(x_row, i + 3 * WIDE), a3)
     total = _sum16(_add16(_add16(a0, a1), _add16(a2, a3)))
     for i in range(whole, n):                          # the last n % 64
-        total += widen(w_row[i]) * x_row[i]
-    return total
+        total += widen(w_flat[first + i]) * x_row[i]
+    return total, _ask_ahead(w, asked, (first + n) * w.itemsize + PREFETCH_AHEAD, reach)
+
+
+@njit(inline="always")
+def _dot_asked(widen, w, o, x_row, asked, reach):
+    """_dot of row o, its bytes asked for PREFETCH_AHEAD ahead before it is read. -> (the
+    sum, bytes of w now asked for)."""
+    row_bytes = w.shape[1] * w.itemsize
+    asked = _ask_ahead(w, asked, (o + 1) * row_bytes + PREFETCH_AHEAD, reach)
+    return _dot(widen, w[o], x_row), asked
 
 
 # ---- the barrier -----------------------------------------------------------------------------
@@ -976,10 +990,11 @@ def _dot_rows(load16, widen, dot, w, scales, x, out, bias, start, stop, mode, by
     pass (from FOUR_SEQUENCES_MIN on), then two, then one (the rows stay in the core's cache
     while every sequence uses them). One sequence, not by_fours: one row at a time, `dot`
     (float32: _dot_vectors, where four rows made the step 0.89x as fast on an AMD Zen 5;
-    int8: LLVM's vectorisation of _dot, where four rows made the step 1.1-1.3x slower on an
-    Intel Emerald Rapids, 1.03x faster on a later Xeon, 0.83x on a Zen 4, and _dot_vectors's
-    loop with int8 loads 0.5x as fast on the Zen 5; float16's step, 1.16x faster on that Xeon,
-    level on the Zen 4, takes four rows, one at a time 0.83x as fast on the Zen 5)."""
+    int8: _dot_asked, LLVM's vectorisation of _dot, where four rows made the step 1.1-1.3x
+    slower on an Intel Emerald Rapids, 1.03x faster on a later Xeon, 0.83x on a Zen 4, and
+    _dot_vectors's loop with int8 loads 0.5x as fast on the Zen 5; float16's step, 1.16x
+    faster on that Xeon, level on the Zen 4, takes four rows, one at a time 0.83x as fast on
+    the Zen 5)."""
     n_in = w.shape[1]
     row_bytes = n_in * w.itemsize
     asked = start * row_bytes + asked_ahead                       # bytes from w's start
@@ -987,9 +1002,8 @@ def _dot_rows(load16, widen, dot, w, scales, x, out, bias, start, stop, mode, by
     if x.shape[0] == 1 and not by_fours:
         x_row = x[0]
         for o in range(start, stop):
-            asked = _ask_ahead(w, asked, (o + 1) * row_bytes + PREFETCH_AHEAD, reach)
-            total = dot(widen, w[o], x_row) * _scale(scales, o) + _at(bias, o)
-            out[0, o] = _combined(out[0, o], total, mode)
+            total, asked = dot(widen, w, o, x_row, asked, reach)
+            out[0, o] = _combined(out[0, o], total * _scale(scales, o) + _at(bias, o), mode)
         return max(0, asked - stop * row_bytes)
     x_flat = x.reshape(-1)
     fours_end = start + (stop - start) // 4 * 4
@@ -1046,7 +1060,7 @@ def _dot_rows_float32(w, scales, x, out, bias, start, stop, mode, next_start, ne
 def _dot_rows_float16(w_bits, scales, x, out, bias, start, stop, mode, next_start, next_stop,
                       asked_ahead):
     """W^T (out, in) float16, given as its bits (uint16)."""
-    return _dot_rows(_load16_float16, _float16_to_float32, _dot, w_bits, scales, x, out, bias,
+    return _dot_rows(_load16_float16, _float16_to_float32, _dot_asked, w_bits, scales, x, out, bias,
                      start, stop, mode, True, next_start, next_stop, asked_ahead)
 
 
@@ -1055,7 +1069,7 @@ def _dot_rows_int8(q, scales, x, out, bias, start, stop, mode, next_start, next_
                    asked_ahead):
     """W^T (out, in) int8 with one scale per row: w[o, i] = scales[o, 0] * q[o, i]. Rows
     [start, stop) lie one after another."""
-    return _dot_rows(_load16_int8, _int8_to_float32, _dot, q, scales, x, out, bias, start, stop,
+    return _dot_rows(_load16_int8, _int8_to_float32, _dot_asked, q, scales, x, out, bias, start, stop,
                      mode, False, next_start, next_stop, asked_ahead)
 
 
