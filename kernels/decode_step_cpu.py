@@ -46,8 +46,8 @@ which opens every barrier, so that the others finish and the error reaches the c
 The weights are read once per step for the whole batch (each piece of a weight, once loaded,
 serves every sequence before the next), as the model holds them, except float32 on a CPU with
 AVX-512, which reads packed copies:
-* float32, W (in, out) (without AVX-512): the workers take blocks of the rows (inputs), which lie one after
-  another in memory, and add x[m, i] W[i, :] over them into the block's partial sums of every
+* float32, W (in, out) (without AVX-512): the workers take blocks of the rows (inputs), which
+  lie one after another in memory, and add x[m, i] W[i, :] over them into the block's partial sums of every
   output, eight rows per pass, 16 columns of them in registers at a time; after one more
   barrier each adds up the blocks' partial sums for its share of the outputs (K_BLOCKS: the
   rows of W are the unit of work here);
@@ -780,9 +780,10 @@ def _odd_columns(panels, x, out, bias, mode):
 # is one vector of sums in registers while the panel streams past, k after k: per k, one
 # 64-byte load, one broadcast of x[k], one multiply-add.
 @njit(nogil=True, cache=True)
-def _panel_dots(panels, x, out, bias, mode, start, stop, next_start, next_stop, asked_ahead):
-    """out[0, 16 p : 16 p + 16] (=, += or = gelu of) x[0] @ panel p + bias for the panels
-    [start, stop), all of them whole; each k's multiply-add goes to one of four vectors of
+def _panel_dots(panels, scales, x, out, bias, start, stop, mode, next_start, next_stop,
+                asked_ahead):
+    """out[0, 16 p : 16 p + 16] (= or +=) x[0] @ panel p + bias for the panels [start, stop),
+    all of them whole (scales: none, float32); each k's multiply-add goes to one of four vectors of
     sums in turn (one would wait on each multiply-add's latency), the four added up at the
     end. The panels are asked for PREFETCH_AHEAD bytes ahead, past stop into the panels
     [next_start, next_stop) that come next (_reach); asked_ahead: the bytes of this block
@@ -813,30 +814,19 @@ def _panel_dots(panels, x, out, bias, mode, start, stop, next_start, next_stop, 
         if mode == ADD:
             value = _add16(_load16(out_flat, column), value)
         _store16(out_flat, column, value)
-        if mode == GELU:
-            _gelu_range(out, 0, column, column + WIDE)
     return max(0, asked - stop * panel_bytes)
 
 
 @njit(inline="always")
-def _panel_blocks(panels, x, out, bias, mode, counter, passed):
-    """_panel_dots over the whole panels of a product, PANEL_TICKET_BYTES of them per ticket,
-    each worker taking the next block as it finishes one and holding its next while it reads
-    the last (as _by_tickets); the worker holding the ticket just past the last block does the
-    last out % 16 columns, if any."""
+def _panel_blocks(panels, scales, x, out, bias, mode, counter, passed):
+    """_panel_dots over the whole panels of a product, PANEL_TICKET_BYTES of them per ticket
+    (_blocks_by_tickets); the worker holding the ticket just past the last block does the last
+    out % 16 columns, if any."""
     n_whole = out.shape[1] // WIDE
     per_ticket = max(1, PANEL_TICKET_BYTES // (panels.shape[1] * WIDE * panels.itemsize))
-    n_tickets = -(-n_whole // per_ticket)
-    ticket, asked_ahead = _take(counter, TICKETS + passed), 0
-    while ticket < n_tickets:
-        next_ticket = _take(counter, TICKETS + passed)
-        start, stop = ticket * per_ticket, min(n_whole, (ticket + 1) * per_ticket)
-        next_start = min(n_whole, next_ticket * per_ticket)
-        next_stop = min(n_whole, next_start + per_ticket)     # none left: an empty range
-        asked_ahead = _panel_dots(panels, x, out, bias, mode, start, stop, next_start, next_stop,
-                                  asked_ahead)
-        ticket = next_ticket
-    if ticket == n_tickets and out.shape[1] % WIDE:
+    held = _blocks_by_tickets(_panel_dots, panels, scales, x, out, bias, mode, counter, passed,
+                              n_whole, per_ticket, WIDE)
+    if held == -(-n_whole // per_ticket) and out.shape[1] % WIDE:
         _odd_columns(panels, x, out, bias, mode)
 
 
@@ -849,7 +839,7 @@ def _panels_float32(panels, scales, x, out, bias, mode, worker, n_workers, count
     ticket after the last tile does the last out % 16 columns, if any. Each output is summed
     by one worker alone, so the result does not depend on how many there are."""
     if x.shape[0] == 1:
-        _panel_blocks(panels, x, out, bias, mode, counter, passed)
+        _panel_blocks(panels, scales, x, out, bias, mode, counter, passed)
         return passed
     n_tiles = -(-(out.shape[1] // WIDE) // TILE_PANELS)
     tile = _take(counter, TICKETS + passed)
@@ -1074,26 +1064,39 @@ def _dot_rows_int8(q, scales, x, out, bias, start, stop, mode, next_start, next_
 
 
 @njit(inline="always")
-def _by_tickets(dot_rows, w, scales, x, out, bias, mode, counter, passed):
-    """dot_rows over all rows of W^T, ROWS_PER_TICKET at a time, each worker taking the next
-    block as it finishes one (the blocks of one product counted at slot TICKETS + passed).
+def _blocks_by_tickets(block, w, scales, x, out, bias, mode, counter, passed, n_units, per_ticket,
+                       outputs_per_unit):
+    """block(w, scales, x, out, bias, start, stop, mode, next_start, next_stop, asked_ahead)
+    over the units [0, n_units) of w (rows of W^T, or panels), per_ticket at a time, each
+    worker taking the next block as it finishes one (the blocks of one product counted at
+    slot TICKETS + passed); GELU applied to each block's outputs (outputs_per_unit a unit)
+    once it is done. -> the ticket the worker holds at the end, past the last block (one
+    worker holds the first such ticket).
 
     A worker holds its next block while it reads the last, so that the end of one asks for
     the start of the next: a block then starts with its first rows on the way, not with a
     wait for them (the next ticket's rows are as likely another worker's as this one's).
     Steps of one sequence on a Zen 4: float16 1.07x, int8 1.10x."""
-    n_rows = w.shape[0]
-    start, asked_ahead = _take(counter, TICKETS + passed) * ROWS_PER_TICKET, 0
-    while start < n_rows:
-        stop = min(n_rows, start + ROWS_PER_TICKET)
-        next_start = min(n_rows, _take(counter, TICKETS + passed) * ROWS_PER_TICKET)
-        next_stop = min(n_rows, next_start + ROWS_PER_TICKET)     # none left: an empty range
-        asked_ahead = dot_rows(w, scales, x, out, bias, start, stop, mode, next_start, next_stop,
-                               asked_ahead)
+    ticket, asked_ahead = _take(counter, TICKETS + passed), 0
+    while ticket * per_ticket < n_units:
+        next_ticket = _take(counter, TICKETS + passed)
+        start, stop = ticket * per_ticket, min(n_units, (ticket + 1) * per_ticket)
+        next_start = min(n_units, next_ticket * per_ticket)
+        next_stop = min(n_units, next_start + per_ticket)     # none left: an empty range
+        asked_ahead = block(w, scales, x, out, bias, start, stop, mode, next_start, next_stop,
+                            asked_ahead)
         if mode == GELU:
             for m in range(out.shape[0]):
-                _gelu_range(out, m, start, stop)
-        start = next_start
+                _gelu_range(out, m, start * outputs_per_unit, stop * outputs_per_unit)
+        ticket = next_ticket
+    return ticket
+
+
+@njit(inline="always")
+def _by_tickets(dot_rows, w, scales, x, out, bias, mode, counter, passed):
+    """dot_rows over all rows of W^T, ROWS_PER_TICKET at a time (_blocks_by_tickets)."""
+    _blocks_by_tickets(dot_rows, w, scales, x, out, bias, mode, counter, passed, w.shape[0],
+                       ROWS_PER_TICKET, 1)
 
 
 @njit(inline="always")
